@@ -1,0 +1,3 @@
+from pacos.cli import main
+
+main()

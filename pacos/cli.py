@@ -1,0 +1,298 @@
+"""The `pacos` command line: a thin layer over the pipeline modules.
+
+Every user-facing failure is a PacosError, printed as one line on stderr with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pacos import __version__
+from pacos.errors import PacosError
+
+app = typer.Typer(help="pacos: Stanford Alpaca end to end. Generate, clean, fine-tune, evaluate, chat, serve, "
+                       "export.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Read, validate, clean, mix, split and describe instruction data.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE (repeatable).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"pacos {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress(items: list[Any], description: str) -> Iterable[Any]:
+    """A progress bar on stderr for long loops (hidden for small inputs and when not a terminal)."""
+    if len(items) < 2000:
+        return items
+    from rich.progress import track
+
+    return track(items, description=description, console=_console(), transient=True)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    from pacos.fileio import atomic_open
+
+    with atomic_open(path) as f:
+        json.dump(payload, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+
+
+# --- pacos data -------------------------------------------------------------------------------------
+
+
+@data_app.command("validate")
+def data_validate(
+    files: Annotated[list[str], typer.Argument(help="Files, dataset directories, hub ids or built-in names "
+                                                    "(seed-tasks, seed-tasks-en, seed-tasks-zh).")],
+    no_output: Annotated[bool, typer.Option("--no-output", help="Do not require an 'output' field "
+                                                                "(prompt-only files).")] = False,
+) -> None:
+    """Check files against the record schema: one line per problem, exit 1 if any."""
+    from pacos.data.io import Problem, scan
+
+    problems = 0
+    for source in files:
+        count = 0
+        for item in scan(source, require_output=not no_output):
+            if isinstance(item, Problem):
+                problems += 1
+                print(item)
+            else:
+                count += len(item[1])
+        if problems == 0:
+            print(f"{source}: {count} records OK")
+    if problems:
+        print(f"{problems} problem(s) found", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
+    out: Annotated[Path, typer.Argument(help="Output path; the format follows its suffix.")],
+    fmt: Annotated[str | None, typer.Option("--format", help="json, jsonl, csv, tsv, parquet or hf.")] = None,
+) -> None:
+    """Convert between formats (and from chats or seed tasks into instruction records)."""
+    from pacos.data.io import read_records, write_records
+
+    records = read_records(source)
+    write_records(records, out, fmt)
+    print(f"wrote {len(records)} records to {out}")
+
+
+@data_app.command("clean")
+def data_clean(
+    source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
+    out: Annotated[Path, typer.Option("--out", help="Cleaned records; the format follows the suffix.")],
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    rejected: Annotated[Path | None, typer.Option(help="Dropped records, each with its rule "
+                                                       "[default: OUT's name + .rejected.jsonl].")] = None,
+    fix: Annotated[bool | None, typer.Option("--fix", help="Repair what fix rules find instead of only "
+                                                           "flagging it.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of clean settings.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Apply the named cleaning rules; report counts per rule; never lose a record silently."""
+    from rich.table import Table
+
+    from pacos.config import load_config
+    from pacos.data.clean import CleanConfig, clean_records
+    from pacos.data.io import read_records, write_records
+
+    extra = [*(overrides or []), *([f"fix={str(fix).lower()}"] if fix is not None else [])]
+    settings = load_config(CleanConfig, config, extra)
+    records = read_records(source, allow_empty=True)
+    result = clean_records(records, settings, progress=lambda rs: _progress(rs, "cleaning"))
+    rejected = rejected or out.with_name(out.name.split(".")[0] + ".rejected.jsonl")
+    write_records(result.kept, out)
+    write_records(result.rejected, rejected, "jsonl")
+    payload = {"input": source, "output": str(out), "rejected": str(rejected), **result.report}
+    if report:
+        _write_json(report, payload)
+    table = Table("rule", "action", "count", title=f"pacos data clean: {source}")
+    for rule in result.report["rules"]:
+        table.add_row(rule["name"], rule["action"], str(rule["count"]))
+    from rich.console import Console
+
+    Console().print(table)
+    print(f"kept {len(result.kept)} of {len(records)} records -> {out}; dropped {len(result.rejected)} -> "
+          f"{rejected}" + (f"; report -> {report}" if report else ""))
+
+
+@data_app.command("mix")
+def data_mix(
+    sources: Annotated[list[str], typer.Argument(help="PATH:WEIGHT or NAME=PATH:WEIGHT, e.g. a.json:0.7 "
+                                                      "b.jsonl:0.3.")],
+    out: Annotated[Path, typer.Option("--out", help="Mixed records; the format follows the suffix.")],
+    n: Annotated[int | None, typer.Option("--n", help="Records to draw [default: the most that needs no "
+                                                      "repeats].")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Draw a weighted mixture of several instruction sets, each record tagged with its source."""
+    from pacos.data.io import read_records, write_records
+    from pacos.data.mix import mix_records, parse_source
+
+    specs = [parse_source(s) for s in sources]
+    mixed, summary = mix_records([(s, read_records(s.path)) for s in specs], n, seed)
+    write_records(mixed, out)
+    if report:
+        _write_json(report, summary)
+    for s in summary["sources"]:
+        note = f" ({s['repeated']} repeated: only {s['available']} available)" if s["repeated"] else ""
+        print(f"{s['name']}: {s['drawn']} records (weight {s['weight']:g}){note}")
+    print(f"wrote {len(mixed)} records to {out}")
+
+
+@data_app.command("split")
+def data_split(
+    source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory for train/val/test files.")],
+    val: Annotated[float, typer.Option(help="Fraction for validation.")] = 0.05,
+    test: Annotated[float, typer.Option(help="Fraction for test.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    fmt: Annotated[str | None, typer.Option("--format", help="Output format [default: the input's, or "
+                                                             "jsonl].")] = None,
+) -> None:
+    """Deterministic train/val/test splits; identical prompts never straddle two splits."""
+    from pacos.data.io import FORMATS, read_records, write_records
+    from pacos.data.split import split_records
+
+    records = read_records(source)
+    splits = split_records(records, val, test, seed)
+    suffix = Path(source).suffix.lower().lstrip(".")
+    fmt = fmt or (suffix if suffix in FORMATS else "jsonl")
+    for name, part in splits.items():
+        if part or name == "train":
+            path = out_dir / (name if fmt == "hf" else f"{name}.{fmt}")
+            write_records(part, path, fmt)
+            print(f"{name}: {len(part)} records -> {path}")
+
+
+@data_app.command("stats")
+def data_stats(
+    source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where stats.json and the PNG plots go.")],
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (directory or hub id) for token "
+                                                       "lengths.")] = None,
+    top: Annotated[int, typer.Option(help="How many leading verbs to report.")] = 20,
+) -> None:
+    """Counts, lengths and the leading verb/object diversity of a dataset, as JSON and PNG plots."""
+    from pacos.data.io import read_records
+    from pacos.data.stats import compute_stats, plot_stats
+    from pacos.models import load_tokenizer
+
+    records = read_records(source, require_output=False)
+    stats = compute_stats(records, load_tokenizer(tokenizer) if tokenizer else None, top=top)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot_stats(stats, out_dir)
+    stats.pop("_lengths")
+    _write_json(out_dir / "stats.json", stats)
+    verbs = ", ".join(f"{v['verb']} ({v['count']})" for v in stats["top_verbs"][:8])
+    print(f"{stats['records']} records, {stats['with_input_share']:.0%} with input, "
+          f"{stats['distinct_verbs']} distinct leading verbs; top: {verbs}")
+    print(f"wrote {out_dir / 'stats.json'}, " + ", ".join(str(p) for p in plots))
+
+
+# --- stages that later versions fill in ------------------------------------------------------------
+
+
+def _not_available(stage: str) -> None:
+    raise PacosError(f"'pacos {stage}' is not available in pacos {__version__} yet; "
+                     "available now: pacos data, pacos quickstart")
+
+
+@app.command("generate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def generate() -> None:
+    """Self-Instruct data generation from the seed tasks (not available yet)."""
+    _not_available("generate")
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train() -> None:
+    """Supervised fine-tuning, full or LoRA (not available yet)."""
+    _not_available("train")
+
+
+@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate() -> None:
+    """Pairwise and instruction-following evaluation (not available yet)."""
+    _not_available("eval")
+
+
+@app.command("chat", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def chat() -> None:
+    """Chat with a model in the terminal (not available yet)."""
+    _not_available("chat")
+
+
+@app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve() -> None:
+    """OpenAI-compatible HTTP server (not available yet)."""
+    _not_available("serve")
+
+
+@app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def export() -> None:
+    """Merge LoRA adapters and write GGUF (not available yet)."""
+    _not_available("export")
+
+
+@app.command("quickstart")
+def quickstart(
+    config: Annotated[Path | None, typer.Option(help="Recipe YAML [default: the built-in quickstart "
+                                                     "recipe].")] = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where every stage writes.")] = Path("runs/quickstart"),
+    overrides: SetOption = None,
+) -> None:
+    """Run every available stage of the pipeline on the embedded defaults."""
+    from pacos.quickstart import QuickstartConfig, run_quickstart
+    from pacos.config import load_config
+
+    settings = load_config(QuickstartConfig, config, overrides)
+    run_quickstart(settings, out_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="pacos")
+    except PacosError as e:
+        print(f"pacos: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("pacos: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug in pacos, not the user's input
+        if os.environ.get("PACOS_DEBUG"):
+            raise
+        where = e.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        at = f" at {Path(where.tb_frame.f_code.co_filename).name}:{where.tb_lineno}" if where else ""
+        print(f"pacos: internal error: {type(e).__name__}: {e}{at} (set PACOS_DEBUG=1 for the traceback; "
+              "please report it)", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,86 @@
+"""YAML recipes loaded into typed settings (pydantic), with `key.sub=value` overrides from the CLI.
+
+Unknown keys, wrong types and broken YAML are one-line errors naming the file and the field or line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pacos.errors import PacosError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PacosError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:
+        raise PacosError(f"{path}: config file is not valid UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise PacosError(f"{where}: invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise PacosError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PacosError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides; the value is read as YAML, so `3`, `true`, `[a, b]` get their types."""
+    data = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise PacosError(f"--set '{item}': expected KEY=VALUE, e.g. --set train.lr=1e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"field '{field}': unknown setting"
+    if error["type"] == "missing":
+        return f"field '{field}': required setting is missing"
+    got = error.get("input")
+    got_text = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) or got is None else ""
+    return f"field '{field}': {error['msg']}{got_text}"
+
+
+def build_config(cls: type[T], data: dict[str, Any], source: str) -> T:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise PacosError(f"{source}: " + "; ".join(_describe(err) for err in e.errors())) from None
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Settings from a YAML file (or defaults) with overrides applied; errors name the file and field."""
+    data = load_yaml(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    source = str(path) if path else "--set"
+    return build_config(cls, data, source)
