@@ -17,13 +17,20 @@ import typer
 from pacos import __version__
 from pacos.errors import PacosError
 
-app = typer.Typer(help="pacos: Stanford Alpaca end to end. Generate, clean, fine-tune, evaluate, chat, serve, "
-                       "export.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Read, validate, clean, mix, split and describe instruction data.",
-                       no_args_is_help=True)
+app = typer.Typer(
+    help="pacos: Stanford Alpaca end to end. Generate, clean, fine-tune, evaluate, chat, serve, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(
+    help="Read, validate, clean, mix, split and describe instruction data.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
-SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE (repeatable).")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE (repeatable).")
+]
 
 
 def _version(value: bool) -> None:
@@ -33,8 +40,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     pass
 
 
@@ -66,24 +76,35 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 @data_app.command("validate")
 def data_validate(
-    files: Annotated[list[str], typer.Argument(help="Files, dataset directories, hub ids or built-in names "
-                                                    "(seed-tasks, seed-tasks-en, seed-tasks-zh).")],
-    no_output: Annotated[bool, typer.Option("--no-output", help="Do not require an 'output' field "
-                                                                "(prompt-only files).")] = False,
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            help="Files, dataset directories, hub ids or built-in names "
+            "(seed-tasks, seed-tasks-en, seed-tasks-zh)."
+        ),
+    ],
+    no_output: Annotated[
+        bool, typer.Option("--no-output", help="Do not require an 'output' field (prompt-only files).")
+    ] = False,
 ) -> None:
     """Check files against the record schema: one line per problem, exit 1 if any."""
     from pacos.data.io import Problem, scan
 
     problems = 0
     for source in files:
-        count = 0
-        for item in scan(source, require_output=not no_output):
-            if isinstance(item, Problem):
-                problems += 1
-                print(item)
-            else:
-                count += len(item[1])
-        if problems == 0:
+        count = found = 0
+        try:
+            for item in scan(source, require_output=not no_output):
+                if isinstance(item, Problem):
+                    found += 1
+                    print(item)
+                else:
+                    count += len(item[1])
+        except PacosError as e:  # unreadable as a whole (encoding, unknown type, hub failure): next file
+            found += 1
+            print(e)
+        problems += found
+        if not found:
             print(f"{source}: {count} records OK")
     if problems:
         print(f"{problems} problem(s) found", file=sys.stderr)
@@ -109,10 +130,13 @@ def data_clean(
     source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
     out: Annotated[Path, typer.Option("--out", help="Cleaned records; the format follows the suffix.")],
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
-    rejected: Annotated[Path | None, typer.Option(help="Dropped records, each with its rule "
-                                                       "[default: OUT's name + .rejected.jsonl].")] = None,
-    fix: Annotated[bool | None, typer.Option("--fix", help="Repair what fix rules find instead of only "
-                                                           "flagging it.")] = None,
+    rejected: Annotated[
+        Path | None,
+        typer.Option(help="Dropped records, each with its rule [default: OUT's name + .rejected.jsonl]."),
+    ] = None,
+    fix: Annotated[
+        bool | None, typer.Option("--fix", help="Repair what fix rules find instead of only flagging it.")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of clean settings.")] = None,
     overrides: SetOption = None,
 ) -> None:
@@ -139,17 +163,21 @@ def data_clean(
     from rich.console import Console
 
     Console().print(table)
-    print(f"kept {len(result.kept)} of {len(records)} records -> {out}; dropped {len(result.rejected)} -> "
-          f"{rejected}" + (f"; report -> {report}" if report else ""))
+    print(
+        f"kept {len(result.kept)} of {len(records)} records -> {out}; dropped {len(result.rejected)} -> "
+        f"{rejected}" + (f"; report -> {report}" if report else "")
+    )
 
 
 @data_app.command("mix")
 def data_mix(
-    sources: Annotated[list[str], typer.Argument(help="PATH:WEIGHT or NAME=PATH:WEIGHT, e.g. a.json:0.7 "
-                                                      "b.jsonl:0.3.")],
+    sources: Annotated[
+        list[str], typer.Argument(help="PATH:WEIGHT or NAME=PATH:WEIGHT, e.g. a.json:0.7 b.jsonl:0.3.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Mixed records; the format follows the suffix.")],
-    n: Annotated[int | None, typer.Option("--n", help="Records to draw [default: the most that needs no "
-                                                      "repeats].")] = None,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Records to draw [default: the most that needs no repeats].")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
@@ -175,8 +203,9 @@ def data_split(
     val: Annotated[float, typer.Option(help="Fraction for validation.")] = 0.05,
     test: Annotated[float, typer.Option(help="Fraction for test.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    fmt: Annotated[str | None, typer.Option("--format", help="Output format [default: the input's, or "
-                                                             "jsonl].")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Output format [default: the input's, or jsonl].")
+    ] = None,
 ) -> None:
     """Deterministic train/val/test splits; identical prompts never straddle two splits."""
     from pacos.data.io import FORMATS, read_records, write_records
@@ -197,8 +226,9 @@ def data_split(
 def data_stats(
     source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where stats.json and the PNG plots go.")],
-    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (directory or hub id) for token "
-                                                       "lengths.")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Tokenizer (directory or hub id) for token lengths.")
+    ] = None,
     top: Annotated[int, typer.Option(help="How many leading verbs to report.")] = 20,
 ) -> None:
     """Counts, lengths and the leading verb/object diversity of a dataset, as JSON and PNG plots."""
@@ -213,8 +243,10 @@ def data_stats(
     stats.pop("_lengths")
     _write_json(out_dir / "stats.json", stats)
     verbs = ", ".join(f"{v['verb']} ({v['count']})" for v in stats["top_verbs"][:8])
-    print(f"{stats['records']} records, {stats['with_input_share']:.0%} with input, "
-          f"{stats['distinct_verbs']} distinct leading verbs; top: {verbs}")
+    print(
+        f"{stats['records']} records, {stats['with_input_share']:.0%} with input, "
+        f"{stats['distinct_verbs']} distinct leading verbs; top: {verbs}"
+    )
     print(f"wrote {out_dir / 'stats.json'}, " + ", ".join(str(p) for p in plots))
 
 
@@ -222,8 +254,10 @@ def data_stats(
 
 
 def _not_available(stage: str) -> None:
-    raise PacosError(f"'pacos {stage}' is not available in pacos {__version__} yet; "
-                     "available now: pacos data, pacos quickstart")
+    raise PacosError(
+        f"'pacos {stage}' is not available in pacos {__version__} yet; "
+        "available now: pacos data, pacos quickstart"
+    )
 
 
 @app.command("generate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -264,14 +298,17 @@ def export() -> None:
 
 @app.command("quickstart")
 def quickstart(
-    config: Annotated[Path | None, typer.Option(help="Recipe YAML [default: the built-in quickstart "
-                                                     "recipe].")] = None,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where every stage writes.")] = Path("runs/quickstart"),
+    config: Annotated[
+        Path | None, typer.Option(help="Recipe YAML [default: the built-in quickstart recipe].")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where every stage writes.")] = Path(
+        "runs/quickstart"
+    ),
     overrides: SetOption = None,
 ) -> None:
     """Run every available stage of the pipeline on the embedded defaults."""
-    from pacos.quickstart import QuickstartConfig, run_quickstart
     from pacos.config import load_config
+    from pacos.quickstart import QuickstartConfig, run_quickstart
 
     settings = load_config(QuickstartConfig, config, overrides)
     run_quickstart(settings, out_dir)
@@ -293,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
         while where is not None and where.tb_next is not None:
             where = where.tb_next
         at = f" at {Path(where.tb_frame.f_code.co_filename).name}:{where.tb_lineno}" if where else ""
-        print(f"pacos: internal error: {type(e).__name__}: {e}{at} (set PACOS_DEBUG=1 for the traceback; "
-              "please report it)", file=sys.stderr)
+        print(
+            f"pacos: internal error: {type(e).__name__}: {e}{at} (set PACOS_DEBUG=1 for the traceback; "
+            "please report it)",
+            file=sys.stderr,
+        )
         sys.exit(2)

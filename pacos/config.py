@@ -5,6 +5,7 @@ Unknown keys, wrong types and broken YAML are one-line errors naming the file an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from pacos.errors import PacosError
 
 T = TypeVar("T", bound=BaseModel)
+_FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -35,7 +37,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise PacosError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+        raise PacosError(
+            f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}"
+        )
     return data
 
 
@@ -50,6 +54,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 2e-5 as a string; people mean the number
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -68,7 +74,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"field '{field}': required setting is missing"
     got = error.get("input")
     got_text = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) or got is None else ""
-    return f"field '{field}': {error['msg']}{got_text}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"field '{field}': {message}{got_text}"
 
 
 def build_config(cls: type[T], data: dict[str, Any], source: str) -> T:

@@ -12,14 +12,18 @@ from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8"
+) -> Iterator[IO]:
     """Write to a temporary file beside `path`, then rename it over `path` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        with open(tmp, mode, encoding=None if "b" in mode else encoding, newline="" if "b" not in mode else None) as f:
+        with open(
+            tmp, mode, encoding=None if "b" in mode else encoding, newline="" if "b" not in mode else None
+        ) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -46,7 +46,10 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, int]:
     with atomic_open(data_dir / "clean_report.json") as f:
         json.dump(result.report, f, ensure_ascii=False, indent=2)
     hits = ", ".join(f"{r['name']}={r['count']}" for r in result.report["rules"] if r["count"])
-    print(f"[data] clean: kept {len(result.kept)}, dropped {len(result.rejected)}" + (f" ({hits})" if hits else ""))
+    print(
+        f"[data] clean: kept {len(result.kept)}, dropped {len(result.rejected)}"
+        + (f" ({hits})" if hits else "")
+    )
     splits = split_records(result.kept, config.data.val, config.data.test, config.data.seed)
     for name, part in splits.items():
         if part:
@@ -57,10 +60,14 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, int]:
     stats.pop("_lengths")
     with atomic_open(data_dir / "stats.json") as f:
         json.dump(stats, f, ensure_ascii=False, indent=2)
-    print(f"[data] stats: {stats['with_input_share']:.0%} with input, {stats['chinese_share']:.0%} Chinese, "
-          f"{stats['distinct_verbs']} leading verbs -> {', '.join(str(p) for p in plots)}")
+    print(
+        f"[data] stats: {stats['with_input_share']:.0%} with input, {stats['chinese_share']:.0%} Chinese, "
+        f"{stats['distinct_verbs']} leading verbs -> {', '.join(str(p) for p in plots)}"
+    )
     example = get_template(config.data.template).prompt(splits["train"][0])
     print(f"[data] first training prompt ({config.data.template} template):\n{example}")
-    print(f"[done] data stage written to {data_dir}. Not available in this version yet: "
-          "generate, train, eval, chat, serve, export.")
+    print(
+        f"[done] data stage written to {data_dir}. Not available in this version yet: "
+        "generate, train, eval, chat, serve, export."
+    )
     return {name: len(part) for name, part in splits.items()}

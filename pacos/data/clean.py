@@ -28,8 +28,10 @@ TEXT_FIELDS = ("instruction", "input", "output")
 # Requests a text-only model cannot satisfy: producing or perceiving images, audio, video, drawings or
 # web pages. Alpaca's generation filter dropped any instruction *mentioning* such words (so "the plot of
 # Hamlet" or "a shell command that lists files" went too); these patterns need the request itself.
-_MEDIA = (r"(?:image|picture|photo|photograph|video|audio|recording|clip|drawing|painting|diagram|flowchart"
-          r"|graph|chart|map|figure|screenshot|logo|animation|gif|meme|sketch)s?")
+_MEDIA = (
+    r"(?:image|picture|photo|photograph|video|audio|recording|clip|drawing|painting|diagram|flowchart"
+    r"|graph|chart|map|figure|screenshot|logo|animation|gif|meme|sketch)s?"
+)
 DEFAULT_MODALITY_PATTERNS = [
     r"\b(?:draw|sketch|paint|illustrate)\b(?!\s+(?:a\s+|the\s+|any\s+)?(?:conclusions?|comparisons?"
     r"|inferences?|parallels?|analog(?:y|ies)|attention|distinctions?|lessons?|on\b|from\b|upon\b))",
@@ -37,8 +39,8 @@ DEFAULT_MODALITY_PATTERNS = [
     rf"(?:(?:an?|the|some|this|that|my|your|\w+)\s+){{0,2}}{_MEDIA}\b",
     rf"\b(?:this|these|the following|the given|the attached|attached|the above|the below|the provided"
     rf"|given|provided|below|above)\s+{_MEDIA}\b",
-    r"\b(?:watch|listen to|look at)\s+(?:the|this|that|these)\s+(?:video|clip|song|recording|audio|movie|image"
-    r"|picture|photo)s?\b",
+    r"\b(?:watch|listen to|look at)\s+(?:the|this|that|these)\s+"
+    r"(?:video|clip|song|recording|audio|movie|image|picture|photo)s?\b",
     r"\bplot\s+(?:the\s+|a\s+|an\s+|this\s+)?(?:graph|data|function|points?|curve|chart|line|equation"
     r"|results?|values?|distribution)\b",
     r"\b(?:go to|visit|open|browse)\s+(?:the\s+|this\s+|that\s+|a\s+|our\s+)?(?:website|web\s?page|page"
@@ -237,14 +239,24 @@ def _too_long(record: Record, c: _Compiled) -> str | None:
 # Alpaca's teacher got most arithmetic wrong. This rule checks only what it can check exactly: a
 # request with one arithmetic expression (or "P% of N") whose output states a different final number.
 
-_ASK = re.compile(r"\b(?:calculate|compute|evaluate|what is|what's|solve|find the (?:value|result)|how much is)"
-                  r"\b|计算|等于|多少|=\s*\?", re.IGNORECASE)
+_ASK = re.compile(
+    r"\b(?:calculate|compute|evaluate|what is|what's|solve|find the (?:value|result)|how much is)"
+    r"\b|计算|等于|多少|=\s*\?",
+    re.IGNORECASE,
+)
 _NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
 _EXPR = re.compile(rf"[(\s]*-?{_NUM}[)\s]*(?:(?:[-+*/×÷^]|\bx\b)[(\s]*-?{_NUM}[)\s]*)+")
 _PERCENT = re.compile(rf"({_NUM})\s*%\s*of\s*({_NUM})", re.IGNORECASE)
 _OUT_NUM = re.compile(rf"-?{_NUM}")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
 
 
 def _eval(node: ast.AST) -> float:
@@ -292,7 +304,7 @@ def expected_arithmetic(text: str) -> float | None:
 def _matches(stated: str, expected: float) -> bool:
     value = float(stated.replace(",", ""))
     decimals = len(stated.split(".")[1]) if "." in stated else 0
-    tolerance = max(0.5 * 10 ** -decimals, 1e-9 * abs(expected))  # the output may round
+    tolerance = max(0.5 * 10**-decimals, 1e-9 * abs(expected))  # the output may round
     return abs(value - expected) <= tolerance
 
 
@@ -308,23 +320,48 @@ def _wrong_arithmetic(record: Record, c: _Compiled) -> str | None:
 
 
 RULES: list[Rule] = [
-    Rule("control_chars", "fix", "control characters, zero-width characters, lone surrogates, CR line ends",
-         _fix_control_chars),
-    Rule("whitespace", "fix", "leading or trailing whitespace in instruction, input or output", _fix_whitespace),
-    Rule("no_input_marker", "fix", "input is a no-input marker (<noinput>, No input, N/A, ...): set to ''",
-         _fix_no_input_marker),
+    Rule(
+        "control_chars",
+        "fix",
+        "control characters, zero-width characters, lone surrogates, CR line ends",
+        _fix_control_chars,
+    ),
+    Rule(
+        "whitespace", "fix", "leading or trailing whitespace in instruction, input or output", _fix_whitespace
+    ),
+    Rule(
+        "no_input_marker",
+        "fix",
+        "input is a no-input marker (<noinput>, No input, N/A, ...): set to ''",
+        _fix_no_input_marker,
+    ),
     Rule("empty_instruction", "drop", "instruction is empty or whitespace", _empty_instruction),
     Rule("empty_output", "drop", "output is empty or whitespace", _empty_output),
     Rule("na_output", "drop", "output is a placeholder such as N/A or <No Output>", _na_output),
-    Rule("merged_items", "drop", "output or input carries a following task (## / 18. Instruction: ...)",
-         _merged_items),
-    Rule("url_or_attachment", "drop", "input is a URL, or refers to an attachment or placeholder",
-         _url_or_attachment),
-    Rule("non_text_modality", "drop", "instruction asks to make or perceive images, drawings, audio, video or "
-         "web pages",
-         _non_text_modality),
-    Rule("wrong_arithmetic", "drop", "output's number disagrees with the arithmetic the instruction asks for",
-         _wrong_arithmetic),
+    Rule(
+        "merged_items",
+        "drop",
+        "output or input carries a following task (## / 18. Instruction: ...)",
+        _merged_items,
+    ),
+    Rule(
+        "url_or_attachment",
+        "drop",
+        "input is a URL, or refers to an attachment or placeholder",
+        _url_or_attachment,
+    ),
+    Rule(
+        "non_text_modality",
+        "drop",
+        "instruction asks to make or perceive images, drawings, audio, video or web pages",
+        _non_text_modality,
+    ),
+    Rule(
+        "wrong_arithmetic",
+        "drop",
+        "output's number disagrees with the arithmetic the instruction asks for",
+        _wrong_arithmetic,
+    ),
     Rule("too_long", "drop", "instruction + input + output longer than max_chars", _too_long),
 ]
 DUPLICATE_RULE = "exact_duplicate"
@@ -332,8 +369,9 @@ RULES_BY_NAME = {r.name: r for r in RULES} | {DUPLICATE_RULE: None}
 
 
 def _dedup_key(record: Record) -> tuple[str, ...]:
-    return tuple(" ".join(unicodedata.normalize("NFKC", record.get(k) or "").casefold().split())
-                 for k in TEXT_FIELDS)
+    return tuple(
+        " ".join(unicodedata.normalize("NFKC", record.get(k) or "").casefold().split()) for k in TEXT_FIELDS
+    )
 
 
 def _example(record: Record, reason: str | None = None) -> dict[str, Any]:
@@ -354,8 +392,11 @@ class CleanResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def clean_records(records: Iterable[Record], config: CleanConfig | None = None,
-                  progress: Callable[[Iterable[Record]], Iterable[Record]] | None = None) -> CleanResult:
+def clean_records(
+    records: Iterable[Record],
+    config: CleanConfig | None = None,
+    progress: Callable[[Iterable[Record]], Iterable[Record]] | None = None,
+) -> CleanResult:
     """Apply every enabled rule; return kept records, rejected records (with `_rejected`) and a report."""
     config = config or CleanConfig()
     compiled = _Compiled.build(config)
@@ -403,8 +444,11 @@ def clean_records(records: Iterable[Record], config: CleanConfig | None = None,
         rejected.append({**original, "_rejected": {"rule": rule_name, "reason": reason}})
 
     descriptions = {r.name: (r.kind, r.description) for r in RULES}
-    descriptions[DUPLICATE_RULE] = ("drop", "same instruction, input and output as an earlier record "
-                                            "(after Unicode, case and whitespace normalisation)")
+    descriptions[DUPLICATE_RULE] = (
+        "drop",
+        "same instruction, input and output as an earlier record "
+        "(after Unicode, case and whitespace normalisation)",
+    )
     report = {
         "records_in": total,
         "records_kept": len(kept),
@@ -414,8 +458,15 @@ def clean_records(records: Iterable[Record], config: CleanConfig | None = None,
             {
                 "name": name,
                 "kind": kind,
-                "action": ("disabled" if name in config.disable else
-                           "drop" if kind == "drop" else "fix" if config.fix else "flag"),
+                "action": (
+                    "disabled"
+                    if name in config.disable
+                    else "drop"
+                    if kind == "drop"
+                    else "fix"
+                    if config.fix
+                    else "flag"
+                ),
                 "description": description,
                 "count": counts[name],
                 "examples": examples[name],

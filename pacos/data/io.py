@@ -7,6 +7,7 @@ reading never stops at a traceback. Writes are atomic: the output is either the 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import io
 import json
@@ -34,6 +35,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.-]+)?$")
 _WS = re.compile(r"\s*")
 # CSV, TSV, Parquet and HF datasets hold flat columns: nested values travel as JSON text.
 _NESTED_COLUMNS = ("metadata",)
+_OPTIONAL_COLUMNS = ("id", "source", "metadata")  # an empty CSV cell here means "absent"
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,10 @@ def detect_format(path: str | Path) -> str:
         return "hf"
     fmt = _SUFFIX_FORMATS.get(p.suffix.lower())
     if fmt is None:
-        raise PacosError(f"{path}: unknown file type '{p.suffix}' (expected one of: "
-                         f"{', '.join(sorted(_SUFFIX_FORMATS))}, or a dataset directory)")
+        raise PacosError(
+            f"{path}: unknown file type '{p.suffix}' (expected one of: "
+            f"{', '.join(sorted(_SUFFIX_FORMATS))}, or a dataset directory)"
+        )
     return fmt
 
 
@@ -80,8 +84,10 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise PacosError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
-                         "re-save the file as UTF-8") from None
+        raise PacosError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+            "re-save the file as UTF-8"
+        ) from None
 
 
 def _rows_json(path: Path, text: str) -> Iterator[Row | Problem]:
@@ -101,13 +107,14 @@ def _rows_json(path: Path, text: str) -> Iterator[Row | Problem]:
         yield Row(f"{path}:{_Lines(text).line(start)}", whole)
         return
     if text[start] != "[":
-        yield Problem(f"{path}:{_Lines(text).line(start)}",
-                      f"expected a JSON array of records, found {text[start]!r}")
+        yield Problem(
+            f"{path}:{_Lines(text).line(start)}", f"expected a JSON array of records, found {text[start]!r}"
+        )
         return
     lines = _Lines(text)
     decoder = json.JSONDecoder()
     pos = _WS.match(text, start + 1).end()
-    if text[pos:pos + 1] == "]":
+    if text[pos : pos + 1] == "]":
         yield Problem(str(path), "the JSON array is empty (no records)")
         return
     while True:
@@ -118,7 +125,7 @@ def _rows_json(path: Path, text: str) -> Iterator[Row | Problem]:
             return
         yield Row(f"{path}:{lines.line(pos)}", value)
         pos = _WS.match(text, end).end()
-        nxt = text[pos:pos + 1]
+        nxt = text[pos : pos + 1]
         if nxt == ",":
             pos = _WS.match(text, pos + 1).end()
             continue
@@ -153,10 +160,8 @@ def _decode_nested(row: dict[str, Any]) -> dict[str, Any]:
             if not value.strip():
                 row[key] = None
             elif value.lstrip().startswith("{"):
-                try:
+                with contextlib.suppress(json.JSONDecodeError):  # else left as a string: validation names it
                     row[key] = json.loads(value)
-                except json.JSONDecodeError:
-                    pass  # left as a string: validation names the field
     return row
 
 
@@ -188,10 +193,12 @@ def _rows_csv(path: Path, text: str, delimiter: str) -> Iterator[Row | Problem]:
             continue
         found = True
         if len(cells) != len(header):
-            yield Problem(f"{path}:{first_line}",
-                          f"row has {len(cells)} fields but the header has {len(header)}")
+            yield Problem(
+                f"{path}:{first_line}", f"row has {len(cells)} fields but the header has {len(header)}"
+            )
             continue
-        yield Row(f"{path}:{first_line}", _decode_nested(dict(zip(header, cells))))
+        row = {k: v for k, v in zip(header, cells) if v != "" or k not in _OPTIONAL_COLUMNS}
+        yield Row(f"{path}:{first_line}", _decode_nested(row))
     if not found:
         yield Problem(str(path), "no records after the header row")
 
@@ -252,8 +259,9 @@ def load_hf_dataset(spec: str) -> Any:
         raise
     except Exception as e:  # network, auth and missing-dataset errors all land here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PacosError(f"{spec}: not a local file, and loading it as a Hugging Face dataset failed: "
-                         f"{first}") from None
+        raise PacosError(
+            f"{spec}: not a local file, and loading it as a Hugging Face dataset failed: {first}"
+        ) from None
 
 
 def iter_rows(source: str | Path) -> Iterator[Row | Problem]:
@@ -267,6 +275,9 @@ def iter_rows(source: str | Path) -> Iterator[Row | Problem]:
         return
     path = Path(spec)
     if not path.exists():
+        if Path(_split_name(spec)[0]).is_dir():  # a saved dataset with a :split suffix
+            yield from _rows_table(spec, load_hf_dataset(spec))
+            return
         if _HUB_ID.match(spec) and not path.suffix:
             yield from _rows_table(spec, load_hf_dataset(spec))
             return
@@ -287,8 +298,9 @@ def iter_rows(source: str | Path) -> Iterator[Row | Problem]:
             yield from _rows_csv(path, text, "\t" if fmt == "tsv" else ",")
 
 
-def scan(source: str | Path, *, require_output: bool = True, allow_empty: bool = False
-         ) -> Iterator[tuple[str, list[Record]] | Problem]:
+def scan(
+    source: str | Path, *, require_output: bool = True, allow_empty: bool = False
+) -> Iterator[tuple[str, list[Record]] | Problem]:
     """Like `iter_rows`, but each row is converted into records; bad rows become Problems."""
     for item in iter_rows(source):
         if isinstance(item, Problem):
@@ -301,8 +313,9 @@ def scan(source: str | Path, *, require_output: bool = True, allow_empty: bool =
                 yield Problem(item.where, problem)
 
 
-def read_records(source: str | Path, *, require_output: bool = True, allow_empty: bool = False
-                 ) -> list[Record]:
+def read_records(
+    source: str | Path, *, require_output: bool = True, allow_empty: bool = False
+) -> list[Record]:
     """All records of a source; the first problem raises a one-line PacosError."""
     records: list[Record] = []
     for item in scan(source, require_output=require_output, allow_empty=allow_empty):
@@ -313,8 +326,10 @@ def read_records(source: str | Path, *, require_output: bool = True, allow_empty
 
 
 def _flat(record: Record) -> dict[str, Any]:
-    return {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
-            for k, v in ordered(record).items()}
+    return {
+        k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+        for k, v in ordered(record).items()
+    }
 
 
 def _columns(records: list[Record]) -> list[str]:
@@ -322,6 +337,12 @@ def _columns(records: list[Record]) -> list[str]:
     for record in records:
         columns.update(dict.fromkeys(ordered(record)))
     return list(columns)
+
+
+def _column_table(records: list[Record]) -> dict[str, list[Any]]:
+    """Records as columns over the union of their keys (missing values are None)."""
+    flat = [_flat(r) for r in records]
+    return {c: [row.get(c) for row in flat] for c in _columns(records)}
 
 
 def write_records(records: list[Record], dest: str | Path, fmt: str | None = None) -> Path:
@@ -349,17 +370,14 @@ def write_records(records: list[Record], dest: str | Path, fmt: str | None = Non
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pylist([_flat(r) for r in records])
+            table = pa.Table.from_pydict(_column_table(records))
             with atomic_open(dest, "wb") as f:
                 pq.write_table(table, f)
         else:
             import datasets
 
-            flat = [_flat(r) for r in records]
-            columns = _columns(records)
-            table = {c: [row.get(c) for row in flat] for c in columns}
             with atomic_dir(dest) as tmp:
-                datasets.Dataset.from_dict(table).save_to_disk(str(tmp))
+                datasets.Dataset.from_dict(_column_table(records)).save_to_disk(str(tmp))
     except (OSError, ValueError, TypeError) as e:
         if isinstance(e, PacosError):
             raise

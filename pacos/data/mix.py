@@ -48,8 +48,9 @@ def allocate(total: int, weights: list[float]) -> list[int]:
     return counts
 
 
-def mix_records(sources: list[tuple[MixSource, list[Record]]], n: int | None, seed: int = 0
-                ) -> tuple[list[Record], dict[str, Any]]:
+def mix_records(
+    sources: list[tuple[MixSource, list[Record]]], n: int | None, seed: int = 0
+) -> tuple[list[Record], dict[str, Any]]:
     """Draw `n` records with the given weights, each tagged with its `source`.
 
     A source is sampled without replacement while it has enough records; beyond that its records are
@@ -80,7 +81,15 @@ def mix_records(sources: list[tuple[MixSource, list[Record]]], n: int | None, se
                 record["metadata"] = {**(record.get("metadata") or {}), "original_source": record["source"]}
             record["source"] = source.name
             mixed.append(record)
-        report["sources"].append({"name": source.name, "path": source.path, "weight": source.weight,
-                                  "available": available, "drawn": count, "repeated": repeats})
+        report["sources"].append(
+            {
+                "name": source.name,
+                "path": source.path,
+                "weight": source.weight,
+                "available": available,
+                "drawn": count,
+                "repeated": repeats,
+            }
+        )
     rng.shuffle(mixed)
     return mixed, report

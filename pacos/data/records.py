@@ -129,10 +129,12 @@ def _chat(raw: dict, key: str, require_output: bool, allow_empty: bool) -> Recor
             raise RecordError([f"field '{key}[{i}].{text_key}': expected a string, got {type_name(text)}"])
         {"system": system, "user": user, "assistant": assistant}[role].append(text)
     if len(user) != 1 or len(assistant) > 1:
-        raise RecordError([
-            f"field '{key}': only single-turn conversations convert to instruction records "
-            f"(found {len(user)} user and {len(assistant)} assistant turns)"
-        ])
+        raise RecordError(
+            [
+                f"field '{key}': only single-turn conversations convert to instruction records "
+                f"(found {len(user)} user and {len(assistant)} assistant turns)"
+            ]
+        )
     plain = {"instruction": user[0], "input": ""}
     if assistant:
         plain["output"] = assistant[0]

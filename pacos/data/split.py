@@ -26,7 +26,9 @@ def split_records(records: list[Record], val: float, test: float, seed: int = 0)
     random.Random(seed).shuffle(order)
     n = len(records)
     # A requested split gets at least one record whenever the data allows it.
-    targets = {name: max(round(n * f), 1 if f > 0 and n >= 3 else 0) for name, f in (("test", test), ("val", val))}
+    targets = {
+        name: max(round(n * f), 1 if f > 0 and n >= 3 else 0) for name, f in (("test", test), ("val", val))
+    }
     splits: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
     queue = iter(order)
     for name in ("test", "val"):

@@ -53,8 +53,7 @@ ALPACA_ZH = PromptTemplate(
         "### 指令：\n{instruction}\n\n### 输入：\n{input}\n\n### 回答："
     ),
     prompt_no_input=(
-        "以下是一条描述任务的指令。请写出恰当完成该请求的回答。\n\n"
-        "### 指令：\n{instruction}\n\n### 回答："
+        "以下是一条描述任务的指令。请写出恰当完成该请求的回答。\n\n### 指令：\n{instruction}\n\n### 回答："
     ),
 )
 
@@ -68,15 +67,25 @@ class ChatTemplate:
 
     @staticmethod
     def messages(record: Record) -> list[dict[str, str]]:
-        user = record["instruction"] if not record.get("input") else f"{record['instruction']}\n\n{record['input']}"
+        user = (
+            record["instruction"]
+            if not record.get("input")
+            else f"{record['instruction']}\n\n{record['input']}"
+        )
         system = (record.get("metadata") or {}).get("system")
-        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}
+        ]
 
     def prompt(self, record: Record, tokenizer: Any = None) -> str:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise PacosError("template 'chat' needs a tokenizer that has a chat template "
-                             "(use template 'alpaca' for base models)")
-        return tokenizer.apply_chat_template(self.messages(record), tokenize=False, add_generation_prompt=True)
+            raise PacosError(
+                "template 'chat' needs a tokenizer that has a chat template "
+                "(use template 'alpaca' for base models)"
+            )
+        return tokenizer.apply_chat_template(
+            self.messages(record), tokenize=False, add_generation_prompt=True
+        )
 
 
 TEMPLATES: dict[str, PromptTemplate | ChatTemplate] = {t.name: t for t in (ALPACA, ALPACA_ZH, ChatTemplate())}
