@@ -266,10 +266,54 @@ def generate() -> None:
     _not_available("generate")
 
 
-@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Supervised fine-tuning, full or LoRA (not available yet)."""
-    _not_available("train")
+@app.command("train")
+def train(
+    config: Annotated[Path | None, typer.Option(help="Recipe YAML (see recipes/).")] = None,
+    model: Annotated[str | None, typer.Option(help="Embedded name, .gguf file, directory or hub id.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Training data: file, dataset directory, hub id or built-in name.")
+    ] = None,
+    val_data: Annotated[str | None, typer.Option(help="Validation data.")] = None,
+    output_dir: Annotated[
+        str | None, typer.Option(help="Where the model, checkpoints and metrics go.")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    lora: Annotated[
+        bool | None, typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the latest checkpoint in the output directory.")
+    ] = False,
+    overrides: SetOption = None,
+) -> None:
+    """Fine-tune a base model on instruction data (Alpaca template, loss on the response only)."""
+    from pacos.config import load_config
+    from pacos.train.config import TrainConfig
+    from pacos.train.run import train as run_training
+
+    flags = {
+        "model": model,
+        "data": data,
+        "val_data": val_data,
+        "output_dir": output_dir,
+        "max_steps": max_steps,
+        "epochs": epochs,
+        "lr": lr,
+        "method": None if lora is None else ("lora" if lora else "full"),
+    }
+    extra = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
+    settings = load_config(TrainConfig, config, [*(overrides or []), *extra])
+    result = run_training(settings, resume=resume)
+    if not result.is_main:
+        return
+    best = f", best validation loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    print(
+        f"trained {result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s, "
+        f"padding efficiency {result.padding_efficiency:.0%}); final loss {result.final_loss:.4f}{best}; "
+        f"model in {result.output_dir}"
+    )
 
 
 @app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

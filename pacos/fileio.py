@@ -52,3 +52,20 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_files(directory: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write files into a temporary directory, then move each into `directory` (which may hold other
+    files, such as checkpoints, that must stay). Every file appears whole or not at all."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".incoming.", dir=directory))
+    try:
+        yield tmp
+        for item in tmp.iterdir():
+            if item.is_dir():
+                shutil.rmtree(directory / item.name, ignore_errors=True)
+            os.replace(item, directory / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

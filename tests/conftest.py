@@ -71,3 +71,62 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tok")
     tok.save_pretrained(out)
     return out
+
+
+def build_tiny_model(out: Path, arch: str = "llama") -> Path:
+    """A randomly initialised causal LM with a byte-level tokenizer, saved like a hub model (no download)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    byte_chars = sorted(set(pre_tokenizers.ByteLevel.alphabet()))
+    vocab = {
+        **{s: i for i, s in enumerate(specials)},
+        **{c: i + len(specials) for i, c in enumerate(byte_chars)},
+    }
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    common = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    if arch == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        config = Gemma3TextConfig(
+            head_dim=8, sliding_window=16, layer_types=["sliding_attention", "full_attention"], **common
+        )
+    else:
+        from transformers import LlamaConfig
+
+        config = LlamaConfig(**common)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma"), "gemma3")

@@ -62,9 +62,11 @@ def test_stats_command_writes_json_and_pngs_with_tokens(cli, tmp_path, tiny_toke
 
 
 def test_missing_tokenizer_is_one_line_error(tmp_path):
+    (tmp_path / "nope").mkdir()
     with pytest.raises(
-        PacosError, match=r"tokenizer '.*nope': could not load it as a local directory"
+        PacosError, match=r"nope': the directory holds no Hugging Face model or tokenizer"
     ) as info:
-        (tmp_path / "nope").mkdir()
         load_tokenizer(str(tmp_path / "nope"))
     assert "\n" not in str(info.value)
+    with pytest.raises(PacosError, match=r"not an embedded name"):
+        load_tokenizer("no-such-thing")

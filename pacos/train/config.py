@@ -1,0 +1,76 @@
+"""Settings of `pacos train`: one flat recipe, YAML keys = field names, overridable with --set KEY=VALUE."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pacos.data.clean import CleanConfig
+
+
+class LoraConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # "all-linear": every linear layer of the decoder (not the LM head), as QLoRA recommends.
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # What to train on.
+    model: str = "gemma-3-270m"
+    data: str = "seed-tasks"
+    val_data: str | None = None
+    val_fraction: float = Field(0.0, ge=0, lt=1)  # split off `data` when no val_data is given
+    clean: CleanConfig | None = None  # clean `data` in memory before training
+    template: str = "alpaca"
+    max_length: int = Field(512, gt=8)
+    # Examples longer than max_length: "drop" them (reported), or "cut" the response and leave EOS out,
+    # so the model never learns to stop mid-answer (Alpaca's truncation dropped EOS silently).
+    truncation: Literal["drop", "cut"] = "drop"
+    trust_remote_code: bool = False
+
+    # How to train.
+    method: Literal["full", "lora", "qlora"] = "full"
+    lora: LoraConfig = LoraConfig()
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # overrides epochs
+    batch_size: int = Field(128, gt=0)  # examples per optimizer step, over all processes
+    micro_batch_size: int = Field(4, gt=0)  # examples per forward pass, per process
+    packing: bool = True  # padding-free rows with per-example position ids; False: length-grouped padding
+    lr: float = Field(2e-5, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    gradient_checkpointing: bool = False
+    loss_chunk_size: int = Field(1024, gt=0)  # labelled tokens per LM-head chunk
+    seed: int = 42
+
+    # Where and how it runs.
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"  # auto: fp32 on CPU, bf16-mixed on GPU
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun/accelerate; auto = ddp
+    num_threads: int | None = None
+
+    # What it writes.
+    output_dir: str = "runs/train"
+    log_every: int = Field(1, gt=0)
+    eval_every: int = Field(0, ge=0)  # steps; 0: at the end of each epoch and of training
+    save_every: int = Field(0, ge=0)  # steps; 0: only the final save
+    keep_checkpoints: int = Field(2, gt=0)
+    tensorboard: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.val_data and self.val_fraction:
+            raise ValueError("give val_data or val_fraction, not both")
+        return self

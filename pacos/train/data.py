@@ -1,0 +1,178 @@
+"""Tokenized examples and the batches a training step is made of.
+
+An example is `prompt + output + EOS`, the prompt and the response tokenized separately, exactly as
+inference sees them (the prompt alone, then generated tokens), so the first response token can never
+be lost at a tokenization boundary (trl #1920) and EOS is always present and trained on.
+
+Targets are shifted once, here: `targets[t]` is the token position `t` must predict, or -100. Only
+response tokens and EOS are targets; prompt and padding never are (pad == EOS cannot mask EOS out).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pacos.data.records import Record
+from pacos.data.templates import render_prompt
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    targets: list[int]  # already shifted: targets[t] = input_ids[t + 1] on response positions, else -100
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class TokenizeReport:
+    kept: int = 0
+    dropped_too_long: int = 0
+    cut: int = 0
+    prompt_tokens: int = 0
+    response_tokens: int = 0
+
+
+def tokenize_record(
+    record: Record, tokenizer: Any, template: str, max_length: int, truncation: str
+) -> tuple[Example | None, str]:
+    """One training example, or None with the reason it cannot be one ('too_long')."""
+    prompt = render_prompt(record, template, tokenizer)
+    # A chat template writes its own BOS; a plain template gets the tokenizer's (Gemma and Llama want one).
+    prompt_ids = tokenizer(prompt, add_special_tokens=template != "chat").input_ids
+    response_ids = [*tokenizer(record["output"], add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+    if len(prompt_ids) + len(response_ids) > max_length:
+        if truncation == "drop" or len(prompt_ids) >= max_length - 1:
+            return None, "too_long"
+        response_ids = response_ids[: max_length - len(prompt_ids)]  # EOS goes: the answer did not end here
+        status = "cut"
+    else:
+        status = "ok"
+    input_ids = prompt_ids + response_ids
+    targets = [IGNORE] * (len(prompt_ids) - 1) + response_ids + [IGNORE]
+    return Example(input_ids, targets), status
+
+
+def tokenize_records(
+    records: list[Record], tokenizer: Any, template: str, max_length: int, truncation: str
+) -> tuple[list[Example], TokenizeReport]:
+    report = TokenizeReport()
+    examples = []
+    for record in records:
+        example, status = tokenize_record(record, tokenizer, template, max_length, truncation)
+        if example is None:
+            report.dropped_too_long += 1
+            continue
+        report.cut += status == "cut"
+        report.kept += 1
+        n_response = sum(t != IGNORE for t in example.targets)
+        report.response_tokens += n_response
+        report.prompt_tokens += len(example) - n_response
+        examples.append(example)
+    return examples, report
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [rows, length]
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None  # None when packed: position ids mark where each example starts
+    targets: torch.Tensor
+    real_tokens: int
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    @property
+    def labelled(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+    def to(self, device: torch.device) -> Batch:
+        move = {"device": device, "non_blocking": True}
+        mask = None if self.attention_mask is None else self.attention_mask.to(**move)
+        return Batch(
+            self.input_ids.to(**move),
+            self.position_ids.to(**move),
+            mask,
+            self.targets.to(**move),
+            self.real_tokens,
+        )
+
+
+def collate(examples: list[Example], pad_id: int, packing: bool) -> Batch:
+    """Packed: one row, no padding, positions restart per example (transformers then keeps examples from
+    attending to each other). Not packed: right-padded rows with an attention mask."""
+    real = sum(len(e) for e in examples)
+    if packing:
+        ids = [t for e in examples for t in e.input_ids]
+        pos = [p for e in examples for p in range(len(e))]
+        tgt = [t for e in examples for t in e.targets]
+        return Batch(torch.tensor([ids]), torch.tensor([pos]), None, torch.tensor([tgt]), real)
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id)
+    tgt = torch.full((len(examples), width), IGNORE)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, : len(e)] = torch.tensor(e.input_ids)
+        tgt[row, : len(e)] = torch.tensor(e.targets)
+        mask[row, : len(e)] = 1
+    pos = torch.arange(width).expand(len(examples), width).clone()
+    return Batch(ids, pos, mask, tgt, real)
+
+
+class StepPlan:
+    """Which examples every optimizer step uses: a fresh permutation per epoch (seed + epoch), cut into
+    global batches, each shared out across processes and cut into micro-batches.
+
+    Everything is a pure function of (seed, epoch, step), so a resumed run sees exactly the batches the
+    uninterrupted run would have seen.
+    """
+
+    def __init__(
+        self, n_examples: int, batch_size: int, micro_batch_size: int, seed: int, world_size: int = 1
+    ):
+        if n_examples < world_size:
+            raise ValueError(f"{n_examples} training examples cannot feed {world_size} processes")
+        self.n = n_examples
+        self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.world_size = world_size
+        self.steps_per_epoch = math.ceil(self.n / batch_size)
+        if self.n % batch_size and self.n % batch_size < world_size:
+            self.steps_per_epoch -= 1  # a last batch too small to give every process an example is skipped
+
+    def total_steps(self, epochs: float, max_steps: int | None) -> int:
+        return max_steps or max(1, math.ceil(epochs * self.steps_per_epoch))
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.n, generator=generator).tolist()
+
+    def step_indices(self, step: int, rank: int = 0) -> list[int]:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        batch = self.order(epoch)[within * self.batch_size : (within + 1) * self.batch_size]
+        return batch[rank :: self.world_size]
+
+    def epoch_of(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+
+def micro_batches(
+    examples: list[Example], indices: list[int], micro_batch_size: int, pad_id: int, packing: bool
+) -> list[Batch]:
+    chosen = [examples[i] for i in indices]
+    if not packing:  # group similar lengths so rows carry little padding
+        chosen.sort(key=len, reverse=True)
+    return [
+        collate(chosen[i : i + micro_batch_size], pad_id, packing)
+        for i in range(0, len(chosen), micro_batch_size)
+    ]

@@ -1,0 +1,124 @@
+"""Process groups, devices and model wrapping. The engines are PyTorch's own (DDP, FSDP2 `fully_shard`);
+pacos only picks them, under `torchrun` or `accelerate launch` (both set RANK/WORLD_SIZE/LOCAL_RANK)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import distributed as dist
+from torch import nn
+
+from pacos.errors import PacosError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    strategy: str  # "single", "ddp" or "fsdp"
+    autocast_dtype: torch.dtype | None  # bf16 autocast on GPU, None for plain fp32
+    param_dtype: torch.dtype
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _pick_device(kind: str, local_rank: int) -> torch.device:
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise PacosError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(kind)
+
+
+def setup(device: str = "auto", precision: str = "auto", strategy: str = "auto") -> Runtime:
+    """Start the process group when launched by torchrun/accelerate; pick device and precision."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _pick_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if precision == "auto":
+        precision = "bf16-mixed" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    autocast = torch.bfloat16 if precision == "bf16-mixed" else None
+    param_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    chosen = "single" if world_size == 1 else ("ddp" if strategy == "auto" else strategy)
+    return Runtime(rank, local_rank, world_size, dev, chosen, autocast, param_dtype)
+
+
+def _decoder_layer_classes(model: nn.Module) -> tuple[type, ...]:
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    found = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not found:
+        raise PacosError(f"FSDP: cannot find the decoder layers of {type(model).__name__} to shard")
+    return tuple(found)
+
+
+def wrap(module: nn.Module, hf_model: nn.Module, runtime: Runtime) -> nn.Module:
+    """DDP replicates; FSDP shards every decoder layer, then the rest (embeddings, norm, head)."""
+    if runtime.strategy == "single":
+        return module
+    if runtime.strategy == "ddp":
+        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=runtime.autocast_dtype, reduce_dtype=torch.float32)
+    layer_types = _decoder_layer_classes(hf_model)
+    for sub in hf_model.modules():
+        if isinstance(sub, layer_types):
+            fully_shard(sub, mp_policy=policy)
+    fully_shard(module, mp_policy=policy)
+    return module
+
+
+@contextlib.contextmanager
+def no_gradient_sync(model: nn.Module, skip: bool) -> Iterator[None]:
+    """Accumulate locally on all but the last micro-batch of a step."""
+    if skip and isinstance(model, nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+        return
+    if skip and hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+        return
+    yield
+
+
+def all_reduce_sum(value: float | int, runtime: Runtime) -> float:
+    if not runtime.distributed:
+        return float(value)
+    tensor = torch.tensor(
+        float(value), dtype=torch.float64, device=runtime.device if runtime.device.type == "cuda" else "cpu"
+    )
+    dist.all_reduce(tensor)
+    return float(tensor)
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,124 @@
+"""Response-only loss without the [batch, seq, vocab] logits.
+
+Gemma's vocabulary has 262,144 entries: full logits for 4 x 512 tokens take 2 GiB in fp32, and the LM
+head is the most expensive matmul of a 270M model. So the LM head runs only at labelled positions, in
+chunks, and each chunk's gradient is computed in the same pass (logits are never stored for backward
+and never recomputed): two matmuls per chunk instead of the three that checkpointing would need.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pacos.train.data import IGNORE
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(h_i @ W.T + b, y_i), with d/dh, d/dW, d/db computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk_size: int,
+        softcap: float | None,
+    ) -> torch.Tensor:
+        need_h, need_w = hidden.requires_grad, weight.requires_grad
+        need_b = bias is not None and bias.requires_grad
+        acc = torch.promote_types(weight.dtype, torch.float32)  # softmax and sums in fp32 (or fp64) at least
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start : start + chunk_size]
+            y = targets[start : start + chunk_size]
+            logits = (h.to(weight.dtype) @ weight.t()).to(acc)
+            if bias is not None:
+                logits += bias.to(acc)
+            if softcap:  # Gemma 2 caps logits with tanh; the gradient passes through the cap
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if not (need_h or need_w or need_b):
+                continue
+            grad_logits = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+            grad_logits[torch.arange(len(y), device=y.device), y] -= 1
+            if softcap:
+                grad_logits *= 1 - capped.square()
+            if need_h:
+                grad_h[start : start + chunk_size] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if need_w:
+                grad_w += grad_logits.t() @ h.to(acc)
+            if need_b:
+                grad_b += grad_logits.sum(0)
+        ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
+        ctx.present = (need_h, need_w, need_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved) * grad_output if present else None for present in ctx.present]
+        if grads[1] is not None:
+            grads[1] = grads[1].to(ctx.dtypes[0])
+        if grads[2] is not None:
+            grads[2] = grads[2].to(ctx.dtypes[1])
+        return grads[0], grads[1], grads[2], None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T (+ bias)` against `targets` ([N, H], [V, H], [N])."""
+    return _FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size, softcap)
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack without the LM head (works through PEFT wrappers)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder()
+
+
+class CausalLMLoss(nn.Module):
+    """A causal LM whose forward returns (summed response loss, labelled-token count).
+
+    Distributed wrappers (DDP, FSDP) wrap this module, so the LM head runs inside their forward.
+    """
+
+    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+        config = getattr(model.config, "get_text_config", lambda: model.config)()
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        targets: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = _backbone(self.model)(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        labelled = targets != IGNORE
+        head = self.model.get_output_embeddings()
+        loss_sum = linear_cross_entropy(
+            hidden[labelled], head.weight, head.bias, targets[labelled], self.chunk_size, self.softcap
+        )
+        return loss_sum, labelled.sum()

@@ -1,0 +1,148 @@
+"""Training building blocks on tiny random models: labels, loss, packing, accumulation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pacos.models import load_model, load_tokenizer
+from pacos.train.config import TrainConfig
+from pacos.train.data import IGNORE, StepPlan, collate, micro_batches, tokenize_record, tokenize_records
+from pacos.train.distributed import setup
+from pacos.train.loss import CausalLMLoss, linear_cross_entropy
+from pacos.train.run import accumulate_gradients, lr_factor
+
+RECORD = {"instruction": "Say hi.", "input": "", "output": "Hi there."}
+
+
+def test_label_mask_prompt_ignored_first_response_token_and_eos_labelled(tiny_llama):
+    tok = load_tokenizer(str(tiny_llama))
+    example, status = tokenize_record(RECORD, tok, "alpaca", 512, "drop")
+    assert status == "ok"
+    prompt_ids = tok(
+        "Below is an instruction that describes a task. Write a response that appropriately completes "
+        "the request.\n\n### Instruction:\nSay hi.\n\n### Response:"
+    ).input_ids
+    response_ids = tok("Hi there.", add_special_tokens=False).input_ids
+    assert prompt_ids[0] == tok.bos_token_id
+    assert example.input_ids == [*prompt_ids, *response_ids, tok.eos_token_id]
+    p = len(prompt_ids)
+    assert example.targets[: p - 1] == [IGNORE] * (p - 1)  # no prompt token is a target
+    assert example.targets[p - 1] == response_ids[0]  # the first response token is predicted from the prompt
+    assert example.targets[-2] == tok.eos_token_id  # EOS is a target
+    assert example.targets[-1] == IGNORE  # nothing follows the last token
+    labelled = [t for t in example.targets if t != IGNORE]
+    assert labelled == [*response_ids, tok.eos_token_id]
+
+
+def test_padding_is_never_labelled_even_when_pad_is_eos(tiny_llama):
+    tok = load_tokenizer(str(tiny_llama))
+    long_record = {**RECORD, "output": "A much longer answer than the first one."}
+    examples = [tokenize_record(r, tok, "alpaca", 512, "drop")[0] for r in (RECORD, long_record)]
+    batch = collate(examples, pad_id=tok.eos_token_id, packing=False)  # the classic pad == EOS setup
+    short = len(examples[0])
+    assert batch.attention_mask[0, short:].sum() == 0
+    assert (batch.targets[0, short:] == IGNORE).all()
+    assert (batch.targets[0] == tok.eos_token_id).sum() == 1  # EOS is still labelled once
+    assert batch.labelled == sum(t != IGNORE for e in examples for t in e.targets)
+
+
+def test_truncation_drop_and_cut(tiny_llama):
+    tok = load_tokenizer(str(tiny_llama))
+    record = {**RECORD, "output": "x" * 400}
+    assert tokenize_record(record, tok, "alpaca", 200, "drop") == (None, "too_long")
+    cut, status = tokenize_record(record, tok, "alpaca", 200, "cut")
+    assert status == "cut" and len(cut) == 200
+    assert tok.eos_token_id not in cut.input_ids  # a cut answer must not teach the model to stop there
+    examples, report = tokenize_records([RECORD, record], tok, "alpaca", 200, "drop")
+    assert len(examples) == 1 and report.dropped_too_long == 1
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_fused_loss_matches_full_logits(softcap):
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(101, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(101, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 101, (37,))
+    fused = linear_cross_entropy(hidden, weight, bias, targets, chunk_size=8, softcap=softcap)
+    fused.backward()
+    grads = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    logits = hidden @ weight.T + bias
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    reference = F.cross_entropy(logits, targets, reduction="sum")
+    reference.backward()
+    assert torch.allclose(fused, reference, rtol=1e-10)
+    for got, t in zip(grads, (hidden, weight, bias)):
+        assert torch.allclose(got, t.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma"])
+def test_packed_rows_equal_padded_rows(arch, request):
+    """Packing must not let examples see each other (Gemma's sliding-window layers included)."""
+    path = request.getfixturevalue(arch)
+    tok, model = load_tokenizer(str(path)), load_model(str(path))
+    records = [
+        {"instruction": f"Task {i}.", "input": "x" * (5 * i), "output": "y" * (7 + 3 * i)} for i in range(4)
+    ]
+    examples = [tokenize_record(r, tok, "alpaca", 512, "drop")[0] for r in records]
+    loss_model = CausalLMLoss(model, chunk_size=16)
+    results = []
+    for packing in (True, False):
+        b = collate(examples, tok.pad_token_id, packing)
+        results.append(loss_model(b.input_ids, b.position_ids, b.attention_mask, b.targets))
+    (packed, n_packed), (padded, n_padded) = results
+    assert n_packed == n_padded
+    assert torch.allclose(packed, padded, rtol=1e-5), (packed, padded)
+    # and the loss equals the plain transformers loss computed example by example
+    total = 0.0
+    for e in examples:
+        ids = torch.tensor([e.input_ids])
+        logits = model(ids).logits[0].float()
+        targets = torch.tensor(e.targets)
+        total += F.cross_entropy(logits[targets != IGNORE], targets[targets != IGNORE], reduction="sum")
+    assert torch.allclose(packed, total, rtol=1e-5)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_accumulation_4x2_equals_1x8(tiny_llama, packing):
+    tok = load_tokenizer(str(tiny_llama))
+    records = [{"instruction": f"Task {i}.", "input": "", "output": "z" * (3 + 5 * i)} for i in range(8)]
+    examples, _ = tokenize_records(records, tok, "alpaca", 512, "drop")
+    runtime = setup("cpu", "fp32")
+    grads = []
+    for micro in (2, 8):
+        model = load_model(str(tiny_llama))
+        loss_model = CausalLMLoss(model, chunk_size=7)
+        batches = micro_batches(examples, list(range(8)), micro, tok.pad_token_id, packing)
+        assert len(batches) == 8 // micro
+        accumulate_gradients(loss_model, batches, sum(b.labelled for b in batches), runtime)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7), name
+
+
+def test_step_plan_is_deterministic_and_covers_each_epoch():
+    plan = StepPlan(n_examples=10, batch_size=4, micro_batch_size=2, seed=3)
+    assert plan.steps_per_epoch == 3
+    first_epoch = [i for step in range(3) for i in plan.step_indices(step)]
+    assert sorted(first_epoch) == list(range(10))
+    assert plan.step_indices(3) != plan.step_indices(0) or plan.order(1) != plan.order(0)
+    assert StepPlan(10, 4, 2, seed=3).step_indices(4) == plan.step_indices(4)
+    two = StepPlan(n_examples=10, batch_size=4, micro_batch_size=2, seed=3, world_size=2)
+    assert sorted(two.step_indices(0, 0) + two.step_indices(0, 1)) == sorted(plan.step_indices(0))
+    assert two.steps_per_epoch == 3 and StepPlan(9, 4, 2, 3, world_size=2).steps_per_epoch == 2
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    config = TrainConfig(warmup_ratio=0.1, lr_scheduler="cosine")
+    factors = [lr_factor(s, 100, config) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.5, abs=0.01)
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:])) and factors[-1] < 0.001
