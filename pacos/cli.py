@@ -343,18 +343,20 @@ def export() -> None:
 @app.command("quickstart")
 def quickstart(
     config: Annotated[
-        Path | None, typer.Option(help="Recipe YAML [default: the built-in quickstart recipe].")
+        Path | None,
+        typer.Option(help="Recipe YAML [default: the built-in copy of recipes/quickstart-cpu.yaml]."),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where every stage writes.")] = Path(
         "runs/quickstart"
     ),
     overrides: SetOption = None,
 ) -> None:
-    """Run every available stage of the pipeline on the embedded defaults."""
+    """The whole loop on embedded defaults: clean the seed tasks, LoRA-tune Gemma 3 270M, try the result."""
     from pacos.config import load_config
-    from pacos.quickstart import QuickstartConfig, run_quickstart
+    from pacos.quickstart import QUICKSTART, run_quickstart
+    from pacos.train.config import TrainConfig
 
-    settings = load_config(QuickstartConfig, config, overrides)
+    settings = load_config(TrainConfig, config, overrides, defaults=QUICKSTART)
     run_quickstart(settings, out_dir)
 
 

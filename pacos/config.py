@@ -85,9 +85,14 @@ def build_config(cls: type[T], data: dict[str, Any], source: str) -> T:
         raise PacosError(f"{source}: " + "; ".join(_describe(err) for err in e.errors())) from None
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Settings from a YAML file (or defaults) with overrides applied; errors name the file and field."""
-    data = load_yaml(path) if path else {}
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> T:
+    """Settings from a YAML file (or `defaults`) with overrides applied; errors name the file and field."""
+    data = load_yaml(path) if path else dict(defaults or {})
     data = apply_overrides(data, overrides or [])
     source = str(path) if path else "--set"
     return build_config(cls, data, source)

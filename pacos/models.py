@@ -155,7 +155,9 @@ def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False, **
     """A causal LM (weights via safetensors) from any spec `resolve_model` accepts."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # pacos shows its own progress; per-tensor bars are noise
     where = resolve_model(name)
     kind = "local directory" if Path(where).is_dir() else "Hugging Face hub id"
     try:

@@ -7,7 +7,8 @@ import pytest
 from pacos.config import apply_overrides, load_config
 from pacos.data.clean import CleanConfig
 from pacos.errors import PacosError
-from pacos.quickstart import QuickstartConfig
+from pacos.quickstart import QUICKSTART
+from pacos.train.config import TrainConfig
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 
@@ -26,15 +27,32 @@ def test_yaml_then_overrides(tmp_path):
 
 def test_errors_name_the_file_and_field(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("data:\n  val: lots\n  sorce: x\n")
+    path.write_text("lr: lots\nlora:\n  rank: 8\n")
     with pytest.raises(PacosError) as info:
-        load_config(QuickstartConfig, path)
+        load_config(TrainConfig, path)
     message = str(info.value)
     assert message.startswith(f"{path}: ")
-    assert "field 'data.val': Input should be a valid number" in message
-    assert "field 'data.sorce': unknown setting" in message
+    assert "field 'lr': Input should be a valid number" in message
+    assert "field 'lora.rank': unknown setting" in message
 
 
-def test_recipes_load_and_quickstart_recipe_matches_defaults():
-    assert load_config(QuickstartConfig, RECIPES / "quickstart-cpu.yaml") == QuickstartConfig()
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml") if p.name != "clean.yaml"))
+def test_training_recipes_load(recipe):
+    assert isinstance(load_config(TrainConfig, RECIPES / recipe), TrainConfig)
+
+
+def test_quickstart_recipe_matches_built_in_defaults_and_alpaca_recipe_is_alpaca():
+    assert load_config(TrainConfig, RECIPES / "quickstart-cpu.yaml") == TrainConfig(**QUICKSTART)
+    alpaca = load_config(TrainConfig, RECIPES / "alpaca-7b-fsdp.yaml")
+    assert (
+        alpaca.lr,
+        alpaca.epochs,
+        alpaca.batch_size,
+        alpaca.max_length,
+        alpaca.lr_scheduler,
+        alpaca.warmup_ratio,
+        alpaca.weight_decay,
+        alpaca.method,
+        alpaca.distributed,
+    ) == (2e-5, 3, 128, 512, "cosine", 0.03, 0.0, "full", "fsdp")
     assert load_config(CleanConfig, RECIPES / "clean.yaml").fix is True

@@ -34,6 +34,9 @@ class TrainConfig(BaseModel):
     # so the model never learns to stop mid-answer (Alpaca's truncation dropped EOS silently).
     truncation: Literal["drop", "cut"] = "drop"
     trust_remote_code: bool = False
+    # None: transformers' default (SDPA). "flash_attention_2" on GPUs with flash-attn installed makes packed
+    # rows attend per example without the dense block mask (faster for long packed rows).
+    attn_implementation: str | None = None
 
     # How to train.
     method: Literal["full", "lora", "qlora"] = "full"
@@ -52,7 +55,7 @@ class TrainConfig(BaseModel):
     adam_eps: float = 1e-8
     max_grad_norm: float | None = 1.0
     gradient_checkpointing: bool = False
-    loss_chunk_size: int = Field(1024, gt=0)  # labelled tokens per LM-head chunk
+    loss_chunk_size: int = Field(512, gt=0)  # labelled tokens per LM-head chunk ([chunk, vocab] logits)
     seed: int = 42
 
     # Where and how it runs.

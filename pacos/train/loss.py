@@ -32,6 +32,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         need_h, need_w = hidden.requires_grad, weight.requires_grad
         need_b = bias is not None and bias.requires_grad
         acc = torch.promote_types(weight.dtype, torch.float32)  # softmax and sums in fp32 (or fp64) at least
+        master_dtype = weight.dtype
+        device = hidden.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != weight.dtype:
+            # One cast of the [vocab, hidden] head per call, not one per matmul: autocast does not cache
+            # casts of frozen weights.
+            weight = weight.to(torch.get_autocast_dtype(device))
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
@@ -49,19 +55,20 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
             if not (need_h or need_w or need_b):
                 continue
-            grad_logits = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+            grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1
             if softcap:
                 grad_logits *= 1 - capped.square()
+            grad_low = grad_logits.to(weight.dtype)  # matmuls in the weights' dtype (tensor cores for bf16)
             if need_h:
-                grad_h[start : start + chunk_size] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_h[start : start + chunk_size] = (grad_low @ weight).to(hidden.dtype)
             if need_w:
-                grad_w += grad_logits.t() @ h.to(acc)
+                grad_w += grad_low.t() @ h.to(weight.dtype)
             if need_b:
                 grad_b += grad_logits.sum(0)
         ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
         ctx.present = (need_h, need_w, need_b)
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.dtypes = (master_dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
@@ -80,7 +87,7 @@ def linear_cross_entropy(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
-    chunk_size: int = 1024,
+    chunk_size: int = 512,
     softcap: float | None = None,
 ) -> torch.Tensor:
     """Summed cross-entropy of `hidden @ weight.T (+ bias)` against `targets` ([N, H], [V, H], [N])."""
@@ -99,7 +106,7 @@ class CausalLMLoss(nn.Module):
     Distributed wrappers (DDP, FSDP) wrap this module, so the LM head runs inside their forward.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+    def __init__(self, model: nn.Module, chunk_size: int = 512):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size

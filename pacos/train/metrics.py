@@ -65,7 +65,13 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*zip(*train), label="train loss", color="#5b8def", linewidth=1.2)
+    ax.plot(*zip(*train), label="train loss", color="#5b8def", linewidth=1.0, alpha=0.45)
+    if len(train) >= 5:  # small batches make a noisy curve: show its exponential moving average too
+        smooth, value = [], train[0][1]
+        for step, loss in train:
+            value = 0.8 * value + 0.2 * loss
+            smooth.append((step, value))
+        ax.plot(*zip(*smooth), label="train loss (EMA)", color="#1f4fbf", linewidth=1.8)
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss", color="#e4572e")
     ax.set_xlabel("optimizer step")

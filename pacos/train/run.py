@@ -78,6 +78,8 @@ def load_datasets(config: TrainConfig) -> tuple[list[dict], list[dict]]:
 
 def build_model(config: TrainConfig, runtime: dist_utils.Runtime, tokenizer: Any) -> Any:
     kwargs: dict[str, Any] = {}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
     if config.method == "qlora":
         if runtime.device.type != "cuda":
             raise PacosError("method 'qlora' needs a CUDA GPU (bitsandbytes 4-bit); use method 'lora' on CPU")
@@ -92,9 +94,11 @@ def build_model(config: TrainConfig, runtime: dist_utils.Runtime, tokenizer: Any
             bnb_4bit_use_double_quant=True,
         )
         kwargs["device_map"] = {"": runtime.device}
-    model = load_model(
-        config.model, dtype=runtime.param_dtype, trust_remote_code=config.trust_remote_code, **kwargs
-    )
+    # LoRA under bf16 autocast: the frozen base weights are stored in bf16 (half the memory, no per-matmul
+    # casts); the adapters stay fp32.
+    frozen_bf16 = config.method == "lora" and runtime.autocast_dtype is not None
+    dtype = runtime.autocast_dtype if frozen_bf16 else runtime.param_dtype
+    model = load_model(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code, **kwargs)
     ensure_pad_token(tokenizer, model)
     model.config.use_cache = False
     if config.gradient_checkpointing:
@@ -112,6 +116,9 @@ def build_model(config: TrainConfig, runtime: dist_utils.Runtime, tokenizer: Any
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
     if config.method != "qlora":
         model.to(runtime.device)
     return model
@@ -317,6 +324,12 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     loss_value = float("nan")
     started = time.perf_counter() - state["seconds"]
     loss_model.train()
+    if not resume and config.eval_every and len(val_examples) >= runtime.world_size:
+        # The untrained model's validation loss: the baseline every later value is read against.
+        baseline = round(evaluate(loss_model, val_examples, config, pad_id, runtime), 6)
+        if runtime.is_main:
+            metrics.log({"step": 0, "val_loss": baseline})
+        _say(runtime, f"[train] validation loss before training: {baseline:.4f}")
 
     for step in range(state["step"], total_steps):
         # One optimizer step: its micro-batches, loss normalised by the step's labelled tokens on all ranks.
