@@ -85,7 +85,9 @@ def test_full_output_loads_with_transformers_and_loss_falls(tiny_llama, tmp_path
     out = tmp_path / "full"
     result = train(config(tiny_llama, out, max_steps=12, save_every=0))
     rows = read_metrics(out / "metrics.jsonl")
-    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[0] == {"step": 0, "val_loss": rows[0]["val_loss"]}  # the untrained baseline comes first
+    trained = [r["loss"] for r in rows if "loss" in r]
+    assert trained[-1] < trained[0] and rows[-1]["val_loss"] < rows[0]["val_loss"]
     assert result.padding_efficiency == 1.0 and (out / "loss.png").exists() and (out / "best").is_dir()
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
