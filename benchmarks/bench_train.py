@@ -69,6 +69,22 @@ class _CountingCollator:
         return batch
 
 
+def _trainer_args(method: str, steps: int, out: str, bf16: bool) -> dict:
+    """The settings the HF Trainer and TRL's SFTTrainer share in this benchmark."""
+    return {"output_dir": out, "per_device_train_batch_size": MICRO_BATCH,
+            "gradient_accumulation_steps": ACCUMULATION, "max_steps": steps, "learning_rate": LR[method],
+            "lr_scheduler_type": "cosine", "warmup_steps": 0.03, "weight_decay": 0.0, "logging_steps": 1,
+            "save_strategy": "no", "report_to": [], "use_cpu": True, "seed": 42, "disable_tqdm": True,
+            "bf16": bf16}  # fmt: skip
+
+
+def _train_and_report(trainer, collator: _CountingCollator) -> dict:
+    result = trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"seconds": result.metrics["train_runtime"], "real_tokens": collator.real,
+            "padded_tokens": collator.padded, "final_loss": losses[-1]}  # fmt: skip
+
+
 def run_original(method: str, steps: int, out: str, bf16: bool) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
@@ -101,33 +117,9 @@ def run_original(method: str, steps: int, out: str, bf16: bool) -> dict:
         return {"input_ids": ids, "labels": labels, "attention_mask": ids.ne(tok.pad_token_id)}
 
     collator = _CountingCollator(collate)
-    args = TrainingArguments(
-        output_dir=out,
-        per_device_train_batch_size=MICRO_BATCH,
-        gradient_accumulation_steps=ACCUMULATION,
-        max_steps=steps,
-        learning_rate=LR[method],
-        lr_scheduler_type="cosine",
-        warmup_steps=0.03,
-        weight_decay=0.0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=42,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        bf16=bf16,
-    )
+    args = TrainingArguments(**_trainer_args(method, steps, out, bf16), remove_unused_columns=False)
     trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collator)
-    result = trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {
-        "seconds": result.metrics["train_runtime"],
-        "real_tokens": collator.real,
-        "padded_tokens": collator.padded,
-        "final_loss": losses[-1],
-    }
+    return _train_and_report(trainer, collator)
 
 
 def run_trl(method: str, steps: int, out: str, bf16: bool) -> dict:
@@ -146,25 +138,11 @@ def run_trl(method: str, steps: int, out: str, bf16: bool) -> dict:
         [{"prompt": render_prompt(r, "alpaca"), "completion": r["output"]} for r in _records()]
     )
     args = SFTConfig(
-        output_dir=out,
-        per_device_train_batch_size=MICRO_BATCH,
-        gradient_accumulation_steps=ACCUMULATION,
-        max_steps=steps,
-        learning_rate=LR[method],
-        lr_scheduler_type="cosine",
-        warmup_steps=0.03,
-        weight_decay=0.0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=42,
+        **_trainer_args(method, steps, out, bf16),
         max_length=MAX_LENGTH,
         packing=True,
         packing_strategy="bfd",
         completion_only_loss=True,
-        disable_tqdm=True,
-        bf16=bf16,
     )
     trainer = SFTTrainer(
         model=model,
@@ -174,14 +152,7 @@ def run_trl(method: str, steps: int, out: str, bf16: bool) -> dict:
         peft_config=_peft_config() if method == "lora" else None,
     )
     trainer.data_collator = _CountingCollator(trainer.data_collator)
-    result = trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {
-        "seconds": result.metrics["train_runtime"],
-        "real_tokens": trainer.data_collator.real,
-        "padded_tokens": trainer.data_collator.padded,
-        "final_loss": losses[-1],
-    }
+    return _train_and_report(trainer, trainer.data_collator)
 
 
 def run_pacos(method: str, steps: int, out: str, bf16: bool) -> dict:
