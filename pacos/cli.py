@@ -334,10 +334,26 @@ def serve() -> None:
     _not_available("serve")
 
 
-@app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def export() -> None:
-    """Merge LoRA adapters and write GGUF (not available yet)."""
-    _not_available("export")
+@app.command("export")
+def export(
+    model: Annotated[
+        str, typer.Argument(help="A `pacos train` output directory (LoRA adapter or full model).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="hf: merged Hugging Face safetensors directory.")
+    ] = "hf",
+    base: Annotated[
+        str | None, typer.Option(help="Base model of a LoRA adapter [default: the one it was trained on].")
+    ] = None,
+) -> None:
+    """Merge a LoRA adapter into its base and save safetensors (GGUF export is not available yet)."""
+    if fmt != "hf":
+        raise PacosError(f"export format '{fmt}' is not available in pacos {__version__} yet; available: hf")
+    from pacos.export.merge import export_hf
+
+    path = export_hf(model, out, base)
+    print(f"wrote a standalone model to {path} (loads with AutoModelForCausalLM.from_pretrained)")
 
 
 @app.command("quickstart")

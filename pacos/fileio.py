@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import IO
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, directory: bool) -> None:
+    # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the permissions a plain open() gives.
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_open(
     path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8"
@@ -20,6 +31,7 @@ def atomic_open(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    _usual_mode(Path(tmp), directory=False)
     try:
         with open(
             tmp, mode, encoding=None if "b" in mode else encoding, newline="" if "b" not in mode else None
@@ -40,6 +52,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _usual_mode(tmp, directory=True)
     try:
         yield tmp
         old = None

@@ -196,3 +196,14 @@ def test_convert_command(cli, tmp_path):
     result = cli("data", "convert", "seed-tasks-zh", tmp_path / "zh.parquet")
     assert result.code == 0 and "wrote 40 records" in result.out
     assert len(read_records(tmp_path / "zh.parquet")) == 40
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = write_records(RECORDS, tmp_path / "out.jsonl")
+        directory = write_records(RECORDS, tmp_path / "saved")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert directory.stat().st_mode & 0o777 == 0o755
