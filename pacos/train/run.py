@@ -322,7 +322,6 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     )
     progress = _Progress(total_steps, state["step"], runtime.is_main)
     loss_value = float("nan")
-    started = time.perf_counter() - state["seconds"]
     loss_model.train()
     if not resume and config.eval_every and len(val_examples) >= runtime.world_size:
         # The untrained model's validation loss: the baseline every later value is read against.
@@ -330,6 +329,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         if runtime.is_main:
             metrics.log({"step": 0, "val_loss": baseline})
         _say(runtime, f"[train] validation loss before training: {baseline:.4f}")
+    started = time.perf_counter() - state["seconds"]  # training time (tokens/s) excludes that baseline
 
     for step in range(state["step"], total_steps):
         # One optimizer step: its micro-batches, loss normalised by the step's labelled tokens on all ranks.
