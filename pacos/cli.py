@@ -16,6 +16,7 @@ import typer
 
 from pacos import __version__
 from pacos.errors import PacosError
+from pacos.fileio import write_json
 
 app = typer.Typer(
     help="pacos: Stanford Alpaca end to end. Generate, clean, fine-tune, evaluate, chat, serve, export.",
@@ -61,14 +62,6 @@ def _progress(items: list[Any], description: str) -> Iterable[Any]:
     from rich.progress import track
 
     return track(items, description=description, console=_console(), transient=True)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from pacos.fileio import atomic_open
-
-    with atomic_open(path) as f:
-        json.dump(payload, f, ensure_ascii=False, indent=2)
-        f.write("\n")
 
 
 # --- pacos data -------------------------------------------------------------------------------------
@@ -156,7 +149,7 @@ def data_clean(
     write_records(result.rejected, rejected, "jsonl")
     payload = {"input": source, "output": str(out), "rejected": str(rejected), **result.report}
     if report:
-        _write_json(report, payload)
+        write_json(report, payload)
     table = Table("rule", "action", "count", title=f"pacos data clean: {source}")
     for rule in result.report["rules"]:
         table.add_row(rule["name"], rule["action"], str(rule["count"]))
@@ -189,7 +182,7 @@ def data_mix(
     mixed, summary = mix_records([(s, read_records(s.path)) for s in specs], n, seed)
     write_records(mixed, out)
     if report:
-        _write_json(report, summary)
+        write_json(report, summary)
     for s in summary["sources"]:
         note = f" ({s['repeated']} repeated: only {s['available']} available)" if s["repeated"] else ""
         print(f"{s['name']}: {s['drawn']} records (weight {s['weight']:g}){note}")
@@ -241,7 +234,7 @@ def data_stats(
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_stats(stats, out_dir)
     stats.pop("_lengths")
-    _write_json(out_dir / "stats.json", stats)
+    write_json(out_dir / "stats.json", stats)
     verbs = ", ".join(f"{v['verb']} ({v['count']})" for v in stats["top_verbs"][:8])
     print(
         f"{stats['records']} records, {stats['with_input_share']:.0%} with input, "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pacos.errors import PacosError
+from pacos.errors import PacosError, first_line
 
 
 def _gemma_gguf() -> Path:
@@ -95,7 +95,7 @@ def convert_gguf(gguf: Path, quiet: bool = False) -> Path:
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
     except Exception as e:
-        raise PacosError(f"{gguf}: transformers could not load this GGUF file: {_first_line(e)}") from None
+        raise PacosError(f"{gguf}: transformers could not load this GGUF file: {first_line(e)}") from None
     # The weights are plain float tensors now; drop the GGUF marker so they save as ordinary safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -104,11 +104,6 @@ def convert_gguf(gguf: Path, quiet: bool = False) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return target
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def resolve_model(spec: str, quiet: bool = False) -> str:
@@ -148,7 +143,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     try:
         return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError or hub errors depending on the cause
-        raise PacosError(f"tokenizer '{name}': could not load it as a {kind}: {_first_line(e)}") from None
+        raise PacosError(f"tokenizer '{name}': could not load it as a {kind}: {first_line(e)}") from None
 
 
 def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False, **kwargs: Any) -> Any:
@@ -165,7 +160,7 @@ def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False, **
             where, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code, **kwargs
         )
     except Exception as e:
-        raise PacosError(f"model '{name}': could not load it as a {kind}: {_first_line(e)}") from None
+        raise PacosError(f"model '{name}': could not load it as a {kind}: {first_line(e)}") from None
 
 
 def ensure_pad_token(tokenizer: Any, model: Any = None) -> None:

@@ -8,7 +8,6 @@ The settings are recipes/quickstart-cpu.yaml (the same values are built in, so i
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from pacos.data.clean import clean_records
 from pacos.data.io import read_records, write_records
 from pacos.data.split import split_records
 from pacos.data.stats import compute_stats, plot_stats
-from pacos.fileio import atomic_open
+from pacos.fileio import write_json
 from pacos.train.config import TrainConfig
 
 QUICKSTART: dict[str, Any] = {
@@ -42,18 +41,13 @@ QUICKSTART: dict[str, Any] = {
 }
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    with atomic_open(path) as f:
-        json.dump(payload, f, ensure_ascii=False, indent=2)
-
-
 def data_stage(config: TrainConfig, data_dir: Path) -> tuple[Path, Path | None]:
     records = read_records(config.data, allow_empty=True)
     print(f"[data] read {len(records)} records from {config.data}")
     if config.clean is not None:
         result = clean_records(records, config.clean)
         write_records(result.rejected, data_dir / "rejected.jsonl")
-        _write_json(data_dir / "clean_report.json", result.report)
+        write_json(data_dir / "clean_report.json", result.report)
         hits = ", ".join(f"{r['name']}={r['count']}" for r in result.report["rules"] if r["count"])
         print(
             f"[data] clean: kept {len(result.kept)}, dropped {len(result.rejected)}"
@@ -68,7 +62,7 @@ def data_stage(config: TrainConfig, data_dir: Path) -> tuple[Path, Path | None]:
     stats = compute_stats(records)
     plots = plot_stats(stats, data_dir)
     stats.pop("_lengths")
-    _write_json(data_dir / "stats.json", stats)
+    write_json(data_dir / "stats.json", stats)
     print(
         f"[data] split: train {len(splits['train'])}, val {len(splits['val'])}; "
         f"{stats['with_input_share']:.0%} with "
@@ -151,7 +145,7 @@ def run_quickstart(config: TrainConfig, out_dir: Path) -> dict[str, Any]:
     train_records = read_records(train_path)
     picks = train_records[:2] + (read_records(val_path)[:1] if val_path else [])
     samples = sample_answers(out_dir / "model", config, picks)
-    _write_json(out_dir / "samples.json", samples)
+    write_json(out_dir / "samples.json", samples)
     for sample, origin in zip(samples, ["training", "training", "held-out"]):
         end = "ends with EOS" if sample["ended_with_eos"] else "no EOS within the token limit"
         print(

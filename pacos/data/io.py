@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pacos.data.records import Record, RecordError, normalize, ordered
-from pacos.errors import PacosError
+from pacos.errors import PacosError, first_line
 from pacos.fileio import atomic_dir, atomic_open
 
 FORMATS = ("json", "jsonl", "csv", "tsv", "parquet", "hf")
@@ -219,7 +219,7 @@ def _rows_parquet(path: Path) -> Iterator[Row | Problem]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
-        yield Problem(str(path), f"not a readable Parquet file: {str(e).splitlines()[0]}")
+        yield Problem(str(path), f"not a readable Parquet file: {first_line(e)}")
         return
     yield from _rows_table(str(path), table.to_pylist())
 
@@ -258,9 +258,8 @@ def load_hf_dataset(spec: str) -> Any:
     except PacosError:
         raise
     except Exception as e:  # network, auth and missing-dataset errors all land here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PacosError(
-            f"{spec}: not a local file, and loading it as a Hugging Face dataset failed: {first}"
+            f"{spec}: not a local file, and loading it as a Hugging Face dataset failed: {first_line(e)}"
         ) from None
 
 
@@ -381,5 +380,5 @@ def write_records(records: list[Record], dest: str | Path, fmt: str | None = Non
     except (OSError, ValueError, TypeError) as e:
         if isinstance(e, PacosError):
             raise
-        raise PacosError(f"{dest}: cannot write {fmt}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+        raise PacosError(f"{dest}: cannot write {fmt}: {first_line(e)}") from None
     return dest

@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from pacos.errors import PacosError
+from pacos.errors import PacosError, first_line
 from pacos.fileio import atomic_dir
 from pacos.train.distributed import Runtime, barrier
 
@@ -140,7 +140,7 @@ def load_checkpoint(
         rng_file = path / f"rng-rank{runtime.rank}.pt"
         rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise PacosError(f"{path}: cannot read the checkpoint: {str(e).splitlines()[0]}") from None
+        raise PacosError(f"{path}: cannot read the checkpoint: {first_line(e)}") from None
     # Tied weights were stored once; the model's state dict may list them under both names.
     expected = get_model_state_dict(model, options=_options(trainable_only, runtime.distributed))
 
