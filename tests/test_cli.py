@@ -20,7 +20,7 @@ def test_version_and_help(cli):
     )
 
 
-@pytest.mark.parametrize("stage", ["generate", "eval", "chat", "serve"])
+@pytest.mark.parametrize("stage", ["generate", "eval"])
 def test_unavailable_stages_say_so(cli, stage):
     result = cli(stage, "--model", "x")
     assert result.code == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,22 +31,28 @@ def base_model_of(adapter_dir: Path) -> str:
         raise PacosError(f"{adapter_dir}: adapter_config.json names no base model; pass --base") from None
 
 
+def merged_model(model_dir: Path, base: str | None = None) -> Any:
+    """An adapter merged into its base, in fp32 on the de-quantized base."""
+    import torch
+    from peft import PeftModel
+
+    base_spec = base or base_model_of(model_dir)
+    try:
+        merged = PeftModel.from_pretrained(load_model(base_spec, dtype=torch.float32), str(model_dir))
+    except PacosError:
+        raise
+    except Exception as e:  # a base of another shape, a broken adapter file
+        raise PacosError(f"{model_dir}: cannot apply this adapter to '{base_spec}': {e}") from None
+    return merged.merge_and_unload()
+
+
 def export_hf(model_dir: str | Path, out: str | Path, base: str | None = None) -> Path:
     """A standalone model directory: LoRA merged into its base, or a full model re-saved as safetensors."""
     import torch
 
     model_dir, out = Path(model_dir), Path(out)
     if (model_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base_spec = base or base_model_of(model_dir)
-        try:
-            merged = PeftModel.from_pretrained(load_model(base_spec, dtype=torch.float32), str(model_dir))
-        except PacosError:
-            raise
-        except Exception as e:  # a base of another shape, a broken adapter file
-            raise PacosError(f"{model_dir}: cannot apply this adapter to '{base_spec}': {e}") from None
-        model = merged.merge_and_unload()
+        model = merged_model(model_dir, base)
     else:
         model = load_model(str(model_dir), dtype=torch.float32)
     tokenizer = load_tokenizer(str(model_dir))

@@ -1,0 +1,111 @@
+"""Sampling parameters and the next-token choice for a batch of rows, each with its own settings.
+
+Greedy (temperature 0) is an argmax, so it depends on nothing but the logits. Sampling rows draw from
+their own `torch.Generator`, so a seeded request gives the same text whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pacos.errors import PacosError
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no limit
+    repetition_penalty: float = 1.0  # the CTRL/transformers rule: divide positive logits, multiply negative
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: no logprobs; k: the chosen token's plus the k most likely
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 0, "max_new_tokens must be >= 0"),
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be between 0 and 20"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PacosError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # the most likely tokens at this step, best first
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: list[int], penalty: float) -> None:
+    """In place, on one row [V]."""
+    if penalty == 1.0 or not seen:
+        return
+    ids = torch.tensor(sorted(set(seen)), device=logits.device)
+    picked = logits[ids]
+    logits[ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """One row [V] with the tokens outside top-k / the top-p nucleus set to -inf."""
+    if top_k > 0 and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Keep the smallest prefix whose mass reaches top_p (the token that crosses it stays in).
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p
+        logits = logits.masked_fill(
+            torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), float("-inf")
+        )
+    return logits
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    seen: list[list[int]],
+    generators: list[torch.Generator | None],
+) -> tuple[list[int], list[TokenLogprob | None]]:
+    """The next token of every row of `logits` [B, V] (float32), and its logprobs where asked for."""
+    logits = logits.float()
+    if any(p.repetition_penalty != 1.0 for p in params):
+        logits = logits.clone()
+        for row, p in enumerate(params):
+            apply_repetition_penalty(logits[row], seen[row], p.repetition_penalty)
+    tokens = logits.argmax(-1).tolist()  # one call for every greedy row
+    for row, p in enumerate(params):
+        if p.greedy:
+            continue
+        filtered = filter_top_k_top_p(logits[row] / p.temperature, p.top_k, p.top_p)
+        probs = filtered.softmax(-1)
+        tokens[row] = int(torch.multinomial(probs, 1, generator=generators[row]))
+    logprobs: list[TokenLogprob | None] = [None] * len(params)
+    wanted = [row for row, p in enumerate(params) if p.logprobs is not None]
+    if wanted:
+        # The model's distribution (after the repetition penalty, before temperature), as OpenAI reports it.
+        log_probs = torch.log_softmax(logits[wanted], dim=-1)
+        for i, row in enumerate(wanted):
+            k = params[row].logprobs or 0
+            top = torch.topk(log_probs[i], k) if k else None
+            logprobs[row] = TokenLogprob(
+                tokens[row],
+                float(log_probs[i, tokens[row]]),
+                list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [],
+            )
+    return tokens, logprobs

@@ -1,0 +1,96 @@
+"""Continuous batching for a server: one thread owns the model; requests join the running batch
+between decode steps and leave it when they finish, so concurrent requests share every forward pass.
+
+`submit` never blocks: a full waiting queue raises `QueueFull` (the server answers 429) instead of
+letting latency grow without bound. A failure inside the model ends the requests it touched with an
+error event; the thread carries on with the next ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from pacos.errors import PacosError, first_line
+from pacos.infer.engine import Decoder, Engine, Event, Sequence
+from pacos.infer.sampling import SamplingParams
+
+log = logging.getLogger("pacos.scheduler")
+
+
+class QueueFull(PacosError):
+    pass
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, max_batch_size: int = 8, max_waiting: int = 64) -> None:
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.max_waiting = max_waiting
+        self.waiting: deque[Sequence] = deque()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.decoder = Decoder(engine)
+        self.thread = threading.Thread(target=self._run, name="pacos-scheduler", daemon=True)
+
+    def start(self) -> Scheduler:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self.thread.join(timeout=30)
+
+    @property
+    def running(self) -> int:
+        return len(self.decoder)
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]
+    ) -> Sequence:
+        """Queue a request; `on_event` is called from the scheduler thread for every step's output."""
+        seq = self.engine.new_sequence(prompt_ids, params, on_event)
+        with self.lock:
+            if len(self.waiting) >= self.max_waiting:
+                raise QueueFull(f"the server is busy: {len(self.waiting)} requests are waiting; retry later")
+            self.waiting.append(seq)
+        self.wake.set()
+        return seq
+
+    def _admit(self) -> list[Sequence]:
+        with self.lock:
+            room = min(self.max_batch_size, self.engine.max_batch_size) - len(self.decoder)
+            admitted = []
+            while self.waiting and len(admitted) < room:
+                seq = self.waiting.popleft()
+                if not seq.cancelled:
+                    admitted.append(seq)
+            return admitted
+
+    def _run(self) -> None:
+        while not self.stopping:
+            admitted = self._admit()
+            try:
+                if admitted:
+                    self.decoder.add(admitted)
+                if len(self.decoder):
+                    self.decoder.step()
+            except Exception as e:  # a model failure ends the requests it touched, not the server
+                log.exception("generation failed")
+                for seq in {id(s): s for s in [*self.decoder.seqs, *admitted]}.values():
+                    if not seq.finished:
+                        seq.finished = True
+                        failure = Event("", [], [], "error", len(seq.prompt_ids), error=first_line(e))
+                        seq.on_event(failure)
+                self.decoder = Decoder(self.engine)
+            if not len(self.decoder) and not self.waiting:
+                self.wake.wait()
+                self.wake.clear()

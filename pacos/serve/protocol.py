@@ -1,0 +1,113 @@
+"""Request bodies of the OpenAI API that `pacos serve` answers, as pydantic models.
+
+Field names, defaults and ranges follow OpenAI's, so the official clients work unchanged. Unknown fields
+are ignored (clients send many). Fields whose meaning pacos cannot honour (echo, logit_bias, tools, a
+JSON response format, non-zero presence/frequency penalties) are rejected with a 400 rather than
+silently ignored, so a client never trusts an answer that did not follow its request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_N = 16  # choices per request: each is a sequence in the batch, so this bounds one request's share
+MAX_STOPS = 4  # OpenAI's limit
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    """Fields both endpoints share."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None  # OpenAI requires it; pacos serves one model, so a missing one means that one
+    temperature: float | None = Field(1.0, ge=0, le=2)
+    top_p: float | None = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # pacos extras (vLLM names)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings")
+        return [s for s in stops if s]  # an empty stop string would end every answer at once
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> _Common:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise ValueError(f"{name}: only 0 is supported; use repetition_penalty")
+        if self.logit_bias:
+            raise ValueError("logit_bias: not supported")
+        return self
+
+    def stop_list(self) -> list[str]:
+        return list(self.stop or [])  # type: ignore[arg-type]  # the validator made it a list
+
+
+class CompletionRequest(_Common):
+    """POST /v1/completions (the legacy text completion API)."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default; null: up to the context length
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+    best_of: int | None = Field(None, ge=1)
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _completion_only(self) -> CompletionRequest:
+        if self.echo:
+            raise ValueError("echo: not supported")
+        if self.suffix:
+            raise ValueError("suffix: not supported")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of: only best_of == n is supported")
+        return self
+
+
+class ChatCompletionRequest(_Common):
+    """POST /v1/chat/completions."""
+
+    # Checked by the engine's prompt builder, which names the offending field (messages[2].role).
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)  # OpenAI's newer name; wins over max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _chat_only(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: needs logprobs set to true")
+        if self.tools:
+            raise ValueError("tools: tool calling is not supported")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ValueError("response_format: only type 'text' is supported")
+        return self
+
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

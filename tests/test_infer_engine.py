@@ -1,0 +1,274 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pacos.errors import PacosError
+from pacos.infer import Engine, SamplingParams
+from pacos.infer.detokenize import TextStream
+from pacos.infer.engine import Decoder
+from pacos.infer.sampling import apply_repetition_penalty, filter_top_k_top_p
+from pacos.infer.scheduler import QueueFull, Scheduler
+
+PROMPTS = [
+    "Hello there, how are you doing today my friend",
+    "你好，世界",
+    "a b c",
+    "The quick brown fox jumps",
+]
+GREEDY = SamplingParams(max_new_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def tiny(request, tiny_llama, tiny_gemma):
+    path = tiny_llama if request.param == "llama" else tiny_gemma
+    return Engine.load(str(path), dtype="float32"), AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    out = model.generate(
+        torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+    )
+    return out[0, len(ids) :].tolist()
+
+
+def test_greedy_equals_transformers_alone_and_batched(tiny):
+    # Gemma's tiny config has a 16-token sliding window, so these lengths cross it.
+    engine, model = tiny
+    singles = [engine.generate([p], GREEDY)[0] for p in PROMPTS]
+    batched = engine.generate(PROMPTS, GREEDY)
+    for prompt, single, batch in zip(PROMPTS, singles, batched, strict=True):
+        expected = hf_greedy(model, engine.encode(prompt), 24)
+        assert single.token_ids == expected
+        assert batch.token_ids == expected
+        assert (single.finish_reason, single.completion_tokens) == ("length", 24)
+        assert single.prompt_tokens == len(engine.encode(prompt))
+
+
+def test_rows_joining_and_leaving_a_running_batch_keep_their_answers(tiny):
+    engine, _ = tiny
+    expected = {p: engine.generate([p], GREEDY)[0].token_ids for p in PROMPTS}
+    got: dict[str, list[int]] = {p: [] for p in PROMPTS}
+    decoder = Decoder(engine)
+
+    def sequence(prompt, n):
+        return engine.new_sequence(
+            engine.encode(prompt),
+            SamplingParams(max_new_tokens=n, ignore_eos=True),
+            lambda e: got[prompt].extend(e.token_ids),
+        )
+
+    decoder.add([sequence(PROMPTS[0], 24)])
+    for _ in range(5):
+        decoder.step()
+    decoder.add([sequence(PROMPTS[1], 24), sequence(PROMPTS[2], 8)])  # the short one leaves early
+    for _ in range(10):
+        decoder.step()
+    decoder.add([sequence(PROMPTS[3], 24)])
+    while len(decoder):
+        decoder.step()
+    for prompt in PROMPTS:
+        n = 8 if prompt == PROMPTS[2] else 24
+        assert got[prompt] == expected[prompt][:n], prompt
+
+
+def test_stream_matches_generate_and_stop_strings_never_leak(tiny_llama):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    prompt = PROMPTS[0]
+    full = engine.generate([prompt], GREEDY)[0]
+    events = list(engine.stream(prompt, GREEDY))
+    assert "".join(e.text for e in events) == full.text
+    assert [t for e in events for t in e.token_ids] == full.token_ids
+    assert [e.finish_reason for e in events][-1] == "length" and all(
+        e.finish_reason is None for e in events[:-1]
+    )
+
+    stop = full.text[6:9]  # a string the greedy answer really contains
+    cut = full.text[: full.text.index(stop)]
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True, stop=["never appears", stop])
+    stopped = engine.generate([prompt], params)[0]
+    assert (stopped.text, stopped.finish_reason) == (cut, "stop")
+    streamed = [e.text for e in engine.stream(prompt, params)]
+    assert "".join(streamed) == cut
+    assert all(stop not in "".join(streamed[: i + 1]) for i in range(len(streamed)))
+
+
+def test_eos_ends_the_answer_and_is_not_shown(tiny_llama):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    sampled = SamplingParams(max_new_tokens=24, temperature=2.0, seed=1, ignore_eos=True)
+    tokens = engine.generate([PROMPTS[0]], sampled)[0].token_ids
+    first_new = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])
+    engine.eos_ids = {tokens[first_new]}
+    result = engine.generate([PROMPTS[0]], SamplingParams(**{**sampled.__dict__, "ignore_eos": False}))[0]
+    assert result.finish_reason == "stop" and result.token_ids == tokens[:first_new]
+    assert result.text == engine.tokenizer.decode(tokens[:first_new])
+    assert engine.generate([PROMPTS[0]], sampled)[0].token_ids == tokens
+
+
+def test_limits_max_new_tokens_zero_and_context_end(tiny_llama):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    none = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=0))[0]
+    assert (none.text, none.finish_reason, none.completion_tokens) == ("", "length", 0)
+    prompt_len = len(engine.encode(PROMPTS[0]))
+    engine.context_length = prompt_len + 5
+    capped = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=50, ignore_eos=True))[0]
+    assert (capped.completion_tokens, capped.finish_reason) == (5, "length")
+    with pytest.raises(PacosError, match="prompt is empty"):
+        engine.generate([[]])
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(tiny_llama):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    params = SamplingParams(max_new_tokens=16, temperature=1.5, top_k=50, top_p=0.95, seed=7, ignore_eos=True)
+    alone = engine.generate([PROMPTS[0]], params)[0].token_ids
+    in_batch = engine.generate([PROMPTS[0], PROMPTS[1], PROMPTS[0]], [params, GREEDY, params])
+    assert in_batch[0].token_ids == alone and in_batch[2].token_ids == alone
+    other_seed = SamplingParams(**{**params.__dict__, "seed": 8})
+    assert engine.generate([PROMPTS[0]], other_seed)[0].token_ids != alone
+    greedy = engine.generate([PROMPTS[0]], GREEDY)[0].token_ids
+    top_1 = SamplingParams(max_new_tokens=24, temperature=1.0, top_k=1, ignore_eos=True)
+    assert engine.generate([PROMPTS[0]], top_1)[0].token_ids == greedy
+
+
+def test_filters_and_repetition_penalty():
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
+    assert torch.isinf(filter_top_k_top_p(logits, 2, 1.0)).tolist() == [False, False, True, True, True]
+    # Softmax mass: 0.64, 0.23, 0.09 ...: top_p 0.7 keeps the first two (the one crossing 0.7 stays).
+    assert torch.isinf(filter_top_k_top_p(logits, 0, 0.7)).tolist() == [False, False, True, True, True]
+    assert torch.isinf(filter_top_k_top_p(logits, 0, 0.5)).tolist() == [False, True, True, True, True]
+    penalised = logits.clone()
+    apply_repetition_penalty(penalised, [0, 4, 4], 2.0)
+    assert penalised.tolist() == [1.5, 2.0, 1.0, 0.0, -2.0]
+
+
+def test_repetition_penalty_changes_a_repetitive_answer(tiny_llama):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    plain = engine.generate([PROMPTS[2]], GREEDY)[0].token_ids
+    assert len(set(plain)) < len(plain) / 2  # the tiny model repeats itself
+    params = SamplingParams(max_new_tokens=24, repetition_penalty=5.0, ignore_eos=True)
+    penalised = engine.generate([PROMPTS[2]], params)[0]
+    assert len(set(penalised.token_ids)) > len(set(plain))
+
+
+def test_logprobs_are_the_models(tiny_llama):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    result = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=4, logprobs=3, ignore_eos=True))[0]
+    ids = engine.encode(PROMPTS[0]) + result.token_ids
+    with torch.no_grad():
+        reference = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    start = len(ids) - len(result.token_ids) - 1
+    for i, lp in enumerate(result.logprobs):
+        row = reference[start + i]
+        assert lp.token_id == result.token_ids[i]
+        assert lp.logprob == pytest.approx(float(row[lp.token_id]), abs=1e-4)
+        assert [t for t, _ in lp.top] == torch.topk(row, 3).indices.tolist()
+        assert lp.top[0][0] == lp.token_id  # greedy picks the most likely
+
+
+def test_text_stream_holds_back_half_characters_and_possible_stops(tiny_tokenizer_dir, tiny_llama):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)  # byte-level: one Chinese character = 3 tokens
+    text = "你好，世界！ stop here"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    stream = TextStream(tokenizer, stop=["stop"])
+    shown = []
+    for token in ids:
+        piece, stopped = stream.push(token)
+        assert "\ufffd" not in piece
+        shown.append(piece)
+        if stopped:
+            break
+    assert "".join(shown) == "你好，世界！ " and stopped
+    plain = TextStream(tokenizer)
+    assert "".join(plain.push(t)[0] for t in ids) + plain.flush() == text
+
+
+def test_int8_weights_keep_the_model(tiny_llama):
+    from pacos.infer.quantize import Int8Linear
+
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(3, 64)
+    assert torch.allclose(Int8Linear(linear)(x), linear(x), atol=0.03)
+    exact = Engine.load(str(tiny_llama), dtype="float32")
+    quantized = Engine.load(str(tiny_llama), dtype="float32", quantize="int8")
+    assert not any(isinstance(m, torch.nn.Linear) for m in quantized.model.modules())
+    ids = torch.tensor([exact.encode(PROMPTS[0])])
+    with torch.no_grad():
+        a, b = exact.model(ids).logits, quantized.model(ids).logits
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+    with pytest.raises(PacosError, match="quantize 'int4'"):
+        Engine.load(str(tiny_llama), quantize="int4")
+
+
+def test_scheduler_batches_concurrent_requests_and_survives_failures(tiny_llama):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    expected = [engine.generate([p], GREEDY)[0].token_ids for p in PROMPTS]
+    scheduler = Scheduler(engine, max_batch_size=3, max_waiting=8).start()
+    sizes = []
+    step = scheduler.decoder.step
+    scheduler.decoder.step = lambda: (sizes.append(len(scheduler.decoder)), step())[1]
+    done = threading.Event()
+    got: dict[int, list[int]] = {i: [] for i in range(len(PROMPTS))}
+    finished = []
+
+    def on_event(i):
+        def record(event):
+            got[i].extend(event.token_ids)
+            if event.finish_reason:
+                finished.append(i)
+                if len(finished) == len(PROMPTS):
+                    done.set()
+
+        return record
+
+    for i, prompt in enumerate(PROMPTS):
+        scheduler.submit(engine.encode(prompt), GREEDY, on_event(i))
+    assert done.wait(60)
+    assert [got[i] for i in range(len(PROMPTS))] == expected
+    assert max(sizes) == 3
+
+    # A model failure ends the requests it touched with an error, and the next request is served.
+    errors = []
+    broken, engine.decode = engine.decode, lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    failed = threading.Event()
+
+    def on_failure(event):
+        if event.finish_reason:
+            errors.append(event.error)
+            failed.set()
+
+    scheduler.submit(engine.encode("x"), GREEDY, on_failure)
+    assert failed.wait(30) and errors == ["out of memory"]
+    engine.decode = broken
+    again = threading.Event()
+    scheduler.submit(engine.encode(PROMPTS[0]), GREEDY, lambda e: e.finish_reason == "length" and again.set())
+    assert again.wait(30)
+    scheduler.stop()
+
+
+def test_scheduler_refuses_when_the_queue_is_full(tiny_llama):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    scheduler = Scheduler(engine, max_batch_size=1, max_waiting=1)  # not started: nothing leaves the queue
+    scheduler.submit([1, 5], GREEDY, lambda e: None)
+    with pytest.raises(QueueFull, match="busy"):
+        scheduler.submit([1, 5], GREEDY, lambda e: None)
+
+
+def test_compiled_decode_gives_the_eager_tokens_and_falls_back_when_it_fails(tiny_llama, caplog):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    expected = [c.token_ids for c in engine.generate(PROMPTS[:2], GREEDY)]
+    engine.compile()
+    assert engine.compiled_step is not None
+    assert [c.token_ids for c in engine.generate(PROMPTS[:2], GREEDY)] == expected
+
+    def broken(**kwargs):
+        raise RuntimeError("inductor: no C++ compiler")
+
+    engine.compiled_step = broken
+    assert [c.token_ids for c in engine.generate(PROMPTS[:2], GREEDY)] == expected
+    assert engine.compiled_step is None and "torch.compile failed (inductor: no C++ compiler)" in caplog.text
