@@ -1,10 +1,10 @@
 """Greedy decoding speed: the pacos engine vs transformers `generate` vs llama.cpp, Gemma 3 270M.
 
 Same machine, same run, same model, same prompts (Alpaca prompts of the bundled seed tasks), greedy,
-a fixed number of new tokens per prompt (EOS ignored, so every run does the same work), batch 1 and
-batch 8 (8 different prompts, left-padded). tokens/s = new tokens of the whole batch / wall time of the
-call, prefill included. Each configuration runs in a fresh process (its own threads and memory), warms
-up once, then takes the median of `--repeats` timed calls.
+a fixed number of new tokens per prompt (EOS ignored, so every run does the same work), batch 1 (4
+prompts, one after another) and batch 8 (8 different prompts, left-padded, one call). tokens/s = new
+tokens / wall time of the call, prefill included. Each configuration runs in a fresh process (its own
+threads and memory), warms up once, then takes the median of `--repeats` timed calls.
 
 - hf: `model.generate(do_sample=False)` on the model loaded with `AutoModelForCausalLM`, in fp32 (what
   `from_pretrained` gives for this checkpoint) and in bf16.
@@ -36,12 +36,14 @@ import time
 from pathlib import Path
 
 MODEL = "gemma-3-270m"
+SEQUENTIAL = 4  # prompts per timed call at batch 1
 CONFIGS = [
     "hf-fp32",
     "hf-bf16",
     "pacos-fp32",
     "pacos-bf16",
     "pacos-int8",
+    "pacos-int8-compiled",
     "llamacpp-f16",
     "llamacpp-q8_0",
     "llamacpp-q4_k_m",
@@ -86,7 +88,8 @@ def _time(call, repeats: int) -> tuple[float, list]:
 def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str) -> dict:
     import torch
 
-    prompts = _prompts(batch)
+    # Batch 1: four prompts, one after another; batch 8: eight prompts in one call.
+    groups = [[p] for p in _prompts(SEQUENTIAL)] if batch == 1 else [_prompts(batch)]
     kind, variant = config.split("-", 1)
     compile_seconds = None
     if kind == "hf":
@@ -95,18 +98,21 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
         tokenizer = load_tokenizer(MODEL)
         tokenizer.padding_side = "left"
         model = load_model(MODEL, dtype=torch.float32 if variant == "fp32" else torch.bfloat16).eval()
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+        encoded = [tokenizer(group, return_tensors="pt", padding=True) for group in groups]
 
         def call():
-            with torch.inference_mode():
-                out = model.generate(
-                    **encoded,
-                    max_new_tokens=new_tokens,
-                    min_new_tokens=new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            return out[:, encoded.input_ids.shape[1] :].tolist()
+            rows = []
+            for inputs in encoded:
+                with torch.inference_mode():
+                    out = model.generate(
+                        **inputs,
+                        max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens,
+                        do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
+                rows += out[:, inputs.input_ids.shape[1] :].tolist()
+            return rows
 
     elif kind == "pacos":
         from pacos.infer import Engine, SamplingParams
@@ -118,7 +124,7 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
 
         def call():
-            return [c.token_ids for c in engine.generate(prompts, params)]
+            return [c.token_ids for group in groups for c in engine.generate(group, params)]
 
     else:
         import llama_cpp
@@ -131,7 +137,7 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
             str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
         )
         tokenizer = load_tokenizer(MODEL)
-        ids = [tokenizer(p).input_ids for p in prompts]
+        ids = [tokenizer(p).input_ids for group in groups for p in group]
 
         def call():
             rows = []
@@ -145,7 +151,8 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
             return rows
 
     seconds, tokens = _time(call, repeats)
-    result = {"tokens_per_s": round(batch * new_tokens / seconds, 2), "seconds": round(seconds, 3)}
+    generated = sum(len(group) for group in groups) * new_tokens
+    result = {"tokens_per_s": round(generated / seconds, 2), "seconds": round(seconds, 3)}
     if compile_seconds:
         result["compile_seconds"] = compile_seconds  # once per process, before the timed calls
     return {**result, "tokens": tokens}

@@ -23,15 +23,52 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]" literally; rich markup would swallow it
 )
 data_app = typer.Typer(
-    help="Read, validate, clean, mix, split and describe instruction data.", no_args_is_help=True
+    help="Read, validate, clean, mix, split and describe instruction data.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(data_app, name="data")
 
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE (repeatable).")
 ]
+
+
+# Loading a model to generate with: shared by `chat` and `serve`.
+ModelOption = Annotated[str, typer.Option(help="Embedded name, .gguf file, directory, hub id or adapter.")]
+BackendOption = Annotated[
+    str, typer.Option(help="torch, or llama.cpp for GGUF files (pacos[llama]; one request at a time).")
+]
+DtypeOption = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+QuantizeOption = Annotated[str, typer.Option(help="none, or int8: int8 weights, faster on CPU.")]
+CompileOption = Annotated[
+    bool, typer.Option("--compile", help="torch.compile decode steps (a minute once, cached on disk).")
+]
+TemplateOption = Annotated[str | None, typer.Option(help="Prompt format [default: the model's own].")]
+
+
+def _load_engine(
+    model: str, backend: str, dtype: str, device: str, quantize: str, compile: bool, template: str | None
+) -> Any:
+    from pacos.infer.loading import load_engine
+
+    if compile:
+        print(
+            "pacos: compiling the decode step (about a minute the first time; cached after)", file=sys.stderr
+        )
+    return load_engine(
+        model,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        quantize=quantize,
+        compile=compile,
+        template=template,
+    )
 
 
 def _version(value: bool) -> None:
@@ -249,7 +286,7 @@ def data_stats(
 def _not_available(stage: str) -> None:
     raise PacosError(
         f"'pacos {stage}' is not available in pacos {__version__} yet; "
-        "available now: pacos data, pacos quickstart"
+        "available now: data, train, chat, serve, export, quickstart"
     )
 
 
@@ -317,17 +354,13 @@ def evaluate() -> None:
 
 @app.command("chat")
 def chat(
-    model: Annotated[str, typer.Option(help="Embedded name, .gguf file, directory, hub id or adapter.")],
-    backend: Annotated[
-        str, typer.Option(help="torch, or llama.cpp for GGUF files (pacos[llama]).")
-    ] = "torch",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    quantize: Annotated[str, typer.Option(help="none, or int8: int8 weights, faster on CPU.")] = "none",
-    compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile decode steps (a minute once, cached on disk).")
-    ] = False,
-    template: Annotated[str | None, typer.Option(help="Prompt format [default: the model's own].")] = None,
+    model: ModelOption,
+    backend: BackendOption = "torch",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    quantize: QuantizeOption = "none",
+    compile: CompileOption = False,
+    template: TemplateOption = None,
     system: Annotated[str | None, typer.Option(help="A system message for every turn.")] = None,
     history: Annotated[
         bool | None,
@@ -342,7 +375,6 @@ def chat(
 ) -> None:
     """Chat with a model in the terminal; answers stream as they are written."""
     from pacos.infer.chat import ChatSession, run_chat
-    from pacos.infer.loading import load_engine
     from pacos.infer.sampling import SamplingParams
 
     params = SamplingParams(
@@ -353,43 +385,25 @@ def chat(
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
-    if compile:
-        print(
-            "pacos: compiling the decode step (about a minute the first time; cached after)", file=sys.stderr
-        )
-    engine = load_engine(
-        model,
-        backend=backend,
-        dtype=dtype,
-        device=device,
-        quantize=quantize,
-        compile=compile,
-        template=template,
-    )
+    engine = _load_engine(model, backend, dtype, device, quantize, compile, template)
     run_chat(ChatSession(engine, params, system=system, history=history), sys.stdout)
 
 
 @app.command("serve")
 def serve(
-    model: Annotated[str, typer.Option(help="Embedded name, .gguf file, directory, hub id or adapter.")],
+    model: ModelOption,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key: Annotated[
         str | None,
         typer.Option(envvar="PACOS_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 requests."),
     ] = None,
-    backend: Annotated[
-        str, typer.Option(help="torch, or llama.cpp for GGUF files (one request at a time).")
-    ] = "torch",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    quantize: Annotated[str, typer.Option(help="none, or int8: int8 weights, faster on CPU.")] = "none",
-    compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile decode steps (a minute once, cached on disk).")
-    ] = False,
-    template: Annotated[
-        str | None, typer.Option(help="Prompt format for chat [default: the model's own].")
-    ] = None,
+    backend: BackendOption = "torch",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    quantize: QuantizeOption = "none",
+    compile: CompileOption = False,
+    template: TemplateOption = None,
     max_batch_size: Annotated[int, typer.Option(help="Requests decoded together at most.")] = 8,
     max_queue: Annotated[int, typer.Option(help="Requests waiting at most; more get 429.")] = 64,
     served_model_name: Annotated[
@@ -404,7 +418,6 @@ def serve(
 
     import uvicorn
 
-    from pacos.infer.loading import load_engine
     from pacos.infer.scheduler import Scheduler
     from pacos.serve import create_app
 
@@ -420,19 +433,7 @@ def serve(
             "use the model (set --api-key or PACOS_API_KEY)",
             file=sys.stderr,
         )
-    if compile:
-        print(
-            "pacos: compiling the decode step (about a minute the first time; cached after)", file=sys.stderr
-        )
-    engine = load_engine(
-        model,
-        backend=backend,
-        dtype=dtype,
-        device=device,
-        quantize=quantize,
-        compile=compile,
-        template=template,
-    )
+    engine = _load_engine(model, backend, dtype, device, quantize, compile, template)
     scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_waiting=max_queue).start()
     name = served_model_name or engine.name
     print(

@@ -75,46 +75,29 @@ def data_stage(config: TrainConfig, data_dir: Path) -> tuple[Path, Path | None]:
 def sample_answers(
     model_dir: Path, config: TrainConfig, records: list[dict], max_new_tokens: int = 128
 ) -> list[dict[str, Any]]:
-    """Greedy answers from the tuned model (LoRA merged for speed), and whether each ended with EOS."""
-    import torch
-    from peft import PeftModel
-
+    """Greedy answers from the tuned model (pacos engine, LoRA merged), and whether each ended with EOS."""
     from pacos.data.templates import render_prompt
-    from pacos.models import load_model, load_tokenizer
+    from pacos.infer import Engine, SamplingParams
 
-    tokenizer = load_tokenizer(str(model_dir))
-    if config.method == "full":
-        model = load_model(str(model_dir))
-    else:
-        model = PeftModel.from_pretrained(load_model(config.model), str(model_dir)).merge_and_unload()
-    model.eval()
-    samples = []
-    for record in records:
-        prompt = render_prompt(record, config.template, tokenizer)
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = model.generate(
-                ids,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new = out[0, ids.shape[1] :].tolist()
-        ended = tokenizer.eos_token_id in new
-        answer = tokenizer.decode(
-            new[: new.index(tokenizer.eos_token_id)] if ended else new, skip_special_tokens=True
-        )
-        samples.append(
-            {
-                "instruction": record["instruction"],
-                "input": record.get("input", ""),
-                "answer": answer.strip(),
-                "ended_with_eos": ended,
-                "new_tokens": len(new),
-            }
-        )
-    return samples
+    engine = Engine.load(str(model_dir), dtype="float32", template=config.template)
+    # As in training: a chat template writes its own BOS, a plain template gets the tokenizer's.
+    prompts = [
+        engine.tokenizer(
+            render_prompt(r, config.template, engine.tokenizer), add_special_tokens=config.template != "chat"
+        ).input_ids
+        for r in records
+    ]
+    answers = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens))
+    return [
+        {
+            "instruction": record["instruction"],
+            "input": record.get("input", ""),
+            "answer": answer.text.strip(),
+            "ended_with_eos": answer.finish_reason == "stop",
+            "new_tokens": answer.completion_tokens,
+        }
+        for record, answer in zip(records, answers, strict=True)
+    ]
 
 
 def run_quickstart(config: TrainConfig, out_dir: Path) -> dict[str, Any]:
@@ -154,7 +137,9 @@ def run_quickstart(config: TrainConfig, out_dir: Path) -> dict[str, Any]:
         )
     print(
         f"\n[done] everything is in {out_dir}: data/, model/ (adapter, metrics.jsonl, loss.png), "
-        "samples.json",
+        f"samples.json\n       chat with it: pacos chat --model {out_dir / 'model'}\n"
+        f"       serve it: pacos serve --model {out_dir / 'model'}\n"
+        f"       export it: pacos export {out_dir / 'model'} --format gguf --out {out_dir / 'model.gguf'}",
         file=sys.stdout,
     )
     return {"train": result, "samples": samples}

@@ -26,7 +26,7 @@ def test_unavailable_stages_say_so(cli, stage):
     assert result.code == 1
     assert result.err.strip() == (
         f"pacos: error: 'pacos {stage}' is not available in pacos {__version__} yet; "
-        "available now: pacos data, pacos quickstart"
+        "available now: data, train, chat, serve, export, quickstart"
     )
 
 
