@@ -72,9 +72,15 @@ def cache_dir() -> Path:
 
 
 def _gguf_cache_path(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+    """Keyed by content (size, first and last MiB), not by path or time: a reinstalled package or a copied
+    file finds its conversion instead of making another half-gigabyte one."""
+    size = gguf.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(size - (1 << 20), 0))
+        digest.update(f.read(1 << 20))
+    return cache_dir() / "models" / f"{gguf.stem}-{digest.hexdigest()[:16]}"
 
 
 def convert_gguf(gguf: Path, quiet: bool = False) -> Path:

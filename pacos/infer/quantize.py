@@ -58,6 +58,7 @@ class Int8HeadOneDNN(nn.Module):
         self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
         self.bias = None if linear.bias is None else linear.bias.detach().float()
 
+    @torch.compiler.disable  # an opaque oneDNN call: torch.compile runs it as it is, around its graph
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()
         # Per-row scale, applied after the exact int32 sums; uint8 with zero point 128 holds -127..127.
