@@ -272,3 +272,19 @@ def test_compiled_decode_gives_the_eager_tokens_and_falls_back_when_it_fails(tin
     engine.compiled_step = broken
     assert [c.token_ids for c in engine.generate(PROMPTS[:2], GREEDY)] == expected
     assert engine.compiled_step is None and "torch.compile failed (inductor: no C++ compiler)" in caplog.text
+
+
+def test_a_failing_event_handler_cancels_only_its_own_request(tiny_llama):
+    engine = Engine.load(str(tiny_llama), dtype="float32")
+    expected = engine.generate([PROMPTS[1]], GREEDY)[0].token_ids
+    got: list[int] = []
+
+    def broken(event):
+        raise RuntimeError("event loop is closed")
+
+    decoder = Decoder(engine)
+    decoder.add([engine.new_sequence(engine.encode(PROMPTS[0]), GREEDY, broken)])
+    decoder.add([engine.new_sequence(engine.encode(PROMPTS[1]), GREEDY, lambda e: got.extend(e.token_ids))])
+    while len(decoder):
+        decoder.step()
+    assert got == expected

@@ -57,7 +57,7 @@ class Completion:
 
 @dataclass
 class Sequence:
-    """One request inside the decoder."""
+    """One request inside the decoder. A cancelled sequence leaves at the next step without a last event."""
 
     prompt_ids: list[int]
     params: SamplingParams
@@ -70,6 +70,15 @@ class Sequence:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def emit(self, event: Event) -> None:
+        """Hand an event to the request's owner; an owner that fails (a closed event loop) loses only its
+        own request, not the batch it shares."""
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("a request's event handler failed; cancelling that request")
+            self.cancelled = True
 
 
 def auto_device() -> torch.device:
@@ -132,7 +141,7 @@ class Decoder:
             s.finished = True
         elif s.params.max_new_tokens == 0 or len(s.prompt_ids) >= self.engine.context_length:
             s.finished = True
-            s.on_event(Event("", [], [], "length", len(s.prompt_ids), 0))
+            s.emit(Event("", [], [], "length", len(s.prompt_ids), 0))
         return s.finished
 
     @torch.inference_mode()
@@ -168,7 +177,7 @@ class Decoder:
         prompt_tokens = len(s.prompt_ids)
         if token in engine.eos_ids and not params.ignore_eos:
             s.finished = True
-            s.on_event(Event(s.stream.flush(), [], [], "stop", prompt_tokens, len(s.output_ids)))
+            s.emit(Event(s.stream.flush(), [], [], "stop", prompt_tokens, len(s.output_ids)))
             return
         s.output_ids.append(token)
         text, stopped = s.stream.push(token)
@@ -182,9 +191,7 @@ class Decoder:
             finish = "length"
             text += s.stream.flush()
         s.finished = finish is not None
-        s.on_event(
-            Event(text, [token], [logprob] if logprob else [], finish, prompt_tokens, len(s.output_ids))
-        )
+        s.emit(Event(text, [token], [logprob] if logprob else [], finish, prompt_tokens, len(s.output_ids)))
 
 
 @dataclass

@@ -89,7 +89,7 @@ class Scheduler:
                     if not seq.finished:
                         seq.finished = True
                         failure = Event("", [], [], "error", len(seq.prompt_ids), error=first_line(e))
-                        seq.on_event(failure)
+                        seq.emit(failure)
                 self.decoder = Decoder(self.engine)
             if not len(self.decoder) and not self.waiting:
                 self.wake.wait()
