@@ -433,14 +433,3 @@ def eos_token_ids(tokenizer: Any, model: Any) -> set[int]:
         elif isinstance(candidate, list | tuple):
             ids.update(int(c) for c in candidate)
     return ids
-
-
-class Timer:
-    """Wall time of a block, for tokens/s."""
-
-    def __enter__(self) -> Timer:
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.start
