@@ -468,19 +468,22 @@ def create_app(
                 prompts.append(list(item))
         return prompts
 
-    async def stream_completion(
-        run: Run, head: dict[str, Any], prompt_tokens: int, want_logprobs: bool, include_usage: bool
+    async def stream_choices(
+        run: Run,
+        head: dict[str, Any],
+        prompt_tokens: int,
+        include_usage: bool,
+        choice: Callable[[int, str, list[TokenLogprob], str | None], dict[str, Any]],
+        opening: Callable[[int], dict[str, Any]] | None = None,
     ) -> AsyncIterator[str]:
+        """The server-sent events both endpoints share: a chunk per piece of text, then a finish chunk
+        with no text of its own, an optional usage chunk and [DONE]; a failed engine ends with an error."""
         extra = {"usage": None} if include_usage else {}
-
-        def chunk(index: int, text: str, logprobs: dict[str, Any] | None, finish: str | None) -> str:
-            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
-            return sse({**head, "choices": [choice], **extra})
-
         held: list[list[TokenLogprob]] = [[] for _ in run.seqs]  # logprobs of tokens whose text is held back
-        offsets = [0] * len(run.seqs)
         completion_tokens = 0
         try:
+            for index in range(len(run.seqs)) if opening else ():
+                yield sse({**head, "choices": [opening(index)], **extra})
             async for index, event in run.events():
                 if event.finish_reason == "error":
                     yield sse(_generation_failed(event.error).body())
@@ -488,23 +491,29 @@ def create_app(
                     return
                 held[index] += event.logprobs
                 if event.text:
-                    logprobs = legacy_logprobs(held[index], offsets[index]) if want_logprobs else None
-                    offsets[index] += len(event.text)
+                    yield sse({**head, "choices": [choice(index, event.text, held[index], None)], **extra})
                     held[index] = []
-                    yield chunk(index, event.text, logprobs, None)
                 if event.finish_reason:
                     completion_tokens += event.completion_tokens
-                    logprobs = (
-                        legacy_logprobs(held[index], offsets[index])
-                        if want_logprobs and held[index]
-                        else None
-                    )
-                    yield chunk(index, "", logprobs, event.finish_reason)
+                    finish = choice(index, "", held[index], event.finish_reason)
+                    yield sse({**head, "choices": [finish], **extra})
             if include_usage:
                 yield sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
             yield DONE
         finally:
             run.cancel()  # a client that went away (Starlette cancels this generator) frees its batch rows
+
+    def stream_completion(
+        run: Run, head: dict[str, Any], prompt_tokens: int, want_logprobs: bool, include_usage: bool
+    ) -> AsyncIterator[str]:
+        offsets = [0] * len(run.seqs)  # characters sent so far per choice, for text_offset
+
+        def choice(index: int, text: str, held: list[TokenLogprob], finish: str | None) -> dict[str, Any]:
+            logprobs = legacy_logprobs(held, offsets[index]) if want_logprobs and (held or text) else None
+            offsets[index] += len(text)
+            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+        return stream_choices(run, head, prompt_tokens, include_usage, choice)
 
     @v1.post("/chat/completions", summary="Answer a conversation")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -548,42 +557,24 @@ def create_app(
             "usage": usage(len(ids), sum(c.completion_tokens for c in choices)),
         }
 
-    async def stream_chat(
+    def stream_chat(
         run: Run, head: dict[str, Any], prompt_tokens: int, want_logprobs: bool, include_usage: bool
     ) -> AsyncIterator[str]:
-        extra = {"usage": None} if include_usage else {}
+        def choice(index: int, text: str, held: list[TokenLogprob], finish: str | None) -> dict[str, Any]:
+            # Content and the finish reason never share a chunk: the finish chunk's delta is empty.
+            delta = {"content": text} if finish is None else {}
+            logprobs = chat_logprobs(held) if want_logprobs and held else None
+            return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
-        def chunk(
-            index: int, delta: dict[str, Any], logprobs: dict[str, Any] | None, finish: str | None
-        ) -> str:
-            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-            return sse({**head, "choices": [choice], **extra})
+        def opening(index: int) -> dict[str, Any]:
+            return {
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
 
-        held: list[list[TokenLogprob]] = [[] for _ in run.seqs]
-        completion_tokens = 0
-        try:
-            for index in range(len(run.seqs)):
-                yield chunk(index, {"role": "assistant", "content": ""}, None, None)
-            async for index, event in run.events():
-                if event.finish_reason == "error":
-                    yield sse(_generation_failed(event.error).body())
-                    yield DONE
-                    return
-                held[index] += event.logprobs
-                if event.text:
-                    logprobs = chat_logprobs(held[index]) if want_logprobs and held[index] else None
-                    held[index] = []
-                    yield chunk(index, {"content": event.text}, logprobs, None)
-                if event.finish_reason:
-                    # Content and the finish reason never share a chunk: the finish chunk's delta is empty.
-                    completion_tokens += event.completion_tokens
-                    logprobs = chat_logprobs(held[index]) if want_logprobs and held[index] else None
-                    yield chunk(index, {}, logprobs, event.finish_reason)
-            if include_usage:
-                yield sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
-            yield DONE
-        finally:
-            run.cancel()
+        return stream_choices(run, head, prompt_tokens, include_usage, choice, opening)
 
     app.include_router(v1)
 
