@@ -280,6 +280,55 @@ def data_stats(
     print(f"wrote {out_dir / 'stats.json'}, " + ", ".join(str(p) for p in plots))
 
 
+@data_app.command("dedup")
+def data_dedup(
+    files: Annotated[
+        list[str], typer.Argument(help="Files, dataset directories, hub ids or built-in names, in order.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Kept records; the format follows the suffix.")],
+    threshold: Annotated[
+        float, typer.Option(help="Drop a record whose ROUGE-L F1 with an earlier kept one is above this.")
+    ] = 0.7,
+    rejected: Annotated[
+        Path | None,
+        typer.Option(help="Dropped records, each with its twin [default: OUT's name + .rejected.jsonl]."),
+    ] = None,
+    tokenizer: Annotated[
+        str, typer.Option(help="cjk (CJK characters are tokens too) or rouge (rouge_score's; drops CJK).")
+    ] = "cjk",
+    fields: Annotated[
+        str, typer.Option(help="What to compare: instruction (Alpaca's rule) or instruction,input.")
+    ] = "instruction",
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Drop near-duplicates with Alpaca's novelty rule (ROUGE-L F1 > 0.7), keeping the first of each group."""
+    import time
+
+    from pacos.data.dedup import dedup_records
+    from pacos.data.io import read_records, write_records
+
+    start = time.perf_counter()
+    records = [r for source in files for r in read_records(source, require_output=False, allow_empty=True)]
+    result = dedup_records(
+        records,
+        threshold,
+        tokenizer,
+        tuple(f.strip() for f in fields.split(",") if f.strip()),
+        progress=lambda rs: _progress(rs, "deduplicating"),
+    )
+    rejected = rejected or out.with_name(out.name.split(".")[0] + ".rejected.jsonl")
+    write_records(result.kept, out)
+    write_records(result.rejected, rejected, "jsonl")
+    seconds = time.perf_counter() - start
+    if report:
+        paths = {"inputs": files, "output": str(out), "rejected": str(rejected)}
+        write_json(report, {**paths, **result.report, "seconds": round(seconds, 2)})
+    print(
+        f"kept {len(result.kept)} of {len(records)} records -> {out}; dropped {len(result.rejected)} "
+        f"near-duplicates -> {rejected} ({seconds:.1f} s)" + (f"; report -> {report}" if report else "")
+    )
+
+
 # --- stages that later versions fill in ------------------------------------------------------------
 
 
@@ -290,10 +339,59 @@ def _not_available(stage: str) -> None:
     )
 
 
-@app.command("generate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def generate() -> None:
-    """Self-Instruct data generation from the seed tasks (not available yet)."""
-    _not_available("generate")
+@app.command("generate")
+def generate(
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="http(s)://HOST:PORT/v1 (OpenAI-compatible: OpenAI, vLLM, llama.cpp, pacos serve; key from "
+            "$OPENAI_API_KEY), local:NAME_OR_PATH (pacos engine) or llama.cpp:FILE.gguf."
+        ),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Run directory: data.json, accepted/rejected/requests.jsonl.")
+    ] = None,
+    num: Annotated[int | None, typer.Option(help="Accepted examples to end with [default: 100].")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="The endpoint's model name [default: the only one it serves].")
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seed tasks: file or built-in name [default: seed-tasks-LANGUAGE].")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="alpaca [default] or self-instruct.")] = None,
+    language: Annotated[str | None, typer.Option(help="en [default] or zh.")] = None,
+    api: Annotated[
+        str | None, typer.Option(help="chat or completions [default: chat; local: by the model].")
+    ] = None,
+    budget: Annotated[float | None, typer.Option(help="Stop cleanly once this many USD are spent.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Continue a run directory made with other settings.")
+    ] = False,
+    config: Annotated[Path | None, typer.Option(help="Recipe YAML (see recipes/generate*.yaml).")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Self-Instruct data generation: a teacher continues lists of tasks; filters keep the good, novel ones.
+
+    Rerun the same command after a crash or a kill: it resumes, keeping every accepted example.
+    """
+    from pacos.config import load_config
+    from pacos.generate.config import GenerateConfig
+    from pacos.generate.report import RichProgress, summary_table
+    from pacos.generate.run import generate as run_generation
+
+    flags = {"teacher": teacher, "out_dir": out, "num": num, "model": model, "seeds": seeds, "mode": mode,
+             "language": language, "budget": budget, "client.api": api}  # fmt: skip
+    extra = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
+    settings = load_config(GenerateConfig, config, [*(overrides or []), *extra])
+    console = _console()
+    summary = run_generation(settings, force=force, progress=RichProgress(settings.num, console))
+    console.print(summary_table(summary))
+    print(
+        f"{summary['accepted']} examples in {Path(settings.out_dir or '.') / 'data.json'} "
+        f"({summary['stopped']})"
+    )
+    if summary["accepted"] < settings.num:
+        raise typer.Exit(1)
 
 
 @app.command("train")

@@ -36,9 +36,21 @@ def test_errors_name_the_file_and_field(tmp_path):
     assert "field 'lora.rank': unknown setting" in message
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml") if p.name != "clean.yaml"))
+TRAINING = sorted(
+    p.name for p in RECIPES.glob("*.yaml") if p.name != "clean.yaml" and "generate" not in p.name
+)
+
+
+@pytest.mark.parametrize("recipe", TRAINING)
 def test_training_recipes_load(recipe):
     assert isinstance(load_config(TrainConfig, RECIPES / recipe), TrainConfig)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("generate*.yaml")))
+def test_generation_recipes_load(recipe):
+    from pacos.generate.config import GenerateConfig
+
+    assert isinstance(load_config(GenerateConfig, RECIPES / recipe), GenerateConfig)
 
 
 def test_quickstart_recipe_matches_built_in_defaults_and_alpaca_recipe_is_alpaca():

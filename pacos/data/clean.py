@@ -392,6 +392,42 @@ class CleanResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Verdict:
+    """One record through the rules: the record (fixed when `fix` is on), the fix rules that fired, and the
+    drop rule that removes it (None: kept)."""
+
+    record: Record
+    fixes: list[str]
+    rule: str | None = None
+    reason: str | None = None
+
+
+class RecordCleaner:
+    """The enabled rules, compiled once, for one record at a time (`pacos generate` checks candidates)."""
+
+    def __init__(self, config: CleanConfig | None = None) -> None:
+        self.config = config or CleanConfig()
+        self.compiled = _Compiled.build(self.config)
+        enabled = [r for r in RULES if r.name not in self.config.disable]
+        self.fixes = [r for r in enabled if r.kind == "fix"]
+        self.drops = [r for r in enabled if r.kind == "drop"]
+
+    def __call__(self, record: Record) -> Verdict:
+        fired = []
+        for rule in self.fixes:
+            fixed = rule.apply(record, self.compiled)
+            if fixed is not None:
+                fired.append(rule.name)
+                if self.config.fix:
+                    record = fixed
+        for rule in self.drops:
+            reason = rule.apply(record, self.compiled)
+            if reason:
+                return Verdict(record, fired, rule.name, reason)
+        return Verdict(record, fired)
+
+
 def clean_records(
     records: Iterable[Record],
     config: CleanConfig | None = None,
@@ -399,10 +435,7 @@ def clean_records(
 ) -> CleanResult:
     """Apply every enabled rule; return kept records, rejected records (with `_rejected`) and a report."""
     config = config or CleanConfig()
-    compiled = _Compiled.build(config)
-    enabled = [r for r in RULES if r.name not in config.disable]
-    fixes = [r for r in enabled if r.kind == "fix"]
-    drops = [r for r in enabled if r.kind == "drop"]
+    cleaner = RecordCleaner(config)
     dedup = DUPLICATE_RULE not in config.disable
     counts = {r.name: 0 for r in RULES} | {DUPLICATE_RULE: 0}
     examples: dict[str, list[dict[str, Any]]] = {name: [] for name in counts}
@@ -416,21 +449,12 @@ def clean_records(
         if len(examples[name]) < config.examples_per_rule:
             examples[name].append(_example(record, reason))
 
-    for record in progress(records) if progress else records:
+    for original in progress(records) if progress else records:
         total += 1
-        original = record
-        for rule in fixes:
-            fixed = rule.apply(record, compiled)
-            if fixed is not None:
-                note(rule.name, record)
-                if config.fix:
-                    record = fixed
-        reason = rule_name = None
-        for rule in drops:
-            reason = rule.apply(record, compiled)
-            if reason:
-                rule_name = rule.name
-                break
+        verdict = cleaner(original)
+        for name in verdict.fixes:
+            note(name, original)
+        record, rule_name, reason = verdict.record, verdict.rule, verdict.reason
         if rule_name is None and dedup:
             key = _dedup_key(record)
             if key in seen:

@@ -1,0 +1,112 @@
+"""Settings of `pacos generate`: YAML keys = field names (recipes/generate*.yaml), or --set KEY=VALUE."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Alpaca's whole-word blacklist: a text model cannot make or perceive these (plurals included).
+DEFAULT_BLACKLIST = [
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
+    "plot", "go to", "video", "audio", "music", "flowchart", "diagram", "diagrams",
+]  # fmt: skip
+# The same idea in Chinese, matched as substrings (Chinese has no spaces between words).
+DEFAULT_BLACKLIST_ZH = [
+    "图片", "图像", "照片", "画一", "绘制", "图表", "地图", "文件", "视频", "音频", "音乐", "流程图",
+    "示意图", "访问网站", "打开网页",
+]  # fmt: skip
+
+
+# The candidate filters' rule names (pacos/generate/filters.py), for `filters.disable`.
+FILTER_NAMES = (
+    "too_short", "too_long_instruction", "blacklisted_word", "banned_prefix", "leading_punctuation",
+    "input_is_output", "leading_non_ascii", "wrong_language",
+)  # fmt: skip
+
+
+class TeacherConfig(BaseModel):
+    """How to talk to the teacher. The API key never appears here: it comes from `api_key_env`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # "chat": /v1/chat/completions (chat models); "completions": /v1/completions (base models continue
+    # the list, as Alpaca's text-davinci-003 and Self-Instruct's GPT-3 did). Local teachers pick by model.
+    api: Literal["auto", "chat", "completions"] = "auto"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = Field(120.0, gt=0)  # seconds for one HTTP request
+    max_retries: int = Field(6, ge=0)
+    backoff_base: float = Field(1.0, ge=0)  # seconds; doubles per attempt, with full jitter
+    backoff_max: float = Field(60.0, ge=0)
+    concurrency: int = Field(8, ge=1)  # requests in flight at once
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    # Local teachers (local:NAME, llama.cpp:FILE): the pacos engine's settings.
+    dtype: str = "auto"
+    quantize: str = "none"
+
+
+class FilterConfig(BaseModel):
+    """Alpaca's candidate filters, each a named rule (disable any by name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_words: int = Field(4, ge=0)  # Alpaca dropped <= 3 words; Chinese counts characters
+    max_words: int = Field(150, ge=1)
+    blacklist: list[str] | None = None  # None: the language's default list
+    banned_prefixes: list[str] | None = None  # None: "Write a program" (en) / "编写一个程序" (zh)
+    disable: list[str] = []
+
+    @field_validator("disable")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in FILTER_NAMES]
+        if unknown:
+            raise ValueError(f"unknown rule(s) {', '.join(unknown)} (rules: {', '.join(FILTER_NAMES)})")
+        return names
+
+
+class GenerateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # http(s)://HOST:PORT/v1 (an OpenAI-compatible server), local:NAME_OR_PATH, llama.cpp:FILE.gguf
+    teacher: str | None = None
+    out_dir: str | None = None  # where the run's files go (the CLI's --out)
+    mode: Literal["alpaca", "self-instruct"] = "alpaca"
+    language: Literal["en", "zh"] = "en"
+    seeds: str | None = None  # None: the bundled seed tasks of `language`
+    num: int = Field(100, ge=1)  # accepted examples to end with
+    model: str | None = None  # the name an OpenAI-compatible endpoint knows the teacher by
+    # One round sends `requests_per_round` requests; each shows `prompt_examples` seed tasks and asks for a
+    # list of `tasks_per_request` (Alpaca: 5 requests, 3 examples, lists of 20).
+    requests_per_round: int | None = Field(None, ge=1)  # None: the teacher's (concurrency, engine batch)
+    prompt_examples: int = Field(3, ge=1)
+    tasks_per_request: int = Field(20, ge=2)
+    max_tokens: int = Field(3072, ge=16)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    # Alpaca's novelty filter: keep only if ROUGE-L F1 <= threshold against every seed and kept instruction.
+    novelty_threshold: float = Field(0.7, ge=0, le=1)
+    # "rouge": rouge_score's tokenizer (exactly Alpaca's decisions; it deletes Chinese); "cjk": CJK
+    # characters as tokens too. None: rouge for English, cjk for Chinese.
+    novelty_tokenizer: Literal["rouge", "cjk"] | None = None
+    similar_k: int = Field(5, ge=1)  # most similar instructions stored with each kept record
+    filters: FilterConfig = FilterConfig()
+    clean: bool = True  # `pacos data clean`'s rules (with fixes) on every candidate too
+    max_requests: int | None = Field(None, ge=1)  # a safety stop for teachers that never yield enough
+    budget: float | None = Field(None, gt=0)  # USD; stops cleanly when reached
+    prices: str | None = None  # YAML price table; None: recipes/prices.yaml's built-in copy
+    seed: int = 0
+    client: TeacherConfig = TeacherConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerateConfig:
+        if self.prompt_examples >= self.tasks_per_request:
+            raise ValueError("prompt_examples must be smaller than tasks_per_request")
+        if self.filters.min_words > self.filters.max_words:
+            raise ValueError("filters.min_words must not exceed filters.max_words")
+        return self
+
+    @property
+    def tokenizer(self) -> str:
+        return self.novelty_tokenizer or ("cjk" if self.language == "zh" else "rouge")
