@@ -31,4 +31,5 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_clean.py
+	$(BIN)/python benchmarks/bench_dedup.py
 	$(BIN)/python benchmarks/bench_train.py

@@ -335,7 +335,7 @@ def data_dedup(
 def _not_available(stage: str) -> None:
     raise PacosError(
         f"'pacos {stage}' is not available in pacos {__version__} yet; "
-        "available now: data, train, chat, serve, export, quickstart"
+        "available now: data, generate, train, chat, serve, export, quickstart"
     )
 
 

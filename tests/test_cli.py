@@ -16,17 +16,18 @@ def test_version_and_help(cli):
     for command in ("data", "generate", "train", "eval", "chat", "serve", "export", "quickstart"):
         assert command in result.out
     assert all(
-        c in cli("data", "--help").out for c in ("validate", "clean", "mix", "split", "stats", "convert")
+        c in cli("data", "--help").out
+        for c in ("validate", "clean", "mix", "split", "stats", "convert", "dedup")
     )
 
 
-@pytest.mark.parametrize("stage", ["generate", "eval"])
+@pytest.mark.parametrize("stage", ["eval"])
 def test_unavailable_stages_say_so(cli, stage):
     result = cli(stage, "--model", "x")
     assert result.code == 1
     assert result.err.strip() == (
         f"pacos: error: 'pacos {stage}' is not available in pacos {__version__} yet; "
-        "available now: data, train, chat, serve, export, quickstart"
+        "available now: data, generate, train, chat, serve, export, quickstart"
     )
 
 
