@@ -6,6 +6,7 @@ Unknown keys, wrong types and broken YAML are one-line errors naming the file an
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,6 +77,15 @@ def _describe(error: dict[str, Any]) -> str:
     got_text = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) or got is None else ""
     message = error["msg"].removeprefix("Value error, ")
     return f"field '{field}': {message}{got_text}"
+
+
+def known_names(names: list[str], known: Iterable[str]) -> list[str]:
+    """A validator's check that every name in a `disable` list names a rule."""
+    known = list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown rule(s) {', '.join(unknown)} (rules: {', '.join(known)})")
+    return names
 
 
 def build_config(cls: type[T], data: dict[str, Any], source: str) -> T:

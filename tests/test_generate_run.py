@@ -237,6 +237,8 @@ def test_bad_settings_are_one_line_errors(cli, tmp_path):
     assert "no teacher" in cli("generate", "--out", tmp_path / "x").err
     bad = cli("generate", "--teacher", "ftp://x", "--out", tmp_path / "y")
     assert bad.code == 1 and "expected http(s)://HOST:PORT/v1" in bad.err
+    missing = cli("generate", "--teacher", "llama.cpp:/no/such.gguf", "--out", tmp_path / "w")
+    assert missing.code == 1 and "the llama.cpp backend needs a .gguf file" in missing.err
     typo = cli("generate", "--teacher", "local:x", "--out", tmp_path / "z", "--set", "filters.disable=[nope]")
     assert typo.code == 1 and "unknown rule(s) nope" in typo.err
 

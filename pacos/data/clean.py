@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from pacos.config import known_names
 from pacos.data.records import Record
 
 TEXT_FIELDS = ("instruction", "input", "output")
@@ -83,10 +84,7 @@ class CleanConfig(BaseModel):
     @field_validator("disable")
     @classmethod
     def _known_rules(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in RULES_BY_NAME]
-        if unknown:
-            raise ValueError(f"unknown rule(s) {', '.join(unknown)} (rules: {', '.join(RULES_BY_NAME)})")
-        return names
+        return known_names(names, RULES_BY_NAME)
 
     @field_validator("modality_patterns")
     @classmethod

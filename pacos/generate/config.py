@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pacos.config import known_names
+
 # Alpaca's whole-word blacklist: a text model cannot make or perceive these (plurals included).
 DEFAULT_BLACKLIST = [
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
@@ -34,7 +36,7 @@ class TeacherConfig(BaseModel):
     # the list, as Alpaca's text-davinci-003 and Self-Instruct's GPT-3 did). Local teachers pick by model.
     api: Literal["auto", "chat", "completions"] = "auto"
     api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = Field(120.0, gt=0)  # seconds for one HTTP request
+    timeout: float = Field(600.0, gt=0)  # seconds for one request (OpenAI's client waits as long)
     max_retries: int = Field(6, ge=0)
     backoff_base: float = Field(1.0, ge=0)  # seconds; doubles per attempt, with full jitter
     backoff_max: float = Field(60.0, ge=0)
@@ -60,10 +62,7 @@ class FilterConfig(BaseModel):
     @field_validator("disable")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in FILTER_NAMES]
-        if unknown:
-            raise ValueError(f"unknown rule(s) {', '.join(unknown)} (rules: {', '.join(FILTER_NAMES)})")
-        return names
+        return known_names(names, FILTER_NAMES)
 
 
 class GenerateConfig(BaseModel):

@@ -143,6 +143,8 @@ async def self_instruct_round(generator: Generator) -> bool:
     g, c = generator, generator.config
     lang, tally = c.language, generator.tally
     count = c.requests_per_round or generator.teacher.batch_size
+    if c.max_requests is not None:  # checked between rounds; a round's later steps may pass it a little
+        count = max(1, min(count, c.max_requests - tally.requests))
     requests, metas = [], []
     for i in range(count):
         number = tally.requests + i
