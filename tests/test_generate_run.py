@@ -292,7 +292,7 @@ def self_instruct_teacher(prompt: str, rng) -> str:
         return " Yes" if "Classify whether" in prompt.rsplit("Task:", 1)[1] else " No"
     if "first a class label" in prompt:
         return "Class label: alpha\nInput: first thing\nClass label: beta\nInput: second thing\n"
-    return "Input: \nOutput: It grows slowly, then quickly.\nInput: a\nOutput: a\n"
+    return "Input: wet soil\nOutput: It grows slowly, then quickly.\nInput: a\nOutput: a\n"
 
 
 def test_self_instruct_mode_runs_its_four_steps(cli, tmp_path):
