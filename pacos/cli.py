@@ -329,16 +329,6 @@ def data_dedup(
     )
 
 
-# --- stages that later versions fill in ------------------------------------------------------------
-
-
-def _not_available(stage: str) -> None:
-    raise PacosError(
-        f"'pacos {stage}' is not available in pacos {__version__} yet; "
-        "available now: data, generate, train, chat, serve, export, quickstart"
-    )
-
-
 @app.command("generate")
 def generate(
     teacher: Annotated[
@@ -444,10 +434,61 @@ def train(
     )
 
 
-@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate() -> None:
-    """Pairwise and instruction-following evaluation (not available yet)."""
-    _not_available("eval")
+@app.command("eval")
+def evaluate(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Embedded name, .gguf, directory, hub id, adapter, or http(s)://HOST:PORT/v1 (an "
+            "OpenAI-compatible endpoint: pacos serve, vLLM, llama.cpp)."
+        ),
+    ],
+    prompts: Annotated[
+        str, typer.Option(help="Instruction set: pacos records, Alpaca JSON, seed tasks, AlpacaEval JSON.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where answers.jsonl and metrics.json go.")],
+    served_model: Annotated[
+        str | None, typer.Option(help="The endpoint's model name [default: the only one it serves].")
+    ] = None,
+    template: TemplateOption = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    embeddings: Annotated[
+        bool, typer.Option("--embeddings/--no-embeddings", help="Embedding similarity to the references.")
+    ] = True,
+) -> None:
+    """Answer an instruction set (greedy, cached) and score the answers against its outputs.
+
+    Metrics: EOS rate (answers that end before the token limit), length, ROUGE-L (Chinese on characters),
+    embedding similarity (all-MiniLM-L6-v2), distinct-2 and repeated 4-grams. Pairwise judging,
+    verifiable instructions and the HTML report are not available in this version yet.
+    """
+    from pacos.evaluate.answers import Decoding
+    from pacos.evaluate.run import evaluate_prompts
+
+    if max_new_tokens < 1:
+        raise PacosError("--max-new-tokens must be >= 1")
+    metrics = evaluate_prompts(
+        model,
+        prompts,
+        out,
+        Decoding(max_new_tokens=max_new_tokens),
+        served_model=served_model,
+        template=template,
+        embeddings=embeddings,
+    )
+    shown = [
+        "eos_rate",
+        "rouge_l",
+        "embedding_similarity",
+        "mean_new_tokens",
+        "distinct_2",
+        "repeated_4gram_share",
+    ]
+    print(", ".join(f"{k} {metrics[k]:.3f}" for k in shown if k in metrics))
+    print(
+        f"{metrics['answers']} answers ({metrics['generated']} generated, the rest cached) -> "
+        f"{out / 'answers.jsonl'}, {out / 'metrics.json'}"
+    )
 
 
 @app.command("chat")

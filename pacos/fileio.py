@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a killed process) never sees a half-written file."""
+"""Atomic file writes (a reader or a killed process never sees a half-written file), and append-only
+JSON Lines logs that a kill can cut only at their last line."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from pacos.errors import PacosError
 
 
 def _umask() -> int:
@@ -90,3 +93,37 @@ def atomic_files(directory: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(item, directory / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
+    """Rows of an append-only file; a last line cut short by a kill is removed from the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    rows = []
+    for number, line in enumerate(data[:end].splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise PacosError(f"{path}:{number}: not valid JSON (the file was edited by hand?)") from None
+    if end < len(data):  # the kill came mid-line: that line was never complete, so never counted
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return rows
+
+
+class AppendLog:
+    """An append-only JSON Lines file whose every line is on disk before the next step."""
+
+    def __init__(self, path: Path) -> None:
+        self.file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, row: dict[str, Any] | str) -> None:
+        self.file.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()

@@ -76,25 +76,18 @@ def sample_answers(
     model_dir: Path, config: TrainConfig, records: list[dict], max_new_tokens: int = 128
 ) -> list[dict[str, Any]]:
     """Greedy answers from the tuned model (pacos engine, LoRA merged), and whether each ended with EOS."""
-    from pacos.data.templates import render_prompt
-    from pacos.infer import Engine, SamplingParams
+    from pacos.evaluate.answers import Decoding, answer_records
 
-    engine = Engine.load(str(model_dir), dtype="float32", template=config.template)
-    # As in training: a chat template writes its own BOS, a plain template gets the tokenizer's.
-    prompts = [
-        engine.tokenizer(
-            render_prompt(r, config.template, engine.tokenizer), add_special_tokens=config.template != "chat"
-        ).input_ids
-        for r in records
-    ]
-    answers = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens))
+    answers, _ = answer_records(
+        str(model_dir), records, Decoding(max_new_tokens=max_new_tokens), template=config.template
+    )
     return [
         {
             "instruction": record["instruction"],
             "input": record.get("input", ""),
-            "answer": answer.text.strip(),
-            "ended_with_eos": answer.finish_reason == "stop",
-            "new_tokens": answer.completion_tokens,
+            "answer": answer["text"].strip(),
+            "ended_with_eos": answer["finish_reason"] == "stop",
+            "new_tokens": answer["completion_tokens"],
         }
         for record, answer in zip(records, answers, strict=True)
     ]

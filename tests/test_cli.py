@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from pacos import __version__
 
 
@@ -18,16 +16,6 @@ def test_version_and_help(cli):
     assert all(
         c in cli("data", "--help").out
         for c in ("validate", "clean", "mix", "split", "stats", "convert", "dedup")
-    )
-
-
-@pytest.mark.parametrize("stage", ["eval"])
-def test_unavailable_stages_say_so(cli, stage):
-    result = cli(stage, "--model", "x")
-    assert result.code == 1
-    assert result.err.strip() == (
-        f"pacos: error: 'pacos {stage}' is not available in pacos {__version__} yet; "
-        "available now: data, generate, train, chat, serve, export, quickstart"
     )
 
 

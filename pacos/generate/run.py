@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pacos.data.io import read_records, write_records
 from pacos.data.records import ordered
 from pacos.errors import PacosError
-from pacos.fileio import write_json
+from pacos.fileio import AppendLog, read_jsonl_repairing, write_json
 from pacos.generate.config import GenerateConfig
 from pacos.generate.filters import CandidateFilter
 from pacos.generate.limits import load_prices, price_for
@@ -42,40 +41,6 @@ OPERATIONAL_CLIENT = {
     "tokens_per_minute", "api_key_env",
 }  # fmt: skip
 FAILED_ROUNDS_LIMIT = 3  # rounds in a row in which every request failed: the teacher is not answering
-
-
-def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
-    """Rows of an append-only file; a last line cut short by a kill is removed from the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    rows = []
-    for number, line in enumerate(data[:end].splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise PacosError(f"{path}:{number}: not valid JSON (the file was edited by hand?)") from None
-    if end < len(data):  # the kill came mid-line: that line was never complete, so never counted
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    return rows
-
-
-class AppendLog:
-    """An append-only JSON Lines file whose every line is on disk before the next step."""
-
-    def __init__(self, path: Path) -> None:
-        self.file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-
-    def write(self, row: dict[str, Any] | str) -> None:
-        self.file.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
 
 
 @dataclass

@@ -1,0 +1,188 @@
+"""A model's answers to an instruction set: the pacos engine in-process, or any OpenAI-compatible endpoint.
+
+Both render the same prompt (the model's template: the one it was trained with, else its chat template,
+else Alpaca's) and ask for the same decoding, so a model answers the same through either path; the
+endpoint gets the rendered text on /v1/completions, which `pacos serve` tokenizes exactly as training did.
+Answers are cached on disk, keyed by the model's identity (its files' content, or the endpoint and
+served name), the record and the decoding settings: a rerun costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pacos.errors import PacosError
+from pacos.fileio import AppendLog, read_jsonl_repairing
+
+
+@dataclass(frozen=True)
+class Decoding:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # greedy: comparable across runs and endpoints
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def _content_key(path: Path) -> str:
+    """Size and first and last MiB of a file: cheap, and changes whenever the weights do."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(size - (1 << 20), 0))
+        digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model: str, served_model: str | None = None) -> str:
+    """What a cached answer belongs to: an endpoint and its model name, or the content of local files."""
+    if model.startswith(("http://", "https://")):
+        return f"{model.rstrip('/')}#{served_model or ''}"
+    path = Path(model)
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".yaml", ".model")
+        )
+        digest = hashlib.sha256("".join(p.name + _content_key(p) for p in files).encode())
+        return f"dir:{digest.hexdigest()[:16]}"
+    if path.is_file():
+        return f"file:{_content_key(path)}"
+    from pacos.models import EMBEDDED_MODELS
+
+    if model in EMBEDDED_MODELS:
+        return f"embedded:{model}:{_content_key(EMBEDDED_MODELS[model].gguf())}"
+    return f"hub:{model}"
+
+
+def _key(identity: str, template: str | None, record: dict[str, Any], decoding: Decoding) -> str:
+    payload = [identity, template, record["instruction"], record.get("input") or "", asdict(decoding)]
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+
+
+class AnswerCache:
+    """Answers on disk (append-only JSON Lines), so an interrupted or repeated evaluation never generates
+    the same answer twice."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.answers = {row["key"]: row["answer"] for row in read_jsonl_repairing(self.path)}
+        self.log: AppendLog | None = None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.answers.get(key)
+
+    def put(self, key: str, answer: dict[str, Any]) -> None:
+        if self.log is None:
+            self.log = AppendLog(self.path)
+        self.log.write({"key": key, "answer": answer})
+        self.answers[key] = answer
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None  # a later put opens it again
+
+
+def _local_answers(
+    model: str, records: list[dict[str, Any]], decoding: Decoding, template: str | None
+) -> list[dict[str, Any]]:
+    from pacos.data.templates import render_prompt
+    from pacos.infer import Engine, SamplingParams
+
+    engine = Engine.load(model, dtype="float32", template=template)
+    # As in training: a chat template writes its own BOS, a plain template gets the tokenizer's.
+    prompts = [
+        engine.tokenizer(
+            render_prompt(r, engine.template, engine.tokenizer), add_special_tokens=engine.template != "chat"
+        ).input_ids
+        for r in records
+    ]
+    params = SamplingParams(
+        max_new_tokens=decoding.max_new_tokens,
+        temperature=decoding.temperature,
+        top_p=decoding.top_p,
+        seed=decoding.seed,
+    )
+    done = engine.generate(prompts, params)
+    return [
+        {"text": c.text, "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens}
+        for c in done
+    ]
+
+
+def _endpoint_answers(
+    url: str, served_model: str | None, records: list[dict[str, Any]], decoding: Decoding, template: str
+) -> list[dict[str, Any]]:
+    from pacos.data.templates import render_prompt
+    from pacos.generate.config import TeacherConfig
+    from pacos.generate.teachers import OpenAITeacher, Request
+
+    if template == "chat":
+        raise PacosError(
+            "an endpoint is evaluated through /v1/completions: choose an Alpaca-style --template"
+        )
+
+    async def run() -> list[dict[str, Any]]:
+        teacher = OpenAITeacher(url, served_model, TeacherConfig(api="completions"), None)
+        try:
+            await teacher.resolve_model()
+            requests = [
+                Request(
+                    f"eval-{i}",
+                    render_prompt(r, template),
+                    decoding.max_new_tokens,
+                    decoding.temperature,
+                    decoding.top_p,
+                    [],
+                    decoding.seed,
+                )
+                for i, r in enumerate(records)
+            ]
+            replies = await teacher.run(requests)
+        finally:
+            await teacher.close()
+        failed = next((r for r in replies if r.error), None)
+        if failed is not None:
+            why = f"{failed.error}: {failed.detail}"
+            raise PacosError(f"endpoint {url}: a request failed after retries ({why})")
+        return [
+            {"text": r.text, "finish_reason": r.finish_reason, "completion_tokens": r.completion_tokens}
+            for r in replies
+        ]
+
+    return asyncio.run(run())
+
+
+def answer_records(
+    model: str,
+    records: list[dict[str, Any]],
+    decoding: Decoding | None = None,
+    *,
+    served_model: str | None = None,
+    template: str | None = None,
+    cache: AnswerCache | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Each record's answer {"text", "finish_reason", "completion_tokens"} and how many were generated
+    (the rest came from the cache)."""
+    decoding = decoding or Decoding()
+    identity = model_identity(model, served_model)
+    keys = [_key(identity, template, r, decoding) for r in records]
+    answers: list[dict[str, Any] | None] = [cache.get(k) if cache else None for k in keys]
+    missing = [i for i, a in enumerate(answers) if a is None]
+    if missing:
+        todo = [records[i] for i in missing]
+        if model.startswith(("http://", "https://")):
+            fresh = _endpoint_answers(model, served_model, todo, decoding, template or "alpaca")
+        else:
+            fresh = _local_answers(model, todo, decoding, template)
+        for i, answer in zip(missing, fresh, strict=True):
+            answers[i] = answer
+            if cache is not None:
+                cache.put(keys[i], answer)
+    return answers, len(missing)  # type: ignore[return-value]

@@ -1,0 +1,130 @@
+"""`pacos eval --prompts`: answers (local and through an endpoint, cached) and the reference metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pacos.evaluate.answers import AnswerCache, Decoding, answer_records, model_identity
+from pacos.evaluate.metrics import distinct_n, reference_metrics, repeated_ngram_share, rouge_l
+
+PROMPTS = [
+    {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+    {"instruction": "Repeat the word.", "input": "cat", "output": "cat"},
+    {"instruction": "把这句话翻译成英文。", "input": "我喜欢猫。", "output": "I like cats."},
+]
+
+
+def test_rouge_l_scores_chinese_on_characters():
+    assert rouge_l("The cat sat.", "the cat sat") == 1.0
+    assert rouge_l("我喜欢猫", "我喜欢狗") == pytest.approx(0.75)  # 3 of 4 characters in order
+    assert rouge_l("我喜欢猫", "我喜欢狗", tokenizer="rouge") == 0.0  # rouge_score's tokenizer deletes them
+    assert rouge_l("", "reference") == 0.0
+
+
+def test_repetition_measures_looping():
+    assert repeated_ngram_share("one two three four five six") == 0.0
+    loop = " ".join(["the cat sat on the mat"] * 10)
+    assert repeated_ngram_share(loop) > 0.8
+    assert distinct_n(["a b c", "d e f"]) == 1.0 and distinct_n(["a b a b a b"]) == pytest.approx(2 / 5)
+
+
+def test_reference_metrics_eos_rate_and_lengths():
+    answers = [
+        {"text": "Blue.", "finish_reason": "stop", "completion_tokens": 2},
+        {"text": "cat cat cat", "finish_reason": "length", "completion_tokens": 8},
+    ]
+    metrics = reference_metrics(answers, ["Blue.", None])
+    assert metrics["eos_rate"] == 0.5 and metrics["mean_new_tokens"] == 5
+    assert metrics["with_reference"] == 1 and metrics["rouge_l"] == 1.0
+    assert "embedding_similarity" not in metrics
+
+
+def test_embedding_similarity_with_the_packaged_minilm():
+    from pacos.evaluate.metrics import Embedder
+
+    embedder = Embedder()
+    same, different = embedder.similarity(
+        ["A dog runs in the park.", "A dog runs in the park."],
+        ["A puppy is running through the park.", "Quarterly tax filings are due in April."],
+    )
+    assert 0.5 < same <= 1.0 + 1e-6 and different < same - 0.3
+    assert embedder.encode(["x"]).norm().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_answers_are_cached_and_a_rerun_generates_nothing(tiny_llama, tmp_path):
+    cache = AnswerCache(tmp_path / "cache.jsonl")
+    decoding = Decoding(max_new_tokens=6)
+    first, generated = answer_records(str(tiny_llama), PROMPTS, decoding, cache=cache)
+    assert generated == 3 and all(a["completion_tokens"] <= 6 for a in first)
+    cache.close()
+    again, generated = answer_records(
+        str(tiny_llama), PROMPTS, decoding, cache=AnswerCache(tmp_path / "cache.jsonl")
+    )
+    assert generated == 0 and again == first
+    # Other decoding settings are other answers.
+    _, generated = answer_records(str(tiny_llama), PROMPTS[:1], Decoding(max_new_tokens=5), cache=cache)
+    assert generated == 1
+
+
+def test_model_identity_follows_the_weights(tiny_llama, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_llama, copy)
+    assert model_identity(str(copy)) == model_identity(str(tiny_llama))  # content, not path
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert model_identity(str(copy)) != model_identity(str(tiny_llama))
+    assert model_identity("http://h:1/v1", "m") == "http://h:1/v1#m"
+
+
+@pytest.fixture(scope="module")
+def served_tiny(tiny_llama):
+    """`pacos serve`'s app over the tiny model, started outside any test's output capture (uvicorn's log
+    handlers keep the stream they were given)."""
+    from pacos.infer.engine import Engine
+    from pacos.infer.scheduler import Scheduler
+    from pacos.serve import create_app
+    from tests.test_serve import Served
+
+    engine = Engine.load(str(tiny_llama), dtype="float32", device="cpu")
+    scheduler = Scheduler(engine, max_batch_size=8, max_waiting=64).start()
+    served = Served(create_app(engine, scheduler, model_name="tiny"))
+    yield f"http://127.0.0.1:{served.port}/v1"
+    served.stop()
+    scheduler.stop()
+
+
+def test_an_endpoint_gives_the_same_answers_and_numbers_as_the_local_model(
+    cli, tiny_llama, served_tiny, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PACOS_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(PROMPTS, ensure_ascii=False), encoding="utf-8")
+    options = ["--prompts", prompts, "--max-new-tokens", "8", "--no-embeddings"]
+    local = cli("eval", "--model", tiny_llama, "--out", tmp_path / "local", *options)
+    assert local.code == 0, local.err
+    remote = cli("eval", "--model", served_tiny, "--out", tmp_path / "remote", *options)
+    assert remote.code == 0, remote.err
+    rerun = cli("eval", "--model", served_tiny, "--out", tmp_path / "remote", *options)
+    assert "(0 generated" in rerun.out
+    a = [json.loads(line) for line in (tmp_path / "local" / "answers.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "remote" / "answers.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in a] == [r["answer"] for r in b]
+    metrics_a = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    metrics_b = json.loads((tmp_path / "remote" / "metrics.json").read_text())
+    for key in ("eos_rate", "rouge_l", "mean_new_tokens", "distinct_2", "repeated_4gram_share"):
+        assert metrics_a[key] == metrics_b[key], key
+
+
+def test_eval_errors_are_one_line(cli, tmp_path):
+    bad = cli("eval", "--model", "x", "--prompts", tmp_path / "missing.json", "--out", tmp_path / "o")
+    assert bad.code == 1 and bad.err.startswith("pacos: error:") and "Traceback" not in bad.err
+    zero = cli(
+        "eval", "--model", "x", "--prompts", "seed-tasks", "--out", tmp_path / "o", "--max-new-tokens", "0"
+    )
+    assert zero.code == 1 and "--max-new-tokens" in zero.err
