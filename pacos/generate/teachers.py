@@ -35,6 +35,7 @@ class Request:
     top_p: float
     stop: list[str]
     seed: int | None = None
+    top_logprobs: int | None = None  # ask for the k most likely first tokens (LLM judges read them)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Reply:
     seconds: float = 0.0
     error: str | None = None  # a reason name: rate_limited, server_error, timeout, connection, malformed ...
     detail: str | None = None  # the last error's message, for requests.jsonl
+    first_token_logprobs: dict[str, float] | None = None  # token text -> logprob, when asked for
 
 
 class TeacherError(PacosError):
@@ -84,6 +86,17 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _first_token_logprobs(logprobs: Any, chat: bool) -> dict[str, float] | None:
+    """The first generated token's top alternatives, from either API's logprobs shape (absent: None)."""
+    try:
+        if chat:
+            top = logprobs["content"][0]["top_logprobs"]
+            return {item["token"]: float(item["logprob"]) for item in top}
+        return {token: float(value) for token, value in logprobs["top_logprobs"][0].items()}
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return None
 
 
 class OpenAITeacher(Teacher):
@@ -139,6 +152,11 @@ class OpenAITeacher(Teacher):
             body["stop"] = request.stop[:4]  # OpenAI accepts at most four
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.top_logprobs is not None:
+            if self.chat:
+                body["logprobs"], body["top_logprobs"] = True, request.top_logprobs
+            else:
+                body["logprobs"] = request.top_logprobs
         if self.chat:
             body["messages"] = [{"role": "user", "content": request.prompt}]
         else:
@@ -155,6 +173,7 @@ class OpenAITeacher(Teacher):
             reply.text, reply.finish_reason = text, choice.get("finish_reason") or "stop"
         except (KeyError, IndexError, TypeError):
             return False
+        reply.first_token_logprobs = _first_token_logprobs(choice.get("logprobs"), self.chat)
         usage = payload.get("usage") or {}
         reply.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         reply.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -260,16 +279,22 @@ class EngineTeacher(Teacher):
                 top_p=r.top_p,
                 seed=r.seed,
                 stop=r.stop,
+                logprobs=r.top_logprobs,
             )
             for r in requests
         ]
         start = time.monotonic()
         done = engine.generate(prompts, params)
         seconds = (time.monotonic() - start) / max(len(requests), 1)
-        return [
-            Reply(r.id, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, 0.0, 1, seconds)
-            for r, c in zip(requests, done, strict=True)
-        ]
+        replies = []
+        for r, c in zip(requests, done, strict=True):
+            reply = Reply(r.id, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, attempts=1)
+            reply.seconds = seconds
+            if r.top_logprobs is not None and c.logprobs:
+                decode = engine.tokenizer.decode
+                reply.first_token_logprobs = {decode([i]): v for i, v in c.logprobs[0].top}
+            replies.append(reply)
+        return replies
 
     async def run(self, requests: list[Request], stop_spending: Any = None) -> list[Reply]:
         return await asyncio.to_thread(self._generate, requests)

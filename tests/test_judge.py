@@ -1,0 +1,115 @@
+"""Pairwise judging: both orders, soft preferences from logprobs, win rates, length control, caching."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pacos.evaluate.answers import AnswerCache
+from pacos.evaluate.judge import (
+    PairJudgment,
+    alpaca_eval_annotations,
+    first_preferred,
+    judge_pairs,
+    length_controlled_win_rate,
+    win_rates,
+)
+from pacos.generate.teachers import Reply, Request, Teacher
+
+
+class ScriptedJudge(Teacher):
+    """Prefers the longer answer, or always the first shown (position bias), and counts its calls."""
+
+    name, model, chat, batch_size = "scripted", "judge", True, 8
+
+    def __init__(self, rule: str, logprobs: bool = True) -> None:
+        self.rule, self.logprobs, self.calls = rule, logprobs, 0
+
+    async def run(self, requests: list[Request], stop_spending=None) -> list[Reply]:
+        replies = []
+        for request in requests:
+            self.calls += 1
+            first = request.prompt.split("## Answer A\n")[1].split("\n\n## Answer B")[0]
+            second = request.prompt.split("## Answer B\n")[1].split("\n\nWhich answer")[0]
+            a_better = len(first) > len(second) if self.rule == "longer" else True  # "position": always A
+            reply = Reply(request.id, "A" if a_better else "B", "length", completion_tokens=1)
+            if self.logprobs:
+                reply.first_token_logprobs = {"A": math.log(0.8), "B": math.log(0.2)} if a_better else {
+                    "A": math.log(0.3), " B": math.log(0.7), "C": -9.0
+                }  # fmt: skip
+            replies.append(reply)
+        return replies
+
+
+INSTRUCTIONS = ["Say hi.", "Name a fruit.", "Count to three.", "Greet me."]
+SHORT = ["Hi.", "Apple.", "1 2 3", "Hello."]
+LONG = ["Hi there, friend!", "Apple, a sweet fruit.", "One, two, three.", "Hello and welcome!"]
+
+
+def test_both_orders_and_soft_preferences_from_logprobs(tmp_path):
+    judge = ScriptedJudge("longer")
+    cache = AnswerCache(tmp_path / "judgments.jsonl")
+    judgments, calls = judge_pairs(judge, INSTRUCTIONS, SHORT, LONG, cache)
+    assert calls == 8 and judge.calls == 8  # two orders per pair
+    for j in judgments:  # model 2 (longer) preferred in both orders
+        assert j.order1 == pytest.approx(0.7) and j.order2 == pytest.approx(0.8)
+        assert j.discrete == 1.0 and j.soft == pytest.approx(0.75)
+    rates = win_rates(judgments, [len(a) for a in SHORT], [len(a) for a in LONG])
+    assert rates["win_rate"] == 100 and rates["wins"] == 4 and rates["standard_error"] == 0
+    assert rates["soft_win_rate"] == pytest.approx(75)
+    # An immediate rerun asks nothing.
+    again, calls = judge_pairs(judge, INSTRUCTIONS, SHORT, LONG, AnswerCache(tmp_path / "judgments.jsonl"))
+    assert calls == 0 and judge.calls == 8 and [j.soft for j in again] == [j.soft for j in judgments]
+
+
+def test_position_bias_becomes_ties():
+    judgments, _ = judge_pairs(ScriptedJudge("position", logprobs=False), INSTRUCTIONS, SHORT, LONG)
+    assert all(j.order1 == 0.0 and j.order2 == 1.0 and j.discrete == 0.5 for j in judgments)
+    rates = win_rates(judgments, [1] * 4, [1] * 4)
+    assert rates["win_rate"] == 50 and rates["ties"] == 4
+
+
+def test_first_preferred_reads_logprobs_then_text():
+    assert first_preferred("A", {"A": 0.0, "B": -math.inf}) == 1.0
+    assert first_preferred("B", {" A": math.log(0.25), "B": math.log(0.75)}) == pytest.approx(0.25)
+    assert first_preferred("**B**", None) == 0.0 and first_preferred("Neither", None) is None
+    assert first_preferred("A", {"A": -0.1}) == 1.0  # only one label among the logprobs: the text decides
+
+
+def test_win_rate_standard_error_is_over_instructions():
+    judgments = [
+        PairJudgment(0.9, 0.9),
+        PairJudgment(0.1, 0.1),
+        PairJudgment(0.9, 0.2),
+        PairJudgment(0.8, 0.7),
+    ]
+    rates = win_rates(judgments, [10] * 4, [10] * 4)
+    scores = [1.0, 0.0, 0.5, 1.0]
+    mean = sum(scores) / 4
+    se = math.sqrt(sum((s - mean) ** 2 for s in scores) / 3) / 2
+    assert rates["win_rate"] == pytest.approx(100 * mean) and rates["standard_error"] == pytest.approx(
+        100 * se
+    )
+
+
+def test_length_control_removes_a_verbosity_preference():
+    # Model 2 wins exactly when its answer is longer: its raw win rate is high, but at equal length the
+    # judge would be indifferent, so the length-controlled rate is near 50%.
+    len_1 = [100] * 40
+    len_2 = [150 if i % 4 else 50 for i in range(40)]
+    soft = [0.9 if b > a else 0.1 for a, b in zip(len_1, len_2)]
+    raw = sum(soft) / len(soft)
+    lc = length_controlled_win_rate(soft, len_1, len_2)
+    assert raw == pytest.approx(0.7) and abs(lc - 0.5) < 0.1
+    # A model that is better whatever the length keeps its lead.
+    better = [0.85] * 40
+    assert length_controlled_win_rate(better, len_1, len_2) == pytest.approx(0.85, abs=0.01)
+
+
+def test_annotations_in_alpaca_eval_layout():
+    judgments = [PairJudgment(0.7, 0.8), PairJudgment(None, None)]
+    rows = alpaca_eval_annotations(["i1", "i2"], ["a", "b"], ["c", "d"], judgments, "base", "tuned", "judge")
+    assert set(rows[0]) >= {"instruction", "output_1", "output_2", "generator_1", "generator_2", "preference"}
+    assert rows[0]["preference"] == pytest.approx(1.75) and rows[0]["preference_both_orders"] == 2.0
+    assert rows[1]["preference"] == 1.5  # no verdict: neither side
