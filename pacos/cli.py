@@ -455,12 +455,25 @@ def evaluate(
     embeddings: Annotated[
         bool, typer.Option("--embeddings/--no-embeddings", help="Embedding similarity to the references.")
     ] = True,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="Pairwise judge: http(s)://HOST:PORT/v1 (key from $OPENAI_API_KEY) or local:NAME "
+            "(e.g. local:smollm2-135m-instruct). Both orders per pair."
+        ),
+    ] = None,
+    judge_model: Annotated[str | None, typer.Option(help="The judge endpoint's model name.")] = None,
+    baseline: Annotated[
+        str,
+        typer.Option(help="What --model is judged against: another model spec, or references (the outputs)."),
+    ] = "references",
 ) -> None:
     """Answer an instruction set (greedy, cached) and score the answers against its outputs.
 
     Metrics: EOS rate (answers that end before the token limit), length, ROUGE-L (Chinese on characters),
-    embedding similarity (all-MiniLM-L6-v2), distinct-2 and repeated 4-grams. Pairwise judging,
-    verifiable instructions and the HTML report are not available in this version yet.
+    embedding similarity (all-MiniLM-L6-v2), distinct-2 and repeated 4-grams. With --judge: the win rate
+    against --baseline with its standard error and the length-controlled win rate, and annotations.json in
+    AlpacaEval's layout. Verifiable instructions and the HTML report are not available in this version yet.
     """
     from pacos.evaluate.answers import Decoding
     from pacos.evaluate.run import evaluate_prompts
@@ -475,6 +488,9 @@ def evaluate(
         served_model=served_model,
         template=template,
         embeddings=embeddings,
+        baseline=baseline,
+        judge=judge,
+        judge_model=judge_model,
     )
     shown = [
         "eos_rate",
@@ -485,6 +501,13 @@ def evaluate(
         "repeated_4gram_share",
     ]
     print(", ".join(f"{k} {metrics[k]:.3f}" for k in shown if k in metrics))
+    if "judge" in metrics:
+        j = metrics["judge"]
+        print(
+            f"vs {j['baseline']}: win rate {j['win_rate']:.1f}% +/- {j['standard_error']:.1f} "
+            f"(wins {j['wins']}, ties {j['ties']}, losses {j['losses']}), length-controlled "
+            f"{j['length_controlled_win_rate']:.1f}%; {j['judge_calls']} judge calls"
+        )
     print(
         f"{metrics['answers']} answers ({metrics['generated']} generated, the rest cached) -> "
         f"{out / 'answers.jsonl'}, {out / 'metrics.json'}"

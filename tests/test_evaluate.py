@@ -128,3 +128,32 @@ def test_eval_errors_are_one_line(cli, tmp_path):
         "eval", "--model", "x", "--prompts", "seed-tasks", "--out", tmp_path / "o", "--max-new-tokens", "0"
     )
     assert zero.code == 1 and "--max-new-tokens" in zero.err
+
+
+def test_judged_eval_writes_annotations_and_a_rerun_makes_no_calls(cli, tiny_llama, tmp_path, monkeypatch):
+    from tests.scripted_teacher import Action, ScriptedTeacher
+
+    def prefers_the_longer(prompt: str, rng) -> str:
+        first = prompt.split("## Answer A\n")[1].split("\n\n## Answer B")[0]
+        second = prompt.split("## Answer B\n")[1].split("\n\nWhich answer")[0]
+        return "A" if len(first) >= len(second) else "B"
+
+    monkeypatch.setenv("PACOS_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(PROMPTS, ensure_ascii=False), encoding="utf-8")
+    options = ["--model", tiny_llama, "--prompts", prompts, "--out", tmp_path / "out",
+               "--max-new-tokens", "8", "--no-embeddings"]  # fmt: skip
+    with ScriptedTeacher(default=Action("custom", respond=prefers_the_longer)) as judge:
+        first = cli("eval", *options, "--judge", judge.url)
+        assert first.code == 0, first.err
+        assert len(judge.requests) == 6  # 3 pairs, both orders
+        assert judge.requests[0]["body"]["max_tokens"] == 1 and judge.requests[0]["body"]["logprobs"] is True
+        again = cli("eval", *options, "--judge", judge.url)
+        assert again.code == 0 and len(judge.requests) == 6  # zero judge calls
+        assert "(0 generated" in again.out and "0 judge calls" in again.out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["judge"]
+    assert metrics["n"] == 3 and metrics["wins"] + metrics["ties"] + metrics["losses"] == 3
+    assert {"win_rate", "standard_error", "length_controlled_win_rate"} <= set(metrics)
+    rows = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert [r["output_1"] for r in rows] == [p["output"] for p in PROMPTS]
+    assert all(1 <= r["preference"] <= 2 and r["generator_1"] == "references" for r in rows)

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,8 +134,18 @@ def _key(judge: str, instruction: str, first: str, second: str) -> str:
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
+async def _ask(teacher: Teacher, requests: list[Request]) -> list[Any]:
+    try:
+        resolve = getattr(teacher, "resolve_model", None)  # an endpoint: its served model, when not given
+        if resolve is not None:
+            await resolve()
+        return await teacher.run(requests)
+    finally:
+        await teacher.close()
+
+
 def judge_pairs(
-    teacher: Teacher,
+    teacher: Teacher | Callable[[], Teacher],
     instructions: list[str],
     answers_1: list[str],
     answers_2: list[str],
@@ -142,8 +153,11 @@ def judge_pairs(
     judge_name: str | None = None,
 ) -> tuple[list[PairJudgment], int]:
     """Both orders of every pair (cached ones are not asked again); returns the judgments and how many
-    judge calls were made."""
-    name = judge_name or f"{teacher.name}#{teacher.model}"
+    judge calls were made. `teacher` may be a function that makes one, called only if a call is needed
+    (so a fully cached rerun loads no judge model)."""
+    if judge_name is None and not isinstance(teacher, Teacher):
+        raise ValueError("judge_name is needed with a teacher factory")
+    name = judge_name or f"{teacher.name}#{teacher.model}"  # type: ignore[union-attr]
     orders = []  # (pair index, which order, first shown, second shown)
     for i, (instruction, a1, a2) in enumerate(zip(instructions, answers_1, answers_2, strict=True)):
         orders.append((i, 1, instruction, a1, a2))
@@ -161,7 +175,8 @@ def judge_pairs(
             Request(f"judge-{i}-{order}", judge_prompt(instruction, first, second), 1, 0.0, 1.0, [], 0, 5)
             for i, order, instruction, first, second in todo
         ]
-        replies = asyncio.run(teacher.run(requests))
+        judge = teacher if isinstance(teacher, Teacher) else teacher()
+        replies = asyncio.run(_ask(judge, requests))
         for (i, order, instruction, first, second), reply in zip(todo, replies, strict=True):
             verdict = {"text": reply.text, "logprobs": reply.first_token_logprobs, "error": reply.error}
             results[(i, order)] = verdict

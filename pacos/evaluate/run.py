@@ -22,9 +22,13 @@ def evaluate_prompts(
     template: str | None = None,
     embeddings: bool = True,
     cache_path: str | Path | None = None,
+    baseline: str | None = None,
+    judge: str | None = None,
+    judge_model: str | None = None,
 ) -> dict[str, Any]:
     """Answer every record of `prompts` (its `output`, where present, is the reference) and write
-    `answers.jsonl` and `metrics.json` into `out_dir`; returns the metrics."""
+    `answers.jsonl` and `metrics.json` into `out_dir`; with a `judge`, also judge the answers against the
+    `baseline` model's (or, for "references", the records' outputs) and write `annotations.json`."""
     decoding = decoding or Decoding()
     records = read_records(prompts, require_output=False)
     cache = AnswerCache(cache_path or cache_dir() / "eval" / "answers.jsonl")
@@ -44,6 +48,11 @@ def evaluate_prompts(
         **metrics,
     }
     out = Path(out_dir)
+    if judge:
+        metrics["judge"] = _judge(
+            model, records, answers, decoding, out, cache_path, baseline or "references", judge, judge_model,
+            served_model=served_model, template=template,
+        )  # fmt: skip
     rows = [
         {
             **record,
@@ -56,3 +65,51 @@ def evaluate_prompts(
     write_records(rows, out / "answers.jsonl")
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _judge(
+    model: str,
+    records: list[dict[str, Any]],
+    answers: list[dict[str, Any]],
+    decoding: Decoding,
+    out: Path,
+    cache_path: str | Path | None,
+    baseline: str,
+    judge: str,
+    judge_model: str | None,
+    **answer_options: Any,
+) -> dict[str, Any]:
+    """Win rates of `model` (model 2) against `baseline` (model 1) by `judge`, both orders per pair."""
+    from pacos.errors import PacosError
+    from pacos.evaluate.judge import alpaca_eval_annotations, judge_pairs, win_rates
+    from pacos.generate.config import TeacherConfig
+    from pacos.generate.teachers import make_teacher
+
+    if baseline == "references":
+        pairs = [(r, a) for r, a in zip(records, answers, strict=True) if r.get("output")]
+        if not pairs:
+            raise PacosError("--baseline references: the prompts have no outputs to compare with")
+        records, answers = [r for r, _ in pairs], [a for _, a in pairs]
+        baseline_texts = [r["output"] for r in records]
+    else:
+        cache = AnswerCache(cache_path or cache_dir() / "eval" / "answers.jsonl")
+        try:
+            base, _ = answer_records(baseline, records, decoding, cache=cache)
+        finally:
+            cache.close()
+        baseline_texts = [a["text"] for a in base]
+    texts = [a["text"] for a in answers]
+    instructions = [r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "") for r in records]
+    cache = AnswerCache(Path(cache_path).with_name("judgments.jsonl") if cache_path else
+                        cache_dir() / "eval" / "judgments.jsonl")  # fmt: skip
+    try:
+        judgments, calls = judge_pairs(
+            lambda: make_teacher(judge, judge_model, TeacherConfig(), None),
+            instructions, baseline_texts, texts, cache, f"{judge}#{judge_model or ''}",
+        )  # fmt: skip
+    finally:
+        cache.close()
+    rates = win_rates(judgments, [len(t) for t in baseline_texts], [len(t) for t in texts])
+    rows = alpaca_eval_annotations(instructions, baseline_texts, texts, judgments, baseline, model, judge)
+    write_json(out / "annotations.json", rows)
+    return {"baseline": baseline, "judge": judge, "judge_calls": calls, **rates}
