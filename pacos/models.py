@@ -71,16 +71,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PACOS_CACHE") or Path.home() / ".cache" / "pacos")
 
 
-def _gguf_cache_path(gguf: Path) -> Path:
-    """Keyed by content (size, first and last MiB), not by path or time: a reinstalled package or a copied
-    file finds its conversion instead of making another half-gigabyte one."""
-    size = gguf.stat().st_size
+def content_key(path: Path) -> str:
+    """A file's identity by content (size, first and last MiB), not by path or time: cheap for
+    gigabyte files, and it changes whenever the weights do."""
+    size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
-    with gguf.open("rb") as f:
+    with path.open("rb") as f:
         digest.update(f.read(1 << 20))
         f.seek(max(size - (1 << 20), 0))
         digest.update(f.read(1 << 20))
-    return cache_dir() / "models" / f"{gguf.stem}-{digest.hexdigest()[:16]}"
+    return digest.hexdigest()[:16]
+
+
+def _gguf_cache_path(gguf: Path) -> Path:
+    """Keyed by content: a reinstalled package or a copied file finds its conversion instead of making
+    another half-gigabyte one."""
+    return cache_dir() / "models" / f"{gguf.stem}-{content_key(gguf)}"
 
 
 def convert_gguf(gguf: Path, quiet: bool = False) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pacos.errors import PacosError
 from pacos.fileio import AppendLog, read_jsonl_repairing
+from pacos.models import content_key
 
 
 @dataclass(frozen=True)
@@ -26,17 +27,6 @@ class Decoding:
     temperature: float = 0.0  # greedy: comparable across runs and endpoints
     top_p: float = 1.0
     seed: int = 0
-
-
-def _content_key(path: Path) -> str:
-    """Size and first and last MiB of a file: cheap, and changes whenever the weights do."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        digest.update(f.read(1 << 20))
-        f.seek(max(size - (1 << 20), 0))
-        digest.update(f.read(1 << 20))
-    return digest.hexdigest()[:16]
 
 
 def model_identity(model: str, served_model: str | None = None) -> str:
@@ -48,14 +38,14 @@ def model_identity(model: str, served_model: str | None = None) -> str:
         files = sorted(
             p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".yaml", ".model")
         )
-        digest = hashlib.sha256("".join(p.name + _content_key(p) for p in files).encode())
+        digest = hashlib.sha256("".join(p.name + content_key(p) for p in files).encode())
         return f"dir:{digest.hexdigest()[:16]}"
     if path.is_file():
-        return f"file:{_content_key(path)}"
+        return f"file:{content_key(path)}"
     from pacos.models import EMBEDDED_MODELS
 
     if model in EMBEDDED_MODELS:
-        return f"embedded:{model}:{_content_key(EMBEDDED_MODELS[model].gguf())}"
+        return f"embedded:{model}:{content_key(EMBEDDED_MODELS[model].gguf())}"
     return f"hub:{model}"
 
 
