@@ -467,13 +467,20 @@ def evaluate(
         str,
         typer.Option(help="What --model is judged against: another model spec, or references (the outputs)."),
     ] = "references",
+    ifeval: Annotated[
+        bool,
+        typer.Option(
+            "--ifeval", help="Also verifiable instruction following on the bundled 105 prompts (en + zh)."
+        ),
+    ] = False,
 ) -> None:
     """Answer an instruction set (greedy, cached) and score the answers against its outputs.
 
     Metrics: EOS rate (answers that end before the token limit), length, ROUGE-L (Chinese on characters),
     embedding similarity (all-MiniLM-L6-v2), distinct-2 and repeated 4-grams. With --judge: the win rate
     against --baseline with its standard error and the length-controlled win rate, and annotations.json in
-    AlpacaEval's layout. Verifiable instructions and the HTML report are not available in this version yet.
+    AlpacaEval's layout. With --ifeval: verifiable instruction following (strict and loose, per prompt and
+    per instruction). The HTML report is not available in this version yet.
     """
     from pacos.evaluate.answers import Decoding
     from pacos.evaluate.run import evaluate_prompts
@@ -501,6 +508,19 @@ def evaluate(
         "repeated_4gram_share",
     ]
     print(", ".join(f"{k} {metrics[k]:.3f}" for k in shown if k in metrics))
+    if ifeval:
+        from pacos.evaluate.run import evaluate_ifeval
+
+        scores = evaluate_ifeval(
+            model, out, Decoding(max_new_tokens=max_new_tokens), served_model=served_model, template=template
+        )
+        metrics["ifeval"] = scores
+        write_json(out / "metrics.json", metrics)
+        print(
+            f"verifiable instructions: prompt-level {scores['prompt_strict']:.1%} strict, "
+            f"{scores['prompt_loose']:.1%} loose; instruction-level {scores['instruction_strict']:.1%} "
+            f"strict ({scores['prompts']} prompts) -> {out / 'ifeval.jsonl'}"
+        )
     if "judge" in metrics:
         j = metrics["judge"]
         print(

@@ -157,3 +157,17 @@ def test_judged_eval_writes_annotations_and_a_rerun_makes_no_calls(cli, tiny_lla
     rows = json.loads((tmp_path / "out" / "annotations.json").read_text())
     assert [r["output_1"] for r in rows] == [p["output"] for p in PROMPTS]
     assert all(1 <= r["preference"] <= 2 and r["generator_1"] == "references" for r in rows)
+
+
+def test_ifeval_runs_the_bundled_prompts_through_the_model(cli, tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("PACOS_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(PROMPTS[:1]), encoding="utf-8")
+    result = cli("eval", "--model", tiny_llama, "--prompts", prompts, "--out", tmp_path / "out",
+                 "--max-new-tokens", "4", "--no-embeddings", "--ifeval")  # fmt: skip
+    assert result.code == 0, result.err
+    scores = json.loads((tmp_path / "out" / "metrics.json").read_text())["ifeval"]
+    assert scores["prompts"] >= 100 and set(scores["by_language"]) == {"en", "zh"}
+    assert 0 <= scores["prompt_strict"] <= scores["prompt_loose"] <= 1
+    rows = [json.loads(line) for line in (tmp_path / "out" / "ifeval.jsonl").read_text().splitlines()]
+    assert len(rows) == scores["prompts"] and {"answer", "strict", "loose", "instructions"} <= set(rows[0])

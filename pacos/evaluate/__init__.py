@@ -1,1 +1,1 @@
-"""Evaluation: a model's answers to an instruction set (cached), and reference metrics on them."""
+"""Evaluation: a model's answers (cached), reference metrics, pairwise judging, verifiable instructions."""

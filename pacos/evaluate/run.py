@@ -113,3 +113,40 @@ def _judge(
     rows = alpaca_eval_annotations(instructions, baseline_texts, texts, judgments, baseline, model, judge)
     write_json(out / "annotations.json", rows)
     return {"baseline": baseline, "judge": judge, "judge_calls": calls, **rates}
+
+
+def evaluate_ifeval(
+    model: str,
+    out_dir: str | Path,
+    decoding: Decoding | None = None,
+    *,
+    language: str | None = None,
+    prompts_path: str | Path | None = None,
+    served_model: str | None = None,
+    template: str | None = None,
+    cache_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Verifiable instruction following on the bundled prompt set (or `prompts_path`): every answer is
+    checked strictly and loosely; writes `ifeval.jsonl` (per prompt) and returns the scores."""
+    from pacos.evaluate.ifeval import check_prompt, load_ifeval_prompts, score
+
+    prompts = load_ifeval_prompts(language, prompts_path)
+    records = [{"instruction": p["instruction"], "input": ""} for p in prompts]
+    cache = AnswerCache(cache_path or cache_dir() / "eval" / "answers.jsonl")
+    try:
+        answers, generated = answer_records(
+            model, records, decoding or Decoding(), served_model=served_model, template=template, cache=cache
+        )
+    finally:
+        cache.close()
+    results = [check_prompt(a["text"], p["checks"]) for p, a in zip(prompts, answers, strict=True)]
+    rows = [
+        {"id": p["id"], "language": p["language"], "instruction": p["instruction"], "answer": a["text"], **r}
+        for p, a, r in zip(prompts, answers, results, strict=True)
+    ]
+    write_records(rows, Path(out_dir) / "ifeval.jsonl")
+    by_language = {
+        lang: score([r for r, p in zip(results, prompts, strict=True) if p["language"] == lang])
+        for lang in sorted({p["language"] for p in prompts})
+    }
+    return {"generated": generated, **score(results), "by_language": by_language}
