@@ -443,10 +443,16 @@ def evaluate(
             "OpenAI-compatible endpoint: pacos serve, vLLM, llama.cpp)."
         ),
     ],
-    prompts: Annotated[
-        str, typer.Option(help="Instruction set: pacos records, Alpaca JSON, seed tasks, AlpacaEval JSON.")
-    ],
     out: Annotated[Path, typer.Option("--out", help="Where answers.jsonl and metrics.json go.")],
+    prompts: Annotated[
+        str | None,
+        typer.Option(
+            help="Instruction set to answer: pacos records, Alpaca JSON, seed tasks, AlpacaEval JSON."
+        ),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset for the response-only loss and perplexity (local models).")
+    ] = None,
     served_model: Annotated[
         str | None, typer.Option(help="The endpoint's model name [default: the only one it serves].")
     ] = None,
@@ -487,27 +493,45 @@ def evaluate(
 
     if max_new_tokens < 1:
         raise PacosError("--max-new-tokens must be >= 1")
-    metrics = evaluate_prompts(
-        model,
-        prompts,
-        out,
-        Decoding(max_new_tokens=max_new_tokens),
-        served_model=served_model,
-        template=template,
-        embeddings=embeddings,
-        baseline=baseline,
-        judge=judge,
-        judge_model=judge_model,
-    )
-    shown = [
-        "eos_rate",
-        "rouge_l",
-        "embedding_similarity",
-        "mean_new_tokens",
-        "distinct_2",
-        "repeated_4gram_share",
-    ]
-    print(", ".join(f"{k} {metrics[k]:.3f}" for k in shown if k in metrics))
+    if not (prompts or data or ifeval):
+        raise PacosError("nothing to evaluate: pass --prompts FILE, --data FILE and/or --ifeval")
+    if judge and not prompts:
+        raise PacosError("--judge compares answers: pass --prompts FILE")
+    metrics: dict = {"model": model}
+    if prompts:
+        metrics = evaluate_prompts(
+            model,
+            prompts,
+            out,
+            Decoding(max_new_tokens=max_new_tokens),
+            served_model=served_model,
+            template=template,
+            embeddings=embeddings,
+            baseline=baseline,
+            judge=judge,
+            judge_model=judge_model,
+        )
+    if data:
+        from pacos.evaluate.loss import dataset_loss
+
+        if model.startswith(("http://", "https://")):
+            raise PacosError("--data needs the model's weights: pass a local model, not an endpoint")
+        metrics["data_loss"] = loss = dataset_loss(model, data, template=template)
+        write_json(out / "metrics.json", metrics)
+        print(
+            f"response-only loss {loss['loss']:.4f} (perplexity {loss['perplexity']:.2f}) on "
+            f"{loss['examples']} examples of {data}"
+        )
+    if prompts:
+        shown = [
+            "eos_rate",
+            "rouge_l",
+            "embedding_similarity",
+            "mean_new_tokens",
+            "distinct_2",
+            "repeated_4gram_share",
+        ]
+        print(", ".join(f"{k} {metrics[k]:.3f}" for k in shown if k in metrics))
     if ifeval:
         from pacos.evaluate.run import evaluate_ifeval
 
@@ -528,10 +552,11 @@ def evaluate(
             f"(wins {j['wins']}, ties {j['ties']}, losses {j['losses']}), length-controlled "
             f"{j['length_controlled_win_rate']:.1f}%; {j['judge_calls']} judge calls"
         )
-    print(
-        f"{metrics['answers']} answers ({metrics['generated']} generated, the rest cached) -> "
-        f"{out / 'answers.jsonl'}, {out / 'metrics.json'}"
-    )
+    if prompts:
+        print(
+            f"{metrics['answers']} answers ({metrics['generated']} generated, the rest cached) -> "
+            f"{out / 'answers.jsonl'}, {out / 'metrics.json'}"
+        )
 
 
 @app.command("chat")

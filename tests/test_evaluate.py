@@ -171,3 +171,35 @@ def test_ifeval_runs_the_bundled_prompts_through_the_model(cli, tiny_llama, tmp_
     assert 0 <= scores["prompt_strict"] <= scores["prompt_loose"] <= 1
     rows = [json.loads(line) for line in (tmp_path / "out" / "ifeval.jsonl").read_text().splitlines()]
     assert len(rows) == scores["prompts"] and {"answer", "strict", "loose", "instructions"} <= set(rows[0])
+
+
+def test_data_loss_is_the_response_only_loss_transformers_computes(cli, tiny_llama, tmp_path):
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pacos.data.templates import render_prompt
+
+    data = tmp_path / "val.json"
+    data.write_text(json.dumps(PROMPTS, ensure_ascii=False), encoding="utf-8")
+    result = cli("eval", "--model", tiny_llama, "--data", data, "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    loss = json.loads((tmp_path / "out" / "metrics.json").read_text())["data_loss"]
+    # The reference: prompt tokens labelled -100, response + EOS labelled, summed over all examples.
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    total = count = 0.0
+    for record in PROMPTS:
+        prompt = tok(render_prompt(record, "alpaca"), add_special_tokens=True).input_ids
+        response = [*tok(record["output"], add_special_tokens=False).input_ids, tok.eos_token_id]
+        ids = torch.tensor([prompt + response])
+        labels = torch.tensor([[-100] * len(prompt) + response])
+        with torch.no_grad():
+            mean = model(input_ids=ids, labels=labels).loss.item()
+        total, count = total + mean * len(response), count + len(response)
+    assert loss["loss"] == pytest.approx(total / count, rel=1e-4)
+    assert loss["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-4)
+    assert loss["examples"] == 3 and loss["template"] == "alpaca"
+    nothing = cli("eval", "--model", tiny_llama, "--out", tmp_path / "o2")
+    assert nothing.code == 1 and "nothing to evaluate" in nothing.err
