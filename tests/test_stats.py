@@ -70,3 +70,19 @@ def test_missing_tokenizer_is_one_line_error(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(PacosError, match=r"not an embedded name"):
         load_tokenizer("no-such-thing")
+
+
+def test_plots_draw_chinese_with_a_cjk_font(tmp_path):
+    """The set-up installs a CJK font (mplfonts' Noto Sans CJK SC): Chinese labels are drawn, not boxes."""
+    import warnings
+
+    from pacos.plotting import has_cjk_font, pyplot
+
+    assert has_cjk_font()
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.set_title("判断 sentiment 情感")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing glyph would warn
+        fig.savefig(tmp_path / "zh.png")
+    plt.close(fig)

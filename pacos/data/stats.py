@@ -199,31 +199,9 @@ def compute_stats(records: list[Record], tokenizer: Any = None, top: int = 20) -
 
 def plot_stats(stats: dict[str, Any], out_dir: Path) -> list[Path]:
     """Length histograms and the verb/object sunburst; returns the PNG paths written."""
-    import warnings
+    from pacos.plotting import pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import font_manager
-
-    warnings.filterwarnings("ignore", message="Glyph .* missing")  # CJK labels without a CJK font
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    cjk = [
-        f
-        for f in (
-            "Noto Sans CJK SC",
-            "Noto Sans SC",
-            "Source Han Sans SC",
-            "WenQuanYi Zen Hei",
-            "Microsoft YaHei",
-            "SimHei",
-            "PingFang SC",
-        )
-        if f in installed
-    ]
-    if cjk:
-        matplotlib.rcParams["font.sans-serif"] = [*cjk, *matplotlib.rcParams["font.sans-serif"]]
+    plt = pyplot()
     written = []
     lengths = stats["_lengths"]
     unit = "tokens" if lengths["tokens"] else "chars"

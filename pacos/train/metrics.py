@@ -59,11 +59,9 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     if not train:
         return None
-    import matplotlib
+    from pacos.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(*zip(*train), label="train loss", color="#5b8def", linewidth=1.0, alpha=0.45)
     if len(train) >= 5:  # small batches make a noisy curve: show its exponential moving average too
