@@ -436,14 +436,14 @@ def train(
 
 @app.command("eval")
 def evaluate(
+    out: Annotated[Path, typer.Option("--out", help="Where answers, metrics.json and the report go.")],
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Embedded name, .gguf, directory, hub id, adapter, or http(s)://HOST:PORT/v1 (an "
             "OpenAI-compatible endpoint: pacos serve, vLLM, llama.cpp)."
         ),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Where answers.jsonl and metrics.json go.")],
+    ] = None,
     prompts: Annotated[
         str | None,
         typer.Option(
@@ -479,6 +479,10 @@ def evaluate(
             "--ifeval", help="Also verifiable instruction following on the bundled 105 prompts (en + zh)."
         ),
     ] = False,
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option(help="Earlier pacos eval directories to render side by side into --out (repeatable)."),
+    ] = None,
 ) -> None:
     """Answer an instruction set (greedy, cached) and score the answers against its outputs.
 
@@ -486,11 +490,23 @@ def evaluate(
     embedding similarity (all-MiniLM-L6-v2), distinct-2 and repeated 4-grams. With --judge: the win rate
     against --baseline with its standard error and the length-controlled win rate, and annotations.json in
     AlpacaEval's layout. With --ifeval: verifiable instruction following (strict and loose, per prompt and
-    per instruction). The HTML report is not available in this version yet.
+    per instruction). Every run writes report.md and a self-contained report.html; --compare DIR --compare
+    DIR renders earlier runs side by side.
     """
     from pacos.evaluate.answers import Decoding
+    from pacos.evaluate.report import load_run, write_report
     from pacos.evaluate.run import evaluate_prompts
 
+    if compare:
+        if model or prompts or data or ifeval:
+            raise PacosError(
+                "--compare renders earlier runs: no --model, --prompts, --data or --ifeval with it"
+            )
+        md, page = write_report([load_run(d) for d in compare], out)
+        print(f"wrote {md} and {page}")
+        return
+    if not model:
+        raise PacosError("pass --model (or --compare DIR --compare DIR)")
     if max_new_tokens < 1:
         raise PacosError("--max-new-tokens must be >= 1")
     if not (prompts or data or ifeval):
@@ -552,11 +568,13 @@ def evaluate(
             f"(wins {j['wins']}, ties {j['ties']}, losses {j['losses']}), length-controlled "
             f"{j['length_controlled_win_rate']:.1f}%; {j['judge_calls']} judge calls"
         )
+    md, page = write_report([load_run(out)], out)
     if prompts:
         print(
             f"{metrics['answers']} answers ({metrics['generated']} generated, the rest cached) -> "
             f"{out / 'answers.jsonl'}, {out / 'metrics.json'}"
         )
+    print(f"report: {page} ({md})")
 
 
 @app.command("chat")

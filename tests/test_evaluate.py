@@ -203,3 +203,71 @@ def test_data_loss_is_the_response_only_loss_transformers_computes(cli, tiny_lla
     assert loss["examples"] == 3 and loss["template"] == "alpaca"
     nothing = cli("eval", "--model", tiny_llama, "--out", tmp_path / "o2")
     assert nothing.code == 1 and "nothing to evaluate" in nothing.err
+
+
+def _fake_run(directory, name: str, eos: list[bool]) -> None:
+    directory.mkdir(parents=True)
+    rows = [
+        {
+            **p,
+            "answer": f"{name} answer {i} 中文",
+            "finish_reason": "stop" if e else "length",
+            "new_tokens": 5 + i,
+        }
+        for i, (p, e) in enumerate(zip(PROMPTS, eos))
+    ]
+    (directory / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    metrics = {"model": name, "eos_rate": sum(eos) / len(eos), "rouge_l": 0.25, "mean_new_tokens": 6.0}
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_compare_renders_two_runs_into_a_self_contained_page(cli, tmp_path):
+    _fake_run(tmp_path / "base", "base", [False, False, False])
+    _fake_run(tmp_path / "tuned", "tuned", [True, True, False])
+    result = cli(
+        "eval", "--compare", tmp_path / "base", "--compare", tmp_path / "tuned", "--out", tmp_path / "r"
+    )
+    assert result.code == 0, result.err
+    page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    assert "<td>answers ending with EOS</td><td>0.0%</td><td>66.7%</td>" in page
+    assert page.count('src="data:image/png;base64,') >= 2 and "http" not in page.replace("http-equiv", "")
+    assert "tuned answer 0 中文" in page and "base answer 2 中文" in page and "I like cats." in page
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "| answers ending with EOS | 0.0% | 66.7% |" in md and (tmp_path / "r" / "lengths.png").exists()
+    bad = cli("eval", "--compare", tmp_path / "nothing", "--out", tmp_path / "r2")
+    assert bad.code == 1 and "not a pacos eval run" in bad.err
+
+
+def test_report_opens_in_headless_chromium(cli, tmp_path):
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium here (.ci/run installs it from Debian packages)")
+    _fake_run(tmp_path / "base", "base", [False, True, False])
+    _fake_run(tmp_path / "tuned", "tuned", [True, True, True])
+    assert (
+        cli(
+            "eval", "--compare", tmp_path / "base", "--compare", tmp_path / "tuned", "--out", tmp_path / "r"
+        ).code
+        == 0
+    )
+    page = (tmp_path / "r" / "report.html").as_uri()
+    flags = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1200,1400",
+    ]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    assert 'id="metrics"' in dom.stdout and "tuned answer 1" in dom.stdout and "<img" in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1200, 1400)
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+        assert colours is not None and len(colours) > 50  # a table, plots and text, not a blank page
