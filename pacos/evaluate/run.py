@@ -12,6 +12,21 @@ from pacos.fileio import write_json
 from pacos.models import cache_dir
 
 
+def cached_answers(
+    model: str,
+    records: list[dict[str, Any]],
+    decoding: Decoding,
+    cache_path: str | Path | None,
+    **options: Any,
+) -> tuple[list[dict[str, Any]], int]:
+    """`answer_records` through the shared on-disk answer cache ($PACOS_CACHE/eval/answers.jsonl)."""
+    cache = AnswerCache(cache_path or cache_dir() / "eval" / "answers.jsonl")
+    try:
+        return answer_records(model, records, decoding, cache=cache, **options)
+    finally:
+        cache.close()
+
+
 def evaluate_prompts(
     model: str,
     prompts: str,
@@ -31,13 +46,9 @@ def evaluate_prompts(
     `baseline` model's (or, for "references", the records' outputs) and write `annotations.json`."""
     decoding = decoding or Decoding()
     records = read_records(prompts, require_output=False)
-    cache = AnswerCache(cache_path or cache_dir() / "eval" / "answers.jsonl")
-    try:
-        answers, generated = answer_records(
-            model, records, decoding, served_model=served_model, template=template, cache=cache
-        )
-    finally:
-        cache.close()
+    answers, generated = cached_answers(
+        model, records, decoding, cache_path, served_model=served_model, template=template
+    )
     references = [r.get("output") or None for r in records]
     metrics = reference_metrics(answers, references, Embedder() if embeddings and any(references) else None)
     metrics = {
@@ -92,11 +103,7 @@ def _judge(
         records, answers = [r for r, _ in pairs], [a for _, a in pairs]
         baseline_texts = [r["output"] for r in records]
     else:
-        cache = AnswerCache(cache_path or cache_dir() / "eval" / "answers.jsonl")
-        try:
-            base, _ = answer_records(baseline, records, decoding, cache=cache)
-        finally:
-            cache.close()
+        base, _ = cached_answers(baseline, records, decoding, cache_path)
         baseline_texts = [a["text"] for a in base]
     texts = [a["text"] for a in answers]
     instructions = [r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "") for r in records]
@@ -132,13 +139,9 @@ def evaluate_ifeval(
 
     prompts = load_ifeval_prompts(language, prompts_path)
     records = [{"instruction": p["instruction"], "input": ""} for p in prompts]
-    cache = AnswerCache(cache_path or cache_dir() / "eval" / "answers.jsonl")
-    try:
-        answers, generated = answer_records(
-            model, records, decoding or Decoding(), served_model=served_model, template=template, cache=cache
-        )
-    finally:
-        cache.close()
+    answers, generated = cached_answers(
+        model, records, decoding or Decoding(), cache_path, served_model=served_model, template=template
+    )
     results = [check_prompt(a["text"], p["checks"]) for p, a in zip(prompts, answers, strict=True)]
     rows = [
         {"id": p["id"], "language": p["language"], "instruction": p["instruction"], "answer": a["text"], **r}
