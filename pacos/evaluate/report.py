@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pacos.fileio import atomic_open
 
 # (label, where in metrics.json, format)
@@ -78,9 +80,11 @@ def plots(runs: list[dict[str, Any]]) -> dict[str, bytes]:
     lengths = [[a.get("new_tokens", 0) for a in run["answers"]] for run in runs]
     if any(lengths):
         fig, ax = plt.subplots(figsize=(7, 3.4))
+        everything = [v for values in lengths for v in values]
+        bins = np.linspace(min(everything), max(everything) + 1, 31)  # shared, so runs line up
         for run, values in zip(runs, lengths):
             if values:
-                ax.hist(values, bins=30, alpha=0.55, label=run["name"])
+                ax.hist(values, bins=bins, alpha=0.55, label=run["name"])
         ax.set_xlabel("new tokens per answer")
         ax.set_ylabel("answers")
         ax.set_title("Answer lengths (a pile at the limit: answers that never stop)")
@@ -223,7 +227,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;t
 td:first-child{{text-align:left}}img{{max-width:49%;margin:4px}}pre{{white-space:pre-wrap;margin:0}}
 section{{border-top:1px solid #ddd;padding:10px 0}}.row{{display:flex;gap:12px}}
 .answer{{flex:1;background:#f7f7f9;padding:8px;border-radius:6px}}.prompt{{font-weight:600}}
-.eos{{color:#2e7d32;font-size:small}}.limit{{color:#c62828;font-size:small}}.verdict{{color:#555}}
+.ref{{white-space:pre-wrap}}.eos{{color:#2e7d32;font-size:small}}.limit{{color:#c62828;font-size:small}}.verdict{{color:#555}}
 </style></head><body><h1>pacos evaluation: {e(" vs ".join(names))}</h1>
 <table id="metrics"><tr><th>metric</th>{head}</tr>{body}</table>
 <div id="plots">{figures}</div><h2>Answers side by side</h2>{"".join(cards)}</body></html>
