@@ -61,8 +61,7 @@ def evaluate_prompts(
     out = Path(out_dir)
     if judge:
         metrics["judge"] = _judge(
-            model, records, answers, decoding, out, cache_path, baseline or "references", judge, judge_model,
-            served_model=served_model, template=template,
+            model, records, answers, decoding, out, cache_path, baseline or "references", judge, judge_model
         )  # fmt: skip
     rows = [
         {
@@ -88,7 +87,6 @@ def _judge(
     baseline: str,
     judge: str,
     judge_model: str | None,
-    **answer_options: Any,
 ) -> dict[str, Any]:
     """Win rates of `model` (model 2) against `baseline` (model 1) by `judge`, both orders per pair."""
     from pacos.errors import PacosError

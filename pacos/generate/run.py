@@ -112,7 +112,6 @@ class Generator:
 
     config: GenerateConfig
     teacher: Teacher
-    out_dir: Path
     seeds: list[dict[str, Any]]
     tally: Tally
     novelty: NoveltyFilter
@@ -314,7 +313,7 @@ async def _generate(config: GenerateConfig, force: bool, progress: Any) -> dict[
         for record in tally.accepted:
             novelty.add(record["instruction"])
         logs = [AppendLog(out_dir / f"{name}.jsonl") for name in ("accepted", "rejected", "requests")]
-        run = Generator(config, teacher, out_dir, seeds, tally, novelty, CandidateFilter(config), *logs)
+        run = Generator(config, teacher, seeds, tally, novelty, CandidateFilter(config), *logs)
         failed_rounds, stopped = 0, None
         try:
             progress.start(tally)
