@@ -495,7 +495,7 @@ def evaluate(
     """
     from pacos.evaluate.answers import Decoding
     from pacos.evaluate.report import load_run, write_report
-    from pacos.evaluate.run import evaluate_prompts
+    from pacos.evaluate.run import evaluate_model
 
     if compare:
         if model or prompts or data or ifeval:
@@ -509,31 +509,14 @@ def evaluate(
         raise PacosError("pass --model (or --compare DIR --compare DIR)")
     if max_new_tokens < 1:
         raise PacosError("--max-new-tokens must be >= 1")
-    if not (prompts or data or ifeval):
-        raise PacosError("nothing to evaluate: pass --prompts FILE, --data FILE and/or --ifeval")
-    if judge and not prompts:
-        raise PacosError("--judge compares answers: pass --prompts FILE")
-    metrics: dict = {"model": model}
-    if prompts:
-        metrics = evaluate_prompts(
-            model,
-            prompts,
-            out,
-            Decoding(max_new_tokens=max_new_tokens),
-            served_model=served_model,
-            template=template,
-            embeddings=embeddings,
-            baseline=baseline,
-            judge=judge,
-            judge_model=judge_model,
-        )
+    metrics = evaluate_model(
+        model, out, prompts=prompts, data=data, ifeval=ifeval,
+        decoding=Decoding(max_new_tokens=max_new_tokens),
+        served_model=served_model, template=template, embeddings=embeddings, baseline=baseline, judge=judge,
+        judge_model=judge_model,
+    )  # fmt: skip
     if data:
-        from pacos.evaluate.loss import dataset_loss
-
-        if model.startswith(("http://", "https://")):
-            raise PacosError("--data needs the model's weights: pass a local model, not an endpoint")
-        metrics["data_loss"] = loss = dataset_loss(model, data, template=template)
-        write_json(out / "metrics.json", metrics)
+        loss = metrics["data_loss"]
         print(
             f"response-only loss {loss['loss']:.4f} (perplexity {loss['perplexity']:.2f}) on "
             f"{loss['examples']} examples of {data}"
@@ -549,13 +532,7 @@ def evaluate(
         ]
         print(", ".join(f"{k} {metrics[k]:.3f}" for k in shown if k in metrics))
     if ifeval:
-        from pacos.evaluate.run import evaluate_ifeval
-
-        scores = evaluate_ifeval(
-            model, out, Decoding(max_new_tokens=max_new_tokens), served_model=served_model, template=template
-        )
-        metrics["ifeval"] = scores
-        write_json(out / "metrics.json", metrics)
+        scores = metrics["ifeval"]
         print(
             f"verifiable instructions: prompt-level {scores['prompt_strict']:.1%} strict, "
             f"{scores['prompt_loose']:.1%} loose; instruction-level {scores['instruction_strict']:.1%} "
@@ -741,19 +718,22 @@ def export(
 def quickstart(
     config: Annotated[
         Path | None,
-        typer.Option(help="Recipe YAML [default: the built-in copy of recipes/quickstart-cpu.yaml]."),
+        typer.Option(help="Recipe YAML [default: the built-in copy of recipes/quickstart.yaml]."),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where every stage writes.")] = Path(
         "runs/quickstart"
     ),
     overrides: SetOption = None,
 ) -> None:
-    """The whole loop on embedded defaults: clean the seed tasks, LoRA-tune Gemma 3 270M, try the result."""
-    from pacos.config import load_config
-    from pacos.quickstart import QUICKSTART, run_quickstart
-    from pacos.train.config import TrainConfig
+    """The whole loop on embedded defaults: generate data with an embedded teacher, mix it with the seed
+    tasks, LoRA-tune Gemma 3 270M, evaluate base vs tuned on held-out tasks and write a report.
 
-    settings = load_config(TrainConfig, config, overrides, defaults=QUICKSTART)
+    Rerun it after a kill or a change: finished stages whose inputs did not change are skipped."""
+    from pacos.config import load_config
+    from pacos.quickstart.config import QUICKSTART, QuickstartConfig
+    from pacos.quickstart.run import run_quickstart
+
+    settings = load_config(QuickstartConfig, config, overrides, defaults=QUICKSTART)
     run_quickstart(settings, out_dir)
 
 

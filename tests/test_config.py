@@ -7,7 +7,7 @@ import pytest
 from pacos.config import apply_overrides, load_config
 from pacos.data.clean import CleanConfig
 from pacos.errors import PacosError
-from pacos.quickstart import QUICKSTART
+from pacos.quickstart.config import QUICKSTART, TRAIN, QuickstartConfig
 from pacos.train.config import TrainConfig
 
 RECIPES = Path(__file__).parent.parent / "recipes"
@@ -37,7 +37,9 @@ def test_errors_name_the_file_and_field(tmp_path):
 
 
 TRAINING = sorted(
-    p.name for p in RECIPES.glob("*.yaml") if p.name != "clean.yaml" and "generate" not in p.name
+    p.name
+    for p in RECIPES.glob("*.yaml")
+    if p.name not in ("clean.yaml", "quickstart.yaml") and "generate" not in p.name
 )
 
 
@@ -54,7 +56,13 @@ def test_generation_recipes_load(recipe):
 
 
 def test_quickstart_recipe_matches_built_in_defaults_and_alpaca_recipe_is_alpaca():
-    assert load_config(TrainConfig, RECIPES / "quickstart-cpu.yaml") == TrainConfig(**QUICKSTART)
+    assert load_config(TrainConfig, RECIPES / "quickstart-cpu.yaml") == TrainConfig(**TRAIN)
+    whole = load_config(QuickstartConfig, RECIPES / "quickstart.yaml")
+    assert whole == QuickstartConfig(**QUICKSTART)
+    # The loop trains exactly as the training-only recipe does (its data and output are the loop's own).
+    assert whole.train.model_dump(exclude={"data", "clean", "val_fraction", "output_dir"}) == TrainConfig(
+        **TRAIN
+    ).model_dump(exclude={"data", "clean", "val_fraction", "output_dir"})
     alpaca = load_config(TrainConfig, RECIPES / "alpaca-7b-fsdp.yaml")
     assert (
         alpaca.lr,

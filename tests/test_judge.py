@@ -10,6 +10,7 @@ from pacos.evaluate.answers import AnswerCache
 from pacos.evaluate.judge import (
     PairJudgment,
     alpaca_eval_annotations,
+    calibrate_position,
     first_preferred,
     judge_pairs,
     length_controlled_win_rate,
@@ -57,7 +58,8 @@ def test_both_orders_and_soft_preferences_from_logprobs(tmp_path):
         assert j.discrete == 1.0 and j.soft == pytest.approx(0.75)
     rates = win_rates(judgments, [len(a) for a in SHORT], [len(a) for a in LONG])
     assert rates["win_rate"] == 100 and rates["wins"] == 4 and rates["standard_error"] == 0
-    assert rates["soft_win_rate"] == pytest.approx(75)
+    uncalibrated = win_rates(judgments, [len(a) for a in SHORT], [len(a) for a in LONG], calibrate=False)
+    assert uncalibrated["soft_win_rate"] == pytest.approx(75) and rates["soft_win_rate"] > 70
     # An immediate rerun asks nothing.
     again, calls = judge_pairs(judge, INSTRUCTIONS, SHORT, LONG, AnswerCache(tmp_path / "judgments.jsonl"))
     assert calls == 0 and judge.calls == 8 and [j.soft for j in again] == [j.soft for j in judgments]
@@ -68,6 +70,36 @@ def test_position_bias_becomes_ties():
     assert all(j.order1 == 0.0 and j.order2 == 1.0 and j.discrete == 0.5 for j in judgments)
     rates = win_rates(judgments, [1] * 4, [1] * 4)
     assert rates["win_rate"] == 50 and rates["ties"] == 4
+
+
+def test_position_bias_is_calibrated_out_when_the_judge_gives_logprobs():
+    # A judge that picks the first answer with P = 0.9, nudged by quality: model 2 is better on pairs 0-2.
+    def p_first(model_2_first: bool, better: bool) -> float:
+        nudge = 0.6 if better == model_2_first else -0.6
+        return 1 / (1 + math.exp(-(math.log(9) + nudge)))
+
+    better = [True, True, True, False]
+    judgments = [PairJudgment(1 - p_first(False, b), p_first(True, b)) for b in better]
+    assert all(j.discrete == 0.5 for j in judgments)  # raw: the first position always wins: all ties
+    calibrated, preference = calibrate_position(judgments)
+    assert preference == pytest.approx(0.9)
+    assert [j.discrete for j in calibrated] == [1.0, 1.0, 1.0, 0.0]
+    rates = win_rates(judgments, [10] * 4, [10] * 4)
+    assert rates["win_rate"] == 75 and rates["win_rate_uncalibrated"] == 50
+    assert rates["position_calibrated"] and rates["first_position_preference"] == pytest.approx(0.9)
+    # A judge with nothing but position bias stays at ties; letters alone (0 or 1) are never calibrated.
+    flat = [PairJudgment(0.1, 0.9)] * 4
+    assert [j.discrete for j in calibrate_position(flat)[0]] == [0.5] * 4
+    assert calibrate_position([PairJudgment(0.0, 1.0)])[1] is None
+
+
+def test_reference_and_cut_answers_reach_the_judge():
+    from pacos.evaluate.judge import judge_prompt, shown
+
+    prompt = judge_prompt("Add 2 and 2.", "4", "5", reference="2 + 2 = 4")
+    assert prompt.index("## Reference answer") < prompt.index("## Answer A") and "2 + 2 = 4" in prompt
+    assert "Reference" not in judge_prompt("Add 2 and 2.", "4", "5")
+    assert shown("x" * 50, 10) == "x" * 10 + " [... cut]" and shown("short", 10) == "short"
 
 
 def test_first_preferred_reads_logprobs_then_text():

@@ -3,9 +3,13 @@
 Every pair is judged in both orders, because judges favour a position: a pair is won only when both
 orders agree, otherwise it is a tie (MT-Bench's rule). Where the judge returns logprobs, each order also
 gives a continuous preference (the softmax of the two label tokens, as AlpacaEval reads its judge), and
-the soft preference is the mean of both orders. Reported: the win rate of model 2 with its standard error
-over instructions, and AlpacaEval 2's length-controlled win rate. Judgments are cached by (judge,
-instruction, the two answers in their order, prompt version): an immediate rerun makes zero calls.
+the soft preference is the mean of both orders. Small local judges favour one position so strongly that
+every pair would tie; with logprobs their average preference for the first position (a logit that the
+answers' quality cancels out of, since every pair is shown both ways) is subtracted before the
+both-orders rule, and the judge's position bias is reported. Reported: the win rate of model 2 with
+its standard error over instructions, and AlpacaEval 2's length-controlled win rate. Judgments are
+cached by (judge, instruction, the two answers in their order, prompt version): an immediate rerun makes
+zero calls.
 """
 
 from __future__ import annotations
@@ -41,9 +45,27 @@ shorter answer that does the job beats a longer one that pads it.
 
 Which answer is better? Reply with a single letter, A or B."""
 
+_REFERENCE = """## Request
+{instruction}
 
-def judge_prompt(instruction: str, first: str, second: str) -> str:
-    return _JUDGE_PROMPT.format(instruction=instruction, first=first, second=second)
+## Reference answer (written by a person: the better answer agrees with it in substance)
+{reference}
+"""
+
+
+def judge_prompt(instruction: str, first: str, second: str, reference: str | None = None) -> str:
+    prompt = _JUDGE_PROMPT.format(instruction=instruction, first=first, second=second)
+    if reference:
+        head = f"## Request\n{instruction}\n"
+        prompt = prompt.replace(head, _REFERENCE.format(instruction=instruction, reference=reference), 1)
+    return prompt
+
+
+def shown(answer: str, max_chars: int | None) -> str:
+    """The answer as the judge sees it: cut after `max_chars` (cheaper judging of answers that ramble)."""
+    if max_chars is None or len(answer) <= max_chars:
+        return answer
+    return answer[:max_chars] + " [... cut]"
 
 
 def first_preferred(text: str, logprobs: dict[str, float] | None) -> float | None:
@@ -108,9 +130,45 @@ def length_controlled_win_rate(soft: list[float], len_1: list[int], len_2: list[
     return float(1.0 / (1.0 + math.exp(-w[0])))
 
 
-def win_rates(judgments: list[PairJudgment], len_1: list[int], len_2: list[int]) -> dict[str, float]:
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def calibrate_position(judgments: list[PairJudgment]) -> tuple[list[PairJudgment], float | None]:
+    """Judgments with the judge's mean preference for the first position taken out, and that preference
+    (P(first shown wins) at the mean bias logit); unchanged with None unless every verdict is soft (0 < p
+    < 1, from logprobs). In order 1 model 2 is shown second, in order 2 first."""
+    values = [p for j in judgments for p in (j.order1, j.order2) if p is not None]
+    if not values or not all(0.0 < p < 1.0 for p in values):
+        return judgments, None
+    first = [_logit(1 - j.order1) for j in judgments if j.order1 is not None]
+    first += [_logit(j.order2) for j in judgments if j.order2 is not None]
+    bias = sum(first) / len(first)
+    calibrated = [
+        PairJudgment(
+            None if j.order1 is None else 1.0 - _sigmoid(_logit(1 - j.order1) - bias),
+            None if j.order2 is None else _sigmoid(_logit(j.order2) - bias),
+        )
+        for j in judgments
+    ]
+    return calibrated, _sigmoid(bias)
+
+
+def win_rates(
+    judgments: list[PairJudgment], len_1: list[int], len_2: list[int], calibrate: bool = True
+) -> dict[str, float]:
     """Model 2's win rate (ties count half), its standard error over instructions, the soft and the
-    length-controlled win rates, in percent."""
+    length-controlled win rates, in percent; with `calibrate`, after `calibrate_position` where the
+    verdicts allow it (the uncalibrated win rate is kept beside)."""
+    raw = judgments
+    bias = None
+    if calibrate:
+        judgments, bias = calibrate_position(judgments)
     discrete = np.array([j.discrete for j in judgments])
     soft = [j.soft for j in judgments]
     n = len(judgments)
@@ -126,11 +184,14 @@ def win_rates(judgments: list[PairJudgment], len_1: list[int], len_2: list[int])
         "standard_error": 100 * se,
         "soft_win_rate": 100 * float(np.mean(soft)),
         "length_controlled_win_rate": 100 * length_controlled_win_rate(soft, len_1, len_2),
+        "position_calibrated": bias is not None,
+        "first_position_preference": bias,
+        "win_rate_uncalibrated": 100 * float(np.mean([j.discrete for j in raw])),
     }
 
 
-def _key(judge: str, instruction: str, first: str, second: str) -> str:
-    payload = [PROMPT_VERSION, judge, instruction, first, second]
+def _key(judge: str, instruction: str, first: str, second: str, *extra: Any) -> str:
+    payload = [PROMPT_VERSION, judge, instruction, first, second, *extra]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -151,28 +212,50 @@ def judge_pairs(
     answers_2: list[str],
     cache: AnswerCache | None = None,
     judge_name: str | None = None,
+    references: list[str | None] | None = None,
+    max_answer_chars: int | None = None,
+    top_logprobs: int = 5,
 ) -> tuple[list[PairJudgment], int]:
     """Both orders of every pair (cached ones are not asked again); returns the judgments and how many
     judge calls were made. `teacher` may be a function that makes one, called only if a call is needed
-    (so a fully cached rerun loads no judge model)."""
+    (so a fully cached rerun loads no judge model). `references`: a reference answer per pair shown to
+    the judge (MT-Bench's reference-guided judging); `max_answer_chars`: answers cut for the judge;
+    `top_logprobs`: label logprobs asked for (5 is OpenAI's completions limit; a local judge can give
+    more, so both labels are found more often)."""
     if judge_name is None and not isinstance(teacher, Teacher):
         raise ValueError("judge_name is needed with a teacher factory")
     name = judge_name or f"{teacher.name}#{teacher.model}"  # type: ignore[union-attr]
+    references = references or [None] * len(instructions)
     orders = []  # (pair index, which order, first shown, second shown)
     for i, (instruction, a1, a2) in enumerate(zip(instructions, answers_1, answers_2, strict=True)):
+        a1, a2 = shown(a1, max_answer_chars), shown(a2, max_answer_chars)
         orders.append((i, 1, instruction, a1, a2))
         orders.append((i, 2, instruction, a2, a1))
     results: dict[tuple[int, int], dict[str, Any]] = {}
     todo = []
+
+    def key(i: int, instruction: str, first: str, second: str) -> str:
+        extra = [references[i], top_logprobs] if references[i] or top_logprobs != 5 else []
+        return _key(name, instruction, first, second, *extra)
+
     for i, order, instruction, first, second in orders:
-        cached = cache.get(_key(name, instruction, first, second)) if cache else None
+        cached = cache.get(key(i, instruction, first, second)) if cache else None
         if cached is not None:
             results[(i, order)] = cached
         else:
             todo.append((i, order, instruction, first, second))
     if todo:
         requests = [
-            Request(f"judge-{i}-{order}", judge_prompt(instruction, first, second), 1, 0.0, 1.0, [], 0, 5)
+            Request(
+                f"judge-{i}-{order}",
+                judge_prompt(instruction, first, second, references[i]),
+                1,
+                0.0,
+                1.0,
+                [],
+                0,
+                top_logprobs,
+            )
             for i, order, instruction, first, second in todo
         ]
         judge = teacher if isinstance(teacher, Teacher) else teacher()
@@ -181,7 +264,7 @@ def judge_pairs(
             verdict = {"text": reply.text, "logprobs": reply.first_token_logprobs, "error": reply.error}
             results[(i, order)] = verdict
             if cache is not None and reply.error is None:
-                cache.put(_key(name, instruction, first, second), verdict)
+                cache.put(key(i, instruction, first, second), verdict)
     judgments = []
     for i in range(len(instructions)):
         prefs = []

@@ -8,6 +8,7 @@ and again, so the share of an answer's n-grams that repeat an earlier one measur
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
@@ -119,3 +120,11 @@ def reference_metrics(
         if embedder is not None:
             result["embedding_similarity"] = fmean(embedder.similarity(*zip(*scored)))
     return result
+
+
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+
+
+def prompt_language(record: dict[str, Any]) -> str:
+    """ "zh" for a prompt with Chinese characters in it, else "en" (the two languages pacos ships)."""
+    return "zh" if _HAN.search(record["instruction"] + (record.get("input") or "")) else "en"

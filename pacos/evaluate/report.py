@@ -25,6 +25,10 @@ ROWS = [
     ("embedding similarity vs reference", ("embedding_similarity",), "{:.3f}"),
     ("distinct-2", ("distinct_2",), "{:.3f}"),
     ("repeated 4-grams in an answer", ("repeated_4gram_share",), "{:.1%}"),
+    ("English prompts: answers ending with EOS", ("by_language", "en", "eos_rate"), "{:.1%}"),
+    ("English prompts: ROUGE-L", ("by_language", "en", "rouge_l"), "{:.3f}"),
+    ("Chinese prompts: answers ending with EOS", ("by_language", "zh", "eos_rate"), "{:.1%}"),
+    ("Chinese prompts: ROUGE-L (characters)", ("by_language", "zh", "rouge_l"), "{:.3f}"),
     ("response loss", ("data_loss", "loss"), "{:.4f}"),
     ("perplexity", ("data_loss", "perplexity"), "{:.2f}"),
     ("verifiable: prompts, strict", ("ifeval", "prompt_strict"), "{:.1%}"),
@@ -33,6 +37,8 @@ ROWS = [
     ("win rate vs baseline", ("judge", "win_rate"), "{:.1f}%"),
     ("standard error", ("judge", "standard_error"), "{:.1f}"),
     ("length-controlled win rate", ("judge", "length_controlled_win_rate"), "{:.1f}%"),
+    ("win rate before position calibration", ("judge", "win_rate_uncalibrated"), "{:.1f}%"),
+    ("judge's preference for the first position", ("judge", "first_position_preference"), "{:.1%}"),
 ]
 
 
@@ -132,7 +138,8 @@ def plots(runs: list[dict[str, Any]]) -> dict[str, bytes]:
     return images
 
 
-def _table(runs: list[dict[str, Any]]) -> list[list[str]]:
+def metric_rows(runs: list[dict[str, Any]]) -> list[list[str]]:
+    """[label, value per run] for every metric some run has, formatted."""
     rows = []
     for label, path, fmt in ROWS:
         values = [_get(r["metrics"], path) for r in runs]
@@ -174,15 +181,21 @@ def _verdict_text(preference: float | None) -> str:
     )
 
 
-def write_report(runs: list[dict[str, Any]], out_dir: str | Path, examples: int = 30) -> tuple[Path, Path]:
-    """report.md (with PNGs beside it) and report.html (self-contained) in `out_dir`."""
+def write_report(
+    runs: list[dict[str, Any]],
+    out_dir: str | Path,
+    examples: int = 30,
+    images: dict[str, bytes] | None = None,
+) -> tuple[Path, Path]:
+    """report.md (with PNGs beside it) and report.html (self-contained) in `out_dir`; `images`: more
+    PNGs by file name (a training loss curve, say), shown first."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images = plots(runs)
+    images = {**(images or {}), **plots(runs)}
     for name, data in images.items():
         with atomic_open(out / name, "wb") as f:
             f.write(data)
-    table = _table(runs)
+    table = metric_rows(runs)
     items = _side_by_side(runs, examples)
     names = [r["name"] for r in runs]
 

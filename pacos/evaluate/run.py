@@ -7,7 +7,7 @@ from typing import Any
 
 from pacos.data.io import read_records, write_records
 from pacos.evaluate.answers import AnswerCache, Decoding, answer_records
-from pacos.evaluate.metrics import Embedder, reference_metrics
+from pacos.evaluate.metrics import Embedder, prompt_language, reference_metrics
 from pacos.fileio import write_json
 from pacos.models import cache_dir
 
@@ -40,6 +40,8 @@ def evaluate_prompts(
     baseline: str | None = None,
     judge: str | None = None,
     judge_model: str | None = None,
+    baseline_template: str | None = None,
+    judge_max_chars: int | None = None,
 ) -> dict[str, Any]:
     """Answer every record of `prompts` (its `output`, where present, is the reference) and write
     `answers.jsonl` and `metrics.json` into `out_dir`; with a `judge`, also judge the answers against the
@@ -50,7 +52,18 @@ def evaluate_prompts(
         model, records, decoding, cache_path, served_model=served_model, template=template
     )
     references = [r.get("output") or None for r in records]
-    metrics = reference_metrics(answers, references, Embedder() if embeddings and any(references) else None)
+    embedder = Embedder() if embeddings and any(references) else None
+    metrics = reference_metrics(answers, references, embedder)
+    languages = [prompt_language(r) for r in records]
+    if len(set(languages)) > 1:  # each language's own numbers (ROUGE-L of Chinese is on characters)
+        metrics["by_language"] = {
+            lang: reference_metrics(
+                [a for a, g in zip(answers, languages, strict=True) if g == lang],
+                [r for r, g in zip(references, languages, strict=True) if g == lang],
+                embedder,
+            )
+            for lang in sorted(set(languages))
+        }
     metrics = {
         "model": model,
         "prompts": prompts,
@@ -61,7 +74,8 @@ def evaluate_prompts(
     out = Path(out_dir)
     if judge:
         metrics["judge"] = _judge(
-            model, records, answers, decoding, out, cache_path, baseline or "references", judge, judge_model
+            model, records, answers, decoding, out, cache_path, baseline or "references", judge, judge_model,
+            baseline_template, judge_max_chars,
         )  # fmt: skip
     rows = [
         {
@@ -87,6 +101,8 @@ def _judge(
     baseline: str,
     judge: str,
     judge_model: str | None,
+    baseline_template: str | None = None,
+    max_answer_chars: int | None = None,
 ) -> dict[str, Any]:
     """Win rates of `model` (model 2) against `baseline` (model 1) by `judge`, both orders per pair."""
     from pacos.errors import PacosError
@@ -101,7 +117,7 @@ def _judge(
         records, answers = [r for r, _ in pairs], [a for _, a in pairs]
         baseline_texts = [r["output"] for r in records]
     else:
-        base, _ = cached_answers(baseline, records, decoding, cache_path)
+        base, _ = cached_answers(baseline, records, decoding, cache_path, template=baseline_template)
         baseline_texts = [a["text"] for a in base]
     texts = [a["text"] for a in answers]
     instructions = [r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "") for r in records]
@@ -109,15 +125,30 @@ def _judge(
                         cache_dir() / "eval" / "judgments.jsonl")  # fmt: skip
     try:
         judgments, calls = judge_pairs(
-            lambda: make_teacher(judge, judge_model, TeacherConfig(), None),
+            lambda: make_teacher(judge, judge_model, TeacherConfig(dtype=decoding.dtype), None),
             instructions, baseline_texts, texts, cache, f"{judge}#{judge_model or ''}",
+            max_answer_chars=max_answer_chars,
+            top_logprobs=20 if judge.startswith("local:") else 5,  # OpenAI's completions API gives 5 at most
         )  # fmt: skip
     finally:
         cache.close()
     rates = win_rates(judgments, [len(t) for t in baseline_texts], [len(t) for t in texts])
     rows = alpaca_eval_annotations(instructions, baseline_texts, texts, judgments, baseline, model, judge)
     write_json(out / "annotations.json", rows)
-    return {"baseline": baseline, "judge": judge, "judge_calls": calls, **rates}
+    return {"baseline": baseline, "judge": judge, "judge_calls": calls, "max_answer_chars": max_answer_chars,
+            **rates}  # fmt: skip
+
+
+def _first_per_language(prompts: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    if limit is None:
+        return prompts
+    counts: dict[str, int] = {}
+    subset = []
+    for prompt in prompts:
+        counts[prompt["language"]] = counts.get(prompt["language"], 0) + 1
+        if counts[prompt["language"]] <= limit:
+            subset.append(prompt)
+    return subset
 
 
 def evaluate_ifeval(
@@ -126,16 +157,18 @@ def evaluate_ifeval(
     decoding: Decoding | None = None,
     *,
     language: str | None = None,
+    per_language: int | None = None,
     prompts_path: str | Path | None = None,
     served_model: str | None = None,
     template: str | None = None,
     cache_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Verifiable instruction following on the bundled prompt set (or `prompts_path`): every answer is
-    checked strictly and loosely; writes `ifeval.jsonl` (per prompt) and returns the scores."""
+    checked strictly and loosely; writes `ifeval.jsonl` (per prompt) and returns the scores.
+    `per_language`: only the first N prompts of each language (a quick, fixed subset)."""
     from pacos.evaluate.ifeval import check_prompt, load_ifeval_prompts, score
 
-    prompts = load_ifeval_prompts(language, prompts_path)
+    prompts = _first_per_language(load_ifeval_prompts(language, prompts_path), per_language)
     records = [{"instruction": p["instruction"], "input": ""} for p in prompts]
     answers, generated = cached_answers(
         model, records, decoding or Decoding(), cache_path, served_model=served_model, template=template
@@ -151,3 +184,63 @@ def evaluate_ifeval(
         for lang in sorted({p["language"] for p in prompts})
     }
     return {"generated": generated, **score(results), "by_language": by_language}
+
+
+def evaluate_model(
+    model: str,
+    out_dir: str | Path,
+    *,
+    prompts: str | None = None,
+    data: str | None = None,
+    ifeval: bool = False,
+    ifeval_per_language: int | None = None,
+    decoding: Decoding | None = None,
+    served_model: str | None = None,
+    template: str | None = None,
+    embeddings: bool = True,
+    cache_path: str | Path | None = None,
+    baseline: str | None = None,
+    judge: str | None = None,
+    judge_model: str | None = None,
+    baseline_template: str | None = None,
+    judge_max_chars: int | None = None,
+) -> dict[str, Any]:
+    """Everything `pacos eval` measures for one model, into `out_dir/metrics.json` (answers, ifeval.jsonl
+    and annotations.json beside it): answers to `prompts` with reference metrics (and the judge), the
+    response loss on `data`, verifiable instruction following with `ifeval`."""
+    from pacos.errors import PacosError
+
+    if not (prompts or data or ifeval):
+        raise PacosError("nothing to evaluate: pass --prompts FILE, --data FILE and/or --ifeval")
+    if judge and not prompts:
+        raise PacosError("--judge compares answers: pass --prompts FILE")
+    if data and model.startswith(("http://", "https://")):
+        raise PacosError("--data needs the model's weights: pass a local model, not an endpoint")
+    decoding = decoding or Decoding()
+    out = Path(out_dir)
+    metrics: dict[str, Any] = {"model": model}
+    if prompts and ifeval:  # both sets in one batch (one model load); the steps below read the cache
+        from pacos.evaluate.ifeval import load_ifeval_prompts
+
+        checks = _first_per_language(load_ifeval_prompts(), ifeval_per_language)
+        everything = read_records(prompts, require_output=False)
+        everything += [{"instruction": p["instruction"], "input": ""} for p in checks]
+        cached_answers(model, everything, decoding, cache_path, served_model=served_model, template=template)
+    if prompts:
+        metrics = evaluate_prompts(
+            model, prompts, out, decoding, served_model=served_model, template=template,
+            embeddings=embeddings, cache_path=cache_path, baseline=baseline, judge=judge,
+            judge_model=judge_model, baseline_template=baseline_template, judge_max_chars=judge_max_chars,
+        )  # fmt: skip
+    if data:
+        from pacos.evaluate.loss import dataset_loss
+
+        metrics["data_loss"] = dataset_loss(model, data, template=template)
+        write_json(out / "metrics.json", metrics)
+    if ifeval:
+        metrics["ifeval"] = evaluate_ifeval(
+            model, out, decoding, per_language=ifeval_per_language, served_model=served_model,
+            template=template, cache_path=cache_path,
+        )  # fmt: skip
+    write_json(out / "metrics.json", metrics)
+    return metrics

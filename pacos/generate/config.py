@@ -40,7 +40,7 @@ class TeacherConfig(BaseModel):
     max_retries: int = Field(6, ge=0)
     backoff_base: float = Field(1.0, ge=0)  # seconds; doubles per attempt, with full jitter
     backoff_max: float = Field(60.0, ge=0)
-    concurrency: int = Field(8, ge=1)  # requests in flight at once
+    concurrency: int = Field(8, ge=1)  # requests in flight at once; a local engine: rows decoded together
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
     # Local teachers (local:NAME, llama.cpp:FILE): the pacos engine's settings.

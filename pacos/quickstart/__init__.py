@@ -1,0 +1,1 @@
+"""`pacos quickstart`: the whole loop (generate, mix, train, evaluate, report) on embedded defaults."""

@@ -1,0 +1,88 @@
+"""Settings of `pacos quickstart`: one section per stage; recipes/quickstart.yaml holds the same values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pacos.generate.config import GenerateConfig
+from pacos.train.config import TrainConfig
+
+# recipes/quickstart-cpu.yaml: the training stage alone (`pacos train --config recipes/quickstart-cpu.yaml`).
+TRAIN: dict[str, Any] = {
+    "model": "gemma-3-270m",
+    "data": "seed-tasks",
+    "clean": {"fix": True},
+    "val_fraction": 0.05,
+    "template": "alpaca",
+    "max_length": 512,
+    "method": "lora",
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+    "max_steps": 80,
+    "batch_size": 4,
+    "micro_batch_size": 4,
+    "lr": 1.0e-3,
+    "lr_scheduler": "cosine",
+    "warmup_ratio": 0.03,
+    "weight_decay": 0.0,
+    "precision": "bf16-mixed",
+    "eval_every": 40,
+    "save_every": 20,
+    "output_dir": "runs/quickstart/model",
+}
+
+# recipes/quickstart.yaml: the whole loop.
+QUICKSTART: dict[str, Any] = {
+    "held_out": {"en": 16, "zh": 8},
+    "generate": {
+        "teacher": "local:smollm2-135m-instruct",
+        "num": 24,
+        "prompt_examples": 3,
+        "tasks_per_request": 8,
+        "max_tokens": 512,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "max_requests": 48,
+        "client": {"api": "completions", "dtype": "bfloat16", "concurrency": 16},
+    },
+    "train": {k: v for k, v in TRAIN.items() if k not in ("data", "clean", "val_fraction", "output_dir")},
+    "eval": {
+        "max_new_tokens": 256,
+        "judge": "local:smollm2-135m-instruct",
+        "judge_max_chars": 600,
+        "ifeval_per_language": 8,
+        "embeddings": True,
+        "dtype": "bfloat16",
+    },
+}
+
+
+class HeldOutConfig(BaseModel):
+    """Seed tasks kept out of training (and out of the teacher's prompts) to evaluate on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    en: int = Field(16, ge=0)
+    zh: int = Field(8, ge=0)
+
+
+class EvalStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(256, ge=1)
+    judge: str | None = "local:smollm2-135m-instruct"  # None: no pairwise judging
+    judge_model: str | None = None
+    judge_max_chars: int | None = Field(600, gt=0)  # answers cut for the judge (None: whole)
+    ifeval_per_language: int = Field(8, ge=0)  # verifiable prompts per language from the bundled set
+    embeddings: bool = True
+    dtype: str = "bfloat16"  # local models' weights while answering and judging
+
+
+class QuickstartConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    held_out: HeldOutConfig = HeldOutConfig()
+    generate: GenerateConfig = GenerateConfig()  # seeds and out_dir are set by the quickstart
+    train: TrainConfig = TrainConfig()  # data, val_data and output_dir are set by the quickstart
+    eval: EvalStageConfig = EvalStageConfig()

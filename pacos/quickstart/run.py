@@ -1,0 +1,296 @@
+"""`pacos quickstart`: the whole Alpaca loop on embedded defaults, on a laptop CPU, in about 15 minutes.
+
+1. data: clean the bundled seed tasks (English and Chinese) and split off held-out tasks first, so the
+   teacher never sees them and nothing generated can copy them;
+2. generate: new examples from the remaining English seed tasks with an embedded teacher (`pacos generate`);
+3. mix: clean them, drop near-duplicates of seed or held-out tasks, mix them with the seed tasks;
+4. model: LoRA on Gemma 3 270M (base), Alpaca template, loss on the response only;
+5. eval: base vs tuned on the held-out tasks (reference metrics, verifiable instructions, pairwise judge)
+   and the report.
+Every stage writes under OUT/<stage>/ and is skipped on a rerun when its inputs did not change; a killed
+run resumes in the stage it was in (see stages.py). Settings: recipes/quickstart.yaml (built in here).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from pacos.data.clean import CleanConfig, clean_records
+from pacos.data.dedup import dedup_records
+from pacos.data.io import read_records, write_records
+from pacos.data.seeds import builtin_paths
+from pacos.data.split import split_records
+from pacos.data.stats import compute_stats, plot_stats
+from pacos.fileio import write_json
+from pacos.quickstart.config import QuickstartConfig
+from pacos.quickstart.stages import file_digest, run_stage
+
+VERSION = 1  # bump when a stage's code changes what it writes, so old outputs are not reused
+
+
+def _say(stage: str, message: str) -> None:
+    print(f"[{stage}] {message}", flush=True)
+
+
+def data_stage(config: QuickstartConfig, out: Path) -> dict[str, Any]:
+    """Clean each language's seed tasks and split off `held_out` of them (whole prompt groups)."""
+    seeds, held_out, counts = [], [], {}
+    for language in ("en", "zh"):
+        cleaned = clean_records(read_records(f"seed-tasks-{language}"), CleanConfig(fix=True))
+        records, wanted = cleaned.kept, getattr(config.held_out, language)
+        if wanted >= len(records):
+            from pacos.errors import PacosError
+
+            raise PacosError(f"held_out.{language}={wanted}: only {len(records)} {language} seed tasks")
+        split = split_records(records, wanted / len(records), 0.0, config.train.seed)
+        seeds += split["train"]
+        held_out += split["val"]
+        counts[language] = {"seed_tasks": len(records), "held_out": len(split["val"])}
+    write_records(seeds, out / "seeds.jsonl")
+    write_records([r for r in seeds if _language(r) == "en"], out / "seeds-en.jsonl")
+    write_records(held_out, out / "held_out.jsonl")
+    summary = ", ".join(f"{v['held_out']} of {v['seed_tasks']} {k}" for k, v in counts.items())
+    _say("data", f"seed tasks cleaned; held out for evaluation: {summary} -> {out / 'held_out.jsonl'}")
+    return {"languages": counts, "seeds": len(seeds), "held_out": len(held_out)}
+
+
+def _language(record: dict[str, Any]) -> str:
+    text = record["instruction"] + record.get("output", "")
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+def generate_stage(config: QuickstartConfig, out: Path, seeds: Path) -> dict[str, Any]:
+    from rich.console import Console
+
+    from pacos.generate.report import RichProgress, summary_table
+    from pacos.generate.run import generate
+
+    settings = config.generate.model_copy(update={"seeds": str(seeds), "out_dir": str(out)})
+    _say("generate", f"{settings.num} new examples from the seed tasks, teacher {settings.teacher}")
+    console = Console(stderr=True)
+    summary = generate(settings, progress=RichProgress(settings.num, console))
+    console.print(summary_table(summary))
+    _say(
+        "generate",
+        f"{summary['accepted']} accepted from {summary['requests']} requests "
+        f"({summary['stopped']}) -> {out / 'data.json'}",
+    )
+    keys = ("accepted", "rejected", "requests", "stopped", "rejected_by_reason", "seconds")
+    return {k: summary.get(k) for k in keys}
+
+
+def mix_stage(config: QuickstartConfig, out: Path, data_dir: Path, generated: Path) -> dict[str, Any]:
+    """Generated examples, cleaned and without near-copies of seed or held-out tasks, plus the seeds."""
+    seeds = read_records(data_dir / "seeds.jsonl")
+    held_out = read_records(data_dir / "held_out.jsonl")
+    new = read_records(generated, allow_empty=True) if generated.exists() else []
+    cleaned = clean_records(new, CleanConfig(fix=True))
+    # Held-out tasks first: whatever is too close to one is dropped, not the held-out task.
+    deduped = dedup_records([*held_out, *seeds, *cleaned.kept], threshold=0.7, tokenizer="cjk")
+    held_keys = {(r["instruction"], r.get("input", "")) for r in held_out}
+    train = [r for r in deduped.kept if (r["instruction"], r.get("input", "")) not in held_keys]
+    random.Random(config.train.seed).shuffle(train)
+    write_records(train, out / "train.jsonl")
+    write_records([*cleaned.rejected, *deduped.rejected], out / "rejected.jsonl")
+    stats = compute_stats(train)
+    plots = plot_stats(stats, out)
+    stats.pop("_lengths")
+    write_json(out / "stats.json", stats)
+    kept_new = len(train) - sum(1 for r in train if r in seeds)
+    _say(
+        "mix",
+        f"{len(new)} generated: {len(cleaned.rejected)} failed cleaning, "
+        f"{len(deduped.rejected)} near-duplicates dropped; training set {len(train)} examples "
+        f"({kept_new} generated, {stats['chinese_share']:.0%} Chinese) -> {out / 'train.jsonl'}; plots: "
+        + ", ".join(p.name for p in plots),
+    )
+    return {
+        "generated": len(new),
+        "kept_generated": kept_new,
+        "train": len(train),
+        "cleaning_rejects": len(cleaned.rejected),
+        "near_duplicates": len(deduped.rejected),
+    }
+
+
+def train_stage(config: QuickstartConfig, out: Path, train_path: Path, held_out: Path) -> dict[str, Any]:
+    from pacos.train.checkpoint import list_checkpoints
+    from pacos.train.run import train
+
+    settings = config.train.model_copy(
+        update={"precision": _cpu_precision(config.train.precision)}
+    ).model_copy(
+        update={
+            "data": str(train_path),
+            "val_data": str(held_out),
+            "val_fraction": 0.0,
+            "clean": None,
+            "output_dir": str(out),
+        }
+    )
+    _say(
+        "train",
+        f"{settings.method} fine-tuning of {settings.model}: {settings.max_steps} steps of "
+        f"{settings.batch_size} examples, lr {settings.lr:g}, {settings.precision} precision",
+    )
+    result = train(settings, resume=bool(list_checkpoints(out / "checkpoints")))
+    _say(
+        "train",
+        f"{result.steps} steps in {result.seconds:.0f} s, {result.tokens_per_second:.0f} tokens/s; "
+        f"final loss {result.final_loss:.3f}"
+        + (f", held-out loss {result.best_val_loss:.3f}" if result.best_val_loss is not None else ""),
+    )
+    return {
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "held_out_loss": result.best_val_loss,
+        "seconds": result.seconds,
+        "tokens_per_second": result.tokens_per_second,
+    }
+
+
+def _cpu_precision(precision: str) -> str:
+    """bf16 only where it runs natively: a CPU without AMX or AVX512-BF16 emulates it, slower than fp32."""
+    import torch
+
+    if precision.startswith("bf16") and not torch.cuda.is_available():
+        cpu = torch.cpu
+        native = (
+            getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+            or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+        )
+        if not native:
+            _say("train", f"this CPU has no native bf16 (AMX, AVX512-BF16): {precision} -> fp32")
+            return "fp32"
+    return precision
+
+
+def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: Path) -> dict[str, Any]:
+    from pacos.evaluate.answers import Decoding
+    from pacos.evaluate.report import load_run, metric_rows, write_report
+    from pacos.evaluate.run import evaluate_model
+
+    settings = config.eval
+    base_model = config.train.model
+    common = {
+        "prompts": str(held_out),
+        "data": str(held_out),
+        "ifeval": settings.ifeval_per_language > 0,
+        "ifeval_per_language": settings.ifeval_per_language,
+        "decoding": Decoding(max_new_tokens=settings.max_new_tokens, dtype=settings.dtype),
+        "template": config.train.template,
+        "embeddings": settings.embeddings,
+        "cache_path": out / "cache" / "answers.jsonl",
+    }
+    _say(
+        "eval",
+        f"base model {base_model}: held-out answers (greedy, {settings.max_new_tokens} new tokens), "
+        "loss, verifiable instructions",
+    )
+    evaluate_model(base_model, out / "base", **common)
+    _say(
+        "eval",
+        "tuned model: the same"
+        + (f", then judged against the base by {settings.judge}" if settings.judge else ""),
+    )
+    tuned = evaluate_model(
+        str(model_dir),
+        out / "tuned",
+        **common,
+        judge=settings.judge,
+        judge_model=settings.judge_model,
+        judge_max_chars=settings.judge_max_chars,
+        baseline=base_model,
+        baseline_template=config.train.template,
+    )
+    runs = [load_run(out / "base", f"{base_model} (base)"), load_run(out / "tuned", "tuned (quickstart)")]
+    loss_png = model_dir / "loss.png"
+    images = {"loss.png": loss_png.read_bytes()} if loss_png.exists() else {}
+    _, page = write_report(runs, out, images=images)
+    width = max(len(row[0]) for row in metric_rows(runs))
+    print(f"\n{'held-out tasks':<{width}}  " + "  ".join(f"{r['name']:>22}" for r in runs))
+    for row in metric_rows(runs):
+        print(f"{row[0]:<{width}}  " + "  ".join(f"{v:>22}" for v in row[1:]))
+    return {
+        "report": str(page),
+        "tuned": {k: tuned.get(k) for k in ("eos_rate", "rouge_l", "embedding_similarity")},
+        "judge": tuned.get("judge"),
+    }
+
+
+def seed_files() -> list[Path]:
+    return [p for name in ("seed-tasks-en", "seed-tasks-zh") for p in builtin_paths(name)]
+
+
+def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_dir, gen_dir, mix_dir, model_dir = (out_dir / n for n in ("data", "generate", "mix", "model"))
+    results = {}
+    results["data"] = run_stage(
+        out_dir,
+        "data",
+        {
+            "version": VERSION,
+            "held_out": config.held_out.model_dump(),
+            "seed": config.train.seed,
+            "seeds": file_digest(*seed_files()),
+        },
+        lambda d: data_stage(config, d),
+    )
+    results["generate"] = run_stage(
+        out_dir,
+        "generate",
+        {
+            "version": VERSION,
+            "generate": config.generate.model_dump(mode="json"),
+            "seeds": file_digest(data_dir / "seeds-en.jsonl"),
+        },
+        lambda d: generate_stage(config, d, data_dir / "seeds-en.jsonl"),
+    )
+    results["mix"] = run_stage(
+        out_dir,
+        "mix",
+        {
+            "version": VERSION,
+            "seed": config.train.seed,
+            "generated": file_digest(gen_dir / "data.json"),
+            "data": file_digest(data_dir / "seeds.jsonl", data_dir / "held_out.jsonl"),
+        },
+        lambda d: mix_stage(config, d, data_dir, gen_dir / "data.json"),
+    )
+    results["model"] = run_stage(
+        out_dir,
+        "model",
+        {
+            "version": VERSION,
+            "train": config.train.model_dump(mode="json"),
+            "data": file_digest(mix_dir / "train.jsonl", data_dir / "held_out.jsonl"),
+        },
+        lambda d: train_stage(config, d, mix_dir / "train.jsonl", data_dir / "held_out.jsonl"),
+    )
+    adapter = [p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file()]
+    results["eval"] = run_stage(
+        out_dir,
+        "eval",
+        {
+            "version": VERSION,
+            "eval": config.eval.model_dump(mode="json"),
+            "base": config.train.model,
+            "template": config.train.template,
+            "model": file_digest(*sorted(adapter)),
+            "held_out": file_digest(data_dir / "held_out.jsonl"),
+        },
+        lambda d: eval_stage(config, d, model_dir, data_dir / "held_out.jsonl"),
+    )
+    print(
+        f"\n[done] report: {results['eval']['report']}\n"
+        f"       chat with the model: pacos chat --model {model_dir}\n"
+        f"       serve it (OpenAI API): pacos serve --model {model_dir}\n"
+        f"       export it for llama.cpp: pacos export {model_dir} --format gguf "
+        f"--out {out_dir / 'model.gguf'}\n"
+        f"       evaluate it on your prompts: pacos eval --model {model_dir} --prompts FILE --out runs/eval",
+        flush=True,
+    )
+    return results
