@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
@@ -738,6 +739,9 @@ def quickstart(
 
 
 def main(argv: list[str] | None = None) -> None:
+    # transformers' notices about its own upcoming renames say nothing to a pacos user.
+    for notice in ("`past_key_values` is deprecated", "`is_gradient_checkpointing` is deprecated"):
+        warnings.filterwarnings("ignore", message=notice, category=FutureWarning)
     try:
         app(args=argv, prog_name="pacos")
     except PacosError as e:

@@ -37,7 +37,7 @@ QUICKSTART: dict[str, Any] = {
     "held_out": {"en": 16, "zh": 8},
     "generate": {
         "teacher": "local:smollm2-135m-instruct",
-        "num": 24,
+        "num": 20,
         "prompt_examples": 3,
         "tasks_per_request": 8,
         "max_tokens": 512,
@@ -51,7 +51,7 @@ QUICKSTART: dict[str, Any] = {
         "max_new_tokens": 256,
         "judge": "local:smollm2-135m-instruct",
         "judge_max_chars": 600,
-        "ifeval_per_language": 8,
+        "ifeval_per_language": 6,
         "embeddings": True,
         "dtype": "bfloat16",
     },
@@ -74,7 +74,7 @@ class EvalStageConfig(BaseModel):
     judge: str | None = "local:smollm2-135m-instruct"  # None: no pairwise judging
     judge_model: str | None = None
     judge_max_chars: int | None = Field(600, gt=0)  # answers cut for the judge (None: whole)
-    ifeval_per_language: int = Field(8, ge=0)  # verifiable prompts per language from the bundled set
+    ifeval_per_language: int = Field(6, ge=0)  # verifiable prompts per language from the bundled set
     embeddings: bool = True
     dtype: str = "bfloat16"  # local models' weights while answering and judging
 
