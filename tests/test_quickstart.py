@@ -45,7 +45,8 @@ def test_quickstart_runs_every_stage_then_skips_what_did_not_change(tmp_path, ti
         train = [json.loads(line) for line in (tmp_path / "mix" / "train.jsonl").read_text().splitlines()]
         held_keys = {r["instruction"] for r in held_out}
         assert not held_keys & {r["instruction"] for r in train}  # nothing held out is trained on
-        assert sum(1 for r in train if r.get("generator")) == 6 or len(train) > 200
+        mixed = json.loads((tmp_path / "mix" / "stage.json").read_text())["result"]
+        assert mixed["kept_generated"] == 6 and mixed["train"] == len(train) > 200
         for name in ("adapter_model.safetensors", "loss.png", "train_summary.json"):
             assert (tmp_path / "model" / name).exists(), name
         for run in ("base", "tuned"):

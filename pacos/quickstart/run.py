@@ -23,6 +23,7 @@ from pacos.data.io import read_records, write_records
 from pacos.data.seeds import builtin_paths
 from pacos.data.split import split_records
 from pacos.data.stats import compute_stats, plot_stats
+from pacos.errors import PacosError
 from pacos.fileio import write_json
 from pacos.quickstart.config import QuickstartConfig
 from pacos.quickstart.stages import file_digest, run_stage
@@ -36,29 +37,23 @@ def _say(stage: str, message: str) -> None:
 
 def data_stage(config: QuickstartConfig, out: Path) -> dict[str, Any]:
     """Clean each language's seed tasks and split off `held_out` of them (whole prompt groups)."""
-    seeds, held_out, counts = [], [], {}
+    seeds, seeds_en, held_out, counts = [], [], [], {}
     for language in ("en", "zh"):
         cleaned = clean_records(read_records(f"seed-tasks-{language}"), CleanConfig(fix=True))
         records, wanted = cleaned.kept, getattr(config.held_out, language)
         if wanted >= len(records):
-            from pacos.errors import PacosError
-
             raise PacosError(f"held_out.{language}={wanted}: only {len(records)} {language} seed tasks")
         split = split_records(records, wanted / len(records), 0.0, config.train.seed)
         seeds += split["train"]
+        seeds_en += split["train"] if language == "en" else []
         held_out += split["val"]
         counts[language] = {"seed_tasks": len(records), "held_out": len(split["val"])}
     write_records(seeds, out / "seeds.jsonl")
-    write_records([r for r in seeds if _language(r) == "en"], out / "seeds-en.jsonl")
+    write_records(seeds_en, out / "seeds-en.jsonl")  # the teacher continues English lists
     write_records(held_out, out / "held_out.jsonl")
     summary = ", ".join(f"{v['held_out']} of {v['seed_tasks']} {k}" for k, v in counts.items())
     _say("data", f"seed tasks cleaned; held out for evaluation: {summary} -> {out / 'held_out.jsonl'}")
     return {"languages": counts, "seeds": len(seeds), "held_out": len(held_out)}
-
-
-def _language(record: dict[str, Any]) -> str:
-    text = record["instruction"] + record.get("output", "")
-    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
 
 
 def generate_stage(config: QuickstartConfig, out: Path, seeds: Path) -> dict[str, Any]:
@@ -98,7 +93,8 @@ def mix_stage(config: QuickstartConfig, out: Path, data_dir: Path, generated: Pa
     plots = plot_stats(stats, out)
     stats.pop("_lengths")
     write_json(out / "stats.json", stats)
-    kept_new = len(train) - sum(1 for r in train if r in seeds)
+    generated_ids = {id(r) for r in cleaned.kept}  # dedup keeps the very record objects
+    kept_new = sum(1 for r in train if id(r) in generated_ids)
     _say(
         "mix",
         f"{len(new)} generated: {len(cleaned.rejected)} failed cleaning, "
@@ -120,9 +116,8 @@ def train_stage(config: QuickstartConfig, out: Path, train_path: Path, held_out:
     from pacos.train.run import train
 
     settings = config.train.model_copy(
-        update={"precision": _cpu_precision(config.train.precision)}
-    ).model_copy(
         update={
+            "precision": _cpu_precision(config.train.precision),
             "data": str(train_path),
             "val_data": str(held_out),
             "val_fraction": 0.0,
