@@ -496,7 +496,7 @@ def evaluate(
     """
     from pacos.evaluate.answers import Decoding
     from pacos.evaluate.report import load_run, write_report
-    from pacos.evaluate.run import evaluate_model
+    from pacos.evaluate.run import JudgeSettings, evaluate_model
 
     if compare:
         if model or prompts or data or ifeval:
@@ -510,11 +510,11 @@ def evaluate(
         raise PacosError("pass --model (or --compare DIR --compare DIR)")
     if max_new_tokens < 1:
         raise PacosError("--max-new-tokens must be >= 1")
+    judging = JudgeSettings(judge, judge_model, baseline or "references") if judge else None
     metrics = evaluate_model(
         model, out, prompts=prompts, data=data, ifeval=ifeval,
-        decoding=Decoding(max_new_tokens=max_new_tokens),
-        served_model=served_model, template=template, embeddings=embeddings, baseline=baseline, judge=judge,
-        judge_model=judge_model,
+        decoding=Decoding(max_new_tokens=max_new_tokens), served_model=served_model, template=template,
+        embeddings=embeddings, judge=judging,
     )  # fmt: skip
     if data:
         loss = metrics["data_loss"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,18 @@ from pacos.evaluate.answers import AnswerCache, Decoding, answer_records
 from pacos.evaluate.metrics import Embedder, prompt_language, reference_metrics
 from pacos.fileio import write_json
 from pacos.models import cache_dir
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Pairwise judging of a model's answers: by `judge` (http(s)://HOST:PORT/v1 or local:NAME), against
+    `baseline` (another model, answering with `baseline_template`, or "references": the outputs)."""
+
+    judge: str
+    judge_model: str | None = None  # the judge endpoint's model name
+    baseline: str = "references"
+    baseline_template: str | None = None
+    max_answer_chars: int | None = None  # answers cut for the judge
 
 
 def cached_answers(
@@ -37,11 +50,7 @@ def evaluate_prompts(
     template: str | None = None,
     embeddings: bool = True,
     cache_path: str | Path | None = None,
-    baseline: str | None = None,
-    judge: str | None = None,
-    judge_model: str | None = None,
-    baseline_template: str | None = None,
-    judge_max_chars: int | None = None,
+    judge: JudgeSettings | None = None,
 ) -> dict[str, Any]:
     """Answer every record of `prompts` (its `output`, where present, is the reference) and write
     `answers.jsonl` and `metrics.json` into `out_dir`; with a `judge`, also judge the answers against the
@@ -73,10 +82,7 @@ def evaluate_prompts(
     }
     out = Path(out_dir)
     if judge:
-        metrics["judge"] = _judge(
-            model, records, answers, decoding, out, cache_path, baseline or "references", judge, judge_model,
-            baseline_template, judge_max_chars,
-        )  # fmt: skip
+        metrics["judge"] = _judge(model, records, answers, decoding, out, cache_path, judge)
     rows = [
         {
             **record,
@@ -98,18 +104,15 @@ def _judge(
     decoding: Decoding,
     out: Path,
     cache_path: str | Path | None,
-    baseline: str,
-    judge: str,
-    judge_model: str | None,
-    baseline_template: str | None = None,
-    max_answer_chars: int | None = None,
+    settings: JudgeSettings,
 ) -> dict[str, Any]:
-    """Win rates of `model` (model 2) against `baseline` (model 1) by `judge`, both orders per pair."""
+    """Win rates of `model` (model 2) against the baseline (model 1) by the judge, both orders per pair."""
     from pacos.errors import PacosError
     from pacos.evaluate.judge import alpaca_eval_annotations, judge_pairs, win_rates
     from pacos.generate.config import TeacherConfig
     from pacos.generate.teachers import make_teacher
 
+    judge, baseline = settings.judge, settings.baseline
     if baseline == "references":
         pairs = [(r, a) for r, a in zip(records, answers, strict=True) if r.get("output")]
         if not pairs:
@@ -117,7 +120,7 @@ def _judge(
         records, answers = [r for r, _ in pairs], [a for _, a in pairs]
         baseline_texts = [r["output"] for r in records]
     else:
-        base, _ = cached_answers(baseline, records, decoding, cache_path, template=baseline_template)
+        base, _ = cached_answers(baseline, records, decoding, cache_path, template=settings.baseline_template)
         baseline_texts = [a["text"] for a in base]
     texts = [a["text"] for a in answers]
     instructions = [r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "") for r in records]
@@ -125,9 +128,9 @@ def _judge(
                         cache_dir() / "eval" / "judgments.jsonl")  # fmt: skip
     try:
         judgments, calls = judge_pairs(
-            lambda: make_teacher(judge, judge_model, TeacherConfig(dtype=decoding.dtype), None),
-            instructions, baseline_texts, texts, cache, f"{judge}#{judge_model or ''}",
-            max_answer_chars=max_answer_chars,
+            lambda: make_teacher(judge, settings.judge_model, TeacherConfig(dtype=decoding.dtype), None),
+            instructions, baseline_texts, texts, cache, f"{judge}#{settings.judge_model or ''}",
+            max_answer_chars=settings.max_answer_chars,
             top_logprobs=20 if judge.startswith("local:") else 5,  # OpenAI's completions API gives 5 at most
         )  # fmt: skip
     finally:
@@ -135,8 +138,8 @@ def _judge(
     rates = win_rates(judgments, [len(t) for t in baseline_texts], [len(t) for t in texts])
     rows = alpaca_eval_annotations(instructions, baseline_texts, texts, judgments, baseline, model, judge)
     write_json(out / "annotations.json", rows)
-    return {"baseline": baseline, "judge": judge, "judge_calls": calls, "max_answer_chars": max_answer_chars,
-            **rates}  # fmt: skip
+    return {"baseline": baseline, "judge": judge, "judge_calls": calls,
+            "max_answer_chars": settings.max_answer_chars, **rates}  # fmt: skip
 
 
 def _first_per_language(prompts: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
@@ -199,11 +202,7 @@ def evaluate_model(
     template: str | None = None,
     embeddings: bool = True,
     cache_path: str | Path | None = None,
-    baseline: str | None = None,
-    judge: str | None = None,
-    judge_model: str | None = None,
-    baseline_template: str | None = None,
-    judge_max_chars: int | None = None,
+    judge: JudgeSettings | None = None,
 ) -> dict[str, Any]:
     """Everything `pacos eval` measures for one model, into `out_dir/metrics.json` (answers, ifeval.jsonl
     and annotations.json beside it): answers to `prompts` with reference metrics (and the judge), the
@@ -229,8 +228,7 @@ def evaluate_model(
     if prompts:
         metrics = evaluate_prompts(
             model, prompts, out, decoding, served_model=served_model, template=template,
-            embeddings=embeddings, cache_path=cache_path, baseline=baseline, judge=judge,
-            judge_model=judge_model, baseline_template=baseline_template, judge_max_chars=judge_max_chars,
+            embeddings=embeddings, cache_path=cache_path, judge=judge,
         )  # fmt: skip
     if data:
         from pacos.evaluate.loss import dataset_loss

@@ -165,7 +165,7 @@ def _cpu_precision(precision: str) -> str:
 def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: Path) -> dict[str, Any]:
     from pacos.evaluate.answers import Decoding
     from pacos.evaluate.report import load_run, metric_rows, write_report
-    from pacos.evaluate.run import evaluate_model
+    from pacos.evaluate.run import JudgeSettings, evaluate_model
 
     settings = config.eval
     base_model = config.train.model
@@ -190,16 +190,12 @@ def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: P
         "tuned model: the same"
         + (f", then judged against the base by {settings.judge}" if settings.judge else ""),
     )
-    tuned = evaluate_model(
-        str(model_dir),
-        out / "tuned",
-        **common,
-        judge=settings.judge,
-        judge_model=settings.judge_model,
-        judge_max_chars=settings.judge_max_chars,
-        baseline=base_model,
-        baseline_template=config.train.template,
-    )
+    judging = None
+    if settings.judge:
+        judging = JudgeSettings(settings.judge, settings.judge_model, base_model, config.train.template,
+                                settings.judge_max_chars)  # fmt: skip
+    tuned = evaluate_model(str(model_dir), out / "tuned", **common, judge=judging)
+
     runs = [load_run(out / "base", f"{base_model} (base)"), load_run(out / "tuned", "tuned (quickstart)")]
     loss_png = model_dir / "loss.png"
     images = {"loss.png": loss_png.read_bytes()} if loss_png.exists() else {}
