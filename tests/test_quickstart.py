@@ -57,6 +57,11 @@ def test_quickstart_runs_every_stage_then_skips_what_did_not_change(tmp_path, ti
         assert (
             judge["n"] == 5 and {"win_rate", "standard_error", "length_controlled_win_rate"} <= judge.keys()
         )
+        rows = json.loads((tmp_path / "eval" / "tuned" / "annotations.json").read_text())
+        assert [sum(r["preference_both_orders"] == v for r in rows) for v in (2.0, 1.0)] == [
+            judge["wins"],
+            judge["losses"],
+        ]  # the report's verdicts are the ones the win rate counts
         page = (tmp_path / "eval" / "report.html").read_text()
         assert "tuned (quickstart)" in page and "(base)" in page and 'alt="loss.png"' in page
         assert "[done] report:" in first.stdout and "pacos chat --model" in first.stdout

@@ -108,7 +108,7 @@ def _judge(
 ) -> dict[str, Any]:
     """Win rates of `model` (model 2) against the baseline (model 1) by the judge, both orders per pair."""
     from pacos.errors import PacosError
-    from pacos.evaluate.judge import alpaca_eval_annotations, judge_pairs, win_rates
+    from pacos.evaluate.judge import alpaca_eval_annotations, calibrate_position, judge_pairs, win_rates
     from pacos.generate.config import TeacherConfig
     from pacos.generate.teachers import make_teacher
 
@@ -136,7 +136,9 @@ def _judge(
     finally:
         cache.close()
     rates = win_rates(judgments, [len(t) for t in baseline_texts], [len(t) for t in texts])
-    rows = alpaca_eval_annotations(instructions, baseline_texts, texts, judgments, baseline, model, judge)
+    # The annotations carry the verdicts the win rate counts: position-calibrated where logprobs allow.
+    calibrated, _ = calibrate_position(judgments)
+    rows = alpaca_eval_annotations(instructions, baseline_texts, texts, calibrated, baseline, model, judge)
     write_json(out / "annotations.json", rows)
     return {"baseline": baseline, "judge": judge, "judge_calls": calls,
             "max_answer_chars": settings.max_answer_chars, **rates}  # fmt: skip
