@@ -164,7 +164,7 @@ def _cpu_precision(precision: str) -> str:
 
 def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: Path) -> dict[str, Any]:
     from pacos.evaluate.answers import Decoding
-    from pacos.evaluate.report import load_run, metric_rows, write_report
+    from pacos.evaluate.report import write_report
     from pacos.evaluate.run import JudgeSettings, evaluate_model
 
     settings = config.eval
@@ -196,19 +196,30 @@ def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: P
                                 settings.judge_max_chars)  # fmt: skip
     tuned = evaluate_model(str(model_dir), out / "tuned", **common, judge=judging)
 
-    runs = [load_run(out / "base", f"{base_model} (base)"), load_run(out / "tuned", "tuned (quickstart)")]
     loss_png = model_dir / "loss.png"
     images = {"loss.png": loss_png.read_bytes()} if loss_png.exists() else {}
-    _, page = write_report(runs, out, images=images)
-    width = max(len(row[0]) for row in metric_rows(runs))
-    print(f"\n{'held-out tasks':<{width}}  " + "  ".join(f"{r['name']:>22}" for r in runs))
-    for row in metric_rows(runs):
-        print(f"{row[0]:<{width}}  " + "  ".join(f"{v:>22}" for v in row[1:]))
+    write_report(_eval_runs(config, out), out, images=images)
     return {
-        "report": str(page),
         "tuned": {k: tuned.get(k) for k in ("eos_rate", "rouge_l", "embedding_similarity")},
         "judge": tuned.get("judge"),
     }
+
+
+def _eval_runs(config: QuickstartConfig, eval_dir: Path) -> list[dict[str, Any]]:
+    from pacos.evaluate.report import load_run
+
+    return [load_run(eval_dir / "base", f"{config.train.model} (base)"),
+            load_run(eval_dir / "tuned", "tuned (quickstart)")]  # fmt: skip
+
+
+def print_table(runs: list[dict[str, Any]]) -> None:
+    from pacos.evaluate.report import metric_rows
+
+    rows = metric_rows(runs)
+    width = max(len(row[0]) for row in rows)
+    print(f"\n{'held-out tasks':<{width}}  " + "  ".join(f"{r['name']:>22}" for r in runs))
+    for row in rows:
+        print(f"{row[0]:<{width}}  " + "  ".join(f"{v:>22}" for v in row[1:]))
 
 
 def seed_files() -> list[Path]:
@@ -275,8 +286,9 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
         },
         lambda d: eval_stage(config, d, model_dir, data_dir / "held_out.jsonl"),
     )
+    print_table(_eval_runs(config, out_dir / "eval"))
     print(
-        f"\n[done] report: {results['eval']['report']}\n"
+        f"\n[done] report: {out_dir / 'eval' / 'report.html'}\n"
         f"       chat with the model: pacos chat --model {model_dir}\n"
         f"       serve it (OpenAI API): pacos serve --model {model_dir}\n"
         f"       export it for llama.cpp: pacos export {model_dir} --format gguf "
