@@ -480,6 +480,10 @@ def evaluate(
             "--ifeval", help="Also verifiable instruction following on the bundled 105 prompts (en + zh)."
         ),
     ] = False,
+    dtype: Annotated[
+        str,
+        typer.Option(help="Local models' weights: float32, or bfloat16 (about 2x faster on CPUs with bf16)."),
+    ] = "float32",
     compare: Annotated[
         list[Path] | None,
         typer.Option(help="Earlier pacos eval directories to render side by side into --out (repeatable)."),
@@ -513,7 +517,8 @@ def evaluate(
     judging = JudgeSettings(judge, judge_model, baseline or "references") if judge else None
     metrics = evaluate_model(
         model, out, prompts=prompts, data=data, ifeval=ifeval,
-        decoding=Decoding(max_new_tokens=max_new_tokens), served_model=served_model, template=template,
+        decoding=Decoding(max_new_tokens=max_new_tokens, dtype=dtype), served_model=served_model,
+        template=template,
         embeddings=embeddings, judge=judging,
     )  # fmt: skip
     if data:

@@ -66,6 +66,10 @@ def test_answers_are_cached_and_a_rerun_generates_nothing(tiny_llama, tmp_path):
     # Other decoding settings are other answers.
     _, generated = answer_records(str(tiny_llama), PROMPTS[:1], Decoding(max_new_tokens=5), cache=cache)
     assert generated == 1
+    bf16, generated = answer_records(
+        str(tiny_llama), PROMPTS, Decoding(max_new_tokens=6, dtype="bfloat16"), cache=cache
+    )
+    assert generated == 3 and all(a["completion_tokens"] <= 6 for a in bf16)  # its own cache entries
 
 
 def test_model_identity_follows_the_weights(tiny_llama, tmp_path):
@@ -128,6 +132,9 @@ def test_eval_errors_are_one_line(cli, tmp_path):
         "eval", "--model", "x", "--prompts", "seed-tasks", "--out", tmp_path / "o", "--max-new-tokens", "0"
     )
     assert zero.code == 1 and "--max-new-tokens" in zero.err
+    dtype = cli("eval", "--model", "x", "--prompts", "seed-tasks-zh", "--out", tmp_path / "o",
+                "--dtype", "float8", "--no-embeddings")  # fmt: skip
+    assert dtype.code == 1 and "dtype 'float8'" in dtype.err and "Traceback" not in dtype.err
 
 
 def test_judged_eval_writes_annotations_and_a_rerun_makes_no_calls(cli, tiny_llama, tmp_path, monkeypatch):

@@ -260,7 +260,7 @@ class EngineTeacher(Teacher):
         if config.api == "chat" and not has_chat:
             raise PacosError(f"teacher {self.name}: api 'chat' needs a model with a chat template")
         self.chat = has_chat if config.api == "auto" else config.api == "chat"
-        if backend == "torch":  # more rows per decoding step cost little more than one on a CPU
+        if backend == "torch":  # more rows per decoding step, more tokens/s (SmolLM2 here: 16 rows 1.2x 8)
             self.engine.max_batch_size = max(self.engine.max_batch_size, config.concurrency)
         self.batch_size = self.engine.max_batch_size
 
