@@ -26,6 +26,11 @@ DROPPED = {
         rec("Name a colour.", "Blue.\n\n##\n\n18. Instruction: Name a fruit.\n18. Input:\n<noinput>"),
         rec("Name a colour.", "Blue.\n### Instruction:\nName a fruit."),
     ],
+    "repetitive_output": [
+        rec("List 3 fruits.", "1. Apples are red.\n2. Apples are red.\n3. Apples are red."),
+        rec("Tell me a story.", "I'm the man. I'm the man. I'm the man. The end."),
+        rec("写几条标语。", "1. 社区防电信诈骗。\n2. 社区防电信诈骗。\n3. 社区防电信诈骗。"),
+    ],
     "url_or_attachment": [
         rec("Summarise the article.", input="https://example.com/news/123"),
         rec("Describe what is shown.", input="<Picture Attached>"),
@@ -57,6 +62,9 @@ KEPT = [
     rec("What is None in Python?", "None is Python's null value."),
     rec("Explain this function.", "It returns the input unchanged.", input="def f(x):\n    return x"),
     rec("下面这句话的情感是积极还是消极？", "积极", input="这家餐厅的菜非常好吃！"),
+    rec("Answer each.", "Yes.\nYes.\nYes.\nNo."),  # short pieces repeat legitimately
+    rec("Write it.", "```python\nx = f(a)\nprint(x)\nx = f(a)\nprint(x)\nx = f(a)\n```\nIt prints twice."),
+    rec("Twice is fine.", "Keep the receipt safe.\nPay on time.\nKeep the receipt safe."),
 ]
 
 

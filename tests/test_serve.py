@@ -19,6 +19,8 @@ from typing import Any
 import openai
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
 from pacos.infer.engine import Engine
@@ -283,6 +285,10 @@ LONG = "a" * 3000  # byte-level: one token per byte, past the 2048-token context
         (TEXT_URL, {"prompt": "x", "logprobs": 6}, 400, "logprobs", None),
         (TEXT_URL, {"prompt": "x", "echo": True}, 400, "echo", None),
         (TEXT_URL, {"prompt": 5}, 400, "prompt", None),
+        (TEXT_URL, {"prompt": "\ud800"}, 400, "prompt", None),  # valid JSON, not Unicode: was a 500
+        (TEXT_URL, {"prompt": ["ok", "a\udfffb"]}, 400, "prompt[1]", None),
+        (TEXT_URL, {"prompt": "x", "stream": "yes"}, 400, "stream", None),  # was taken as true
+        (TEXT_URL, {"prompt": "x", "echo": 1}, 400, "echo", None),
         (TEXT_URL, {"prompt": ""}, 400, "prompt", None),
         (TEXT_URL, {"prompt": [[1, 2], []]}, 400, "prompt", None),
         (TEXT_URL, {"prompt": [1, 10**9]}, 400, "prompt", None),
@@ -293,6 +299,9 @@ LONG = "a" * 3000  # byte-level: one token per byte, past the 2048-token context
         (CHAT_URL, {"messages": []}, 400, "messages", None),
         (CHAT_URL, {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role", None),
         (CHAT_URL, {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", None),
+        (CHAT_URL, {"messages": [{"role": "user", "content": "\udc00"}]}, 400, "messages[0].content", None),
+        (CHAT_URL, {"messages": CHAT, "logprobs": "true"}, 400, "logprobs", None),
+        (CHAT_URL, {"messages": CHAT, "stream": 1}, 400, "stream", None),
         (
             CHAT_URL,
             {"messages": [{"role": "user", "content": LONG}]},
@@ -504,3 +513,80 @@ def test_serve_command(cli, tiny_llama):
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert "loaded" in out and "template alpaca" in out
+
+
+# -- fuzz ----------------------------------------------------------------------------------------------
+
+_SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
+_TEXT = st.text(max_size=12)
+_NUMBERS = st.integers(-(10**30), 10**30) | st.floats(allow_nan=False) | st.sampled_from([0, 1, 2, 16, -1])
+_SCALARS = st.none() | st.booleans() | _NUMBERS | _TEXT | st.sampled_from(["yes", "true", "", "text"])
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+# Text with a lone surrogate in about half the draws (st.text leaves surrogates out whatever its alphabet).
+_WORDS = st.builds(
+    lambda a, odd, b: a + odd + b,
+    st.text(max_size=6),
+    _SURROGATES | st.just(""),
+    st.text(min_size=1, max_size=6),
+)
+_MESSAGES = st.lists(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": _WORDS}),
+    min_size=1,
+    max_size=3,
+)
+_COMMON = [
+    "model", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed", "presence_penalty",
+    "frequency_penalty", "logit_bias", "user", "top_k", "repetition_penalty", "ignore_eos", "unknown_field",
+]  # fmt: skip
+
+
+def _bodies(main: str, main_values: st.SearchStrategy, extra: list[str]) -> st.SearchStrategy:
+    """A request with its main field and up to two other fields set to any JSON value (more fields would
+    almost always hold one invalid value, and the fuzz would only ever reach the first check)."""
+    others = st.dictionaries(st.sampled_from([*_COMMON, *extra]), _JSON, max_size=2)
+    short = st.fixed_dictionaries({main: main_values, "max_tokens": st.integers(0, 4)})  # bounded decoding
+    return st.builds(lambda base, more: {**base, **more}, short, others) | _JSON
+
+
+@pytest.mark.parametrize(
+    "path, bodies",
+    [
+        (
+            TEXT_URL,
+            _bodies(
+                "prompt", _WORDS | st.lists(_WORDS, min_size=1, max_size=2), ["logprobs", "echo", "suffix"]
+            ),
+        ),
+        (
+            CHAT_URL,
+            _bodies(
+                "messages",
+                _MESSAGES,
+                ["logprobs", "top_logprobs", "tools", "response_format", "max_completion_tokens"],
+            ),
+        ),
+    ],
+)
+def test_fuzzed_requests_never_get_a_5xx(server, path, bodies):
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(body=bodies)
+    def check(body):
+        if isinstance(body, dict) and isinstance(body.get("n"), int) and body["n"] > 2:
+            body["n"] = 2  # bounds the decoding work; validation of n is tested above
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        data = json.dumps(body).encode()  # lone surrogates become \ud800 escapes: valid JSON, not Unicode
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+        conn.request("POST", path, body=data, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+        conn.close()
+        assert response.status < 500, (body, raw[:300])
+        if response.status >= 400:
+            error = json.loads(raw)["error"]
+            assert error["message"] and "\n" not in error["message"], error
+
+    check()

@@ -100,6 +100,20 @@ def test_full_output_loads_with_transformers_and_loss_falls(tiny_llama, tmp_path
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
 
 
+def test_full_with_frozen_embeddings_trains_the_decoder_only(tiny_gemma, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "frozen"
+    train(config(tiny_gemma, out, max_steps=3, save_every=0, train_embeddings=False))
+    before = AutoModelForCausalLM.from_pretrained(tiny_gemma).state_dict()
+    after = load_file(out / "model.safetensors")
+    embed = next(k for k in after if k.endswith("embed_tokens.weight"))
+    assert torch.equal(after[embed], before[embed])  # the tied embeddings/head did not move
+    moved = [k for k in after if "layers." in k and k.endswith("proj.weight")]
+    assert moved and all(not torch.equal(after[k], before[k]) for k in moved)
+
+
 def test_lora_output_loads_with_peft_and_is_not_empty(tiny_llama, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file

@@ -83,6 +83,24 @@ def test_fused_loss_matches_full_logits(softcap):
         assert torch.allclose(got, t.grad, rtol=1e-9, atol=1e-12)
 
 
+def test_fused_loss_bf16_head_under_autocast_matches_fp64():
+    """The LoRA path: a frozen bf16 head, bf16 matmuls, the softmax and the sum in fp32."""
+    torch.manual_seed(0)
+    hidden64 = torch.randn(45, 32, dtype=torch.float64)
+    weight = (torch.randn(1000, 32) * 0.3).to(torch.bfloat16)
+    targets = torch.randint(0, 1000, (45,))
+    hidden = hidden64.float().requires_grad_(True)
+    with torch.autocast("cpu", torch.bfloat16):
+        fused = linear_cross_entropy(hidden, weight, None, targets, chunk_size=16)
+    fused.backward()
+    h = hidden64.to(torch.bfloat16).double().requires_grad_(True)
+    reference = F.cross_entropy(h @ weight.double().T, targets, reduction="sum")
+    reference.backward()
+    assert fused.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    assert torch.allclose(fused.double(), reference, rtol=2e-3)
+    assert torch.allclose(hidden.grad.double(), h.grad, rtol=0.05, atol=0.02)
+
+
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma"])
 def test_packed_rows_equal_padded_rows(arch, request):
     """Packing must not let examples see each other (Gemma's sliding-window layers included)."""

@@ -15,6 +15,7 @@ import math
 import operator
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -211,6 +212,26 @@ _ATTACHMENT = re.compile(
 )
 
 
+# A teacher stuck in a loop writes the same line or sentence again and again; trained on, that teaches
+# the loop. Code blocks are skipped (lines such as `return None` repeat legitimately), list markers are
+# ignored ("3. X" and "4. X" are the same item), and short pieces ("Yes.", "}") never count.
+_CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+_LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}[.)、]|[-*•])\s*")
+_PIECES = re.compile(r"\n|(?<=[.!?])\s+|(?<=[。！？；])")
+_MIN_PIECE_CHARS = 8
+_MAX_REPEATS = 2
+
+
+def _repetitive_output(record: Record, c: _Compiled) -> str | None:
+    text = _CODE_BLOCK.sub("\n", record.get("output") or "")
+    pieces = (_LIST_MARKER.sub("", p).strip().lower() for p in _PIECES.split(text))
+    counts = Counter(p for p in pieces if len(p) >= _MIN_PIECE_CHARS)
+    if not counts:
+        return None
+    piece, n = counts.most_common(1)[0]
+    return f"output repeats {piece[:60]!r} {n} times" if n > _MAX_REPEATS else None
+
+
 def _url_or_attachment(record: Record, c: _Compiled) -> str | None:
     text = (record.get("input") or "").strip()
     if text and _URL.fullmatch(text):
@@ -341,6 +362,12 @@ RULES: list[Rule] = [
         "drop",
         "output or input carries a following task (## / 18. Instruction: ...)",
         _merged_items,
+    ),
+    Rule(
+        "repetitive_output",
+        "drop",
+        "output repeats a line or sentence 3 or more times (a looping teacher)",
+        _repetitive_output,
     ),
     Rule(
         "url_or_attachment",

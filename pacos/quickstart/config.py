@@ -18,8 +18,8 @@ TRAIN: dict[str, Any] = {
     "template": "alpaca",
     "max_length": 512,
     "method": "lora",
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
-    "max_steps": 80,
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    "max_steps": 90,
     "batch_size": 4,
     "micro_batch_size": 4,
     "lr": 1.0e-3,
@@ -27,7 +27,7 @@ TRAIN: dict[str, Any] = {
     "warmup_ratio": 0.03,
     "weight_decay": 0.0,
     "precision": "bf16-mixed",
-    "eval_every": 40,
+    "eval_every": 45,
     "save_every": 20,
     "output_dir": "runs/quickstart/model",
 }
@@ -37,7 +37,7 @@ QUICKSTART: dict[str, Any] = {
     "held_out": {"en": 16, "zh": 8},
     "generate": {
         "teacher": "local:smollm2-135m-instruct",
-        "num": 20,
+        "num": 10,
         "prompt_examples": 3,
         "tasks_per_request": 8,
         "max_tokens": 512,

@@ -10,16 +10,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 MAX_N = 16  # choices per request: each is a sequence in the batch, so this bounds one request's share
 MAX_STOPS = 4  # OpenAI's limit
 
 
+def lone_surrogate(value: Any, path: str = "") -> str | None:
+    """Where a string in a JSON value holds a lone surrogate ("\\ud800"): JSON allows the escape, but it is
+    not Unicode text, and tokenizers fail on it. None when there is none."""
+    if isinstance(value, str):
+        return None if value.isascii() or not any(0xD800 <= ord(c) <= 0xDFFF for c in value) else path
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for key, v in items if (found := lone_surrogate(v, key))), None)
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _Common(BaseModel):
@@ -31,7 +45,8 @@ class _Common(BaseModel):
     temperature: float | None = Field(1.0, ge=0, le=2)
     top_p: float | None = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=MAX_N)
-    stream: bool = False
+    # Booleans are strict: "stream": "yes" or 1 is a 400, as OpenAI answers, not a guess.
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -42,7 +57,17 @@ class _Common(BaseModel):
     # pacos extras (vLLM names)
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0)
-    ignore_eos: bool = False
+    ignore_eos: StrictBool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = lone_surrogate(data)
+        if where:
+            raise ValueError(
+                f"{where}: holds a lone surrogate (an unpaired \\ud800-\\udfff escape), not Unicode text"
+            )
+        return data
 
     @field_validator("stop")
     @classmethod
@@ -71,7 +96,7 @@ class CompletionRequest(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default; null: up to the context length
     logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool = False
+    echo: StrictBool = False
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
 
@@ -93,7 +118,7 @@ class ChatCompletionRequest(_Common):
     messages: list[dict[str, Any]]
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)  # OpenAI's newer name; wins over max_tokens
-    logprobs: bool = False
+    logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Any] | None = None
     tool_choice: Any = None

@@ -41,6 +41,10 @@ class TrainConfig(BaseModel):
     # How to train.
     method: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = LoraConfig()
+    # Full fine-tuning only. False freezes the token embeddings (and an LM head tied to them): Gemma 3
+    # 270M's 262K-entry vocabulary is 168M of its 268M parameters, and their gradient and Adam state cost
+    # more than the decoder's.
+    train_embeddings: bool = True
     epochs: float = Field(3, gt=0)
     max_steps: int | None = Field(None, gt=0)  # overrides epochs
     batch_size: int = Field(128, gt=0)  # examples per optimizer step, over all processes

@@ -101,6 +101,10 @@ def build_model(config: TrainConfig, runtime: dist_utils.Runtime, tokenizer: Any
     model = load_model(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code, **kwargs)
     ensure_pad_token(tokenizer, model)
     model.config.use_cache = False
+    if config.method == "full" and not config.train_embeddings:
+        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if layer is not None:
+                layer.requires_grad_(False)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.method in ("lora", "qlora"):
