@@ -1,211 +1,42 @@
-"""The OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions, /v1/models, /health.
+"""The OpenAI-compatible HTTP API's routes: /v1/completions, /v1/chat/completions, /v1/models, /health.
 
-Every request becomes one or more sequences in the scheduler's running batch. The scheduler calls back
-on its own thread; each request gets an asyncio queue that those callbacks feed through
-`call_soon_threadsafe`, so the event loop never blocks on the model. A client that goes away cancels
-its sequences, which leave the batch at the next step.
-
-Errors use OpenAI's body, `{"error": {"message", "type", "param", "code"}}`, with 4xx codes for
-anything the client can fix (FastAPI's 422 becomes a 400, as OpenAI answers).
+Every request becomes one or more sequences in the scheduler's running batch (`runs.py`); bodies are
+checked by `protocol.py`, answers shaped by `openai_format.py`, failures answered by `errors.py`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
-import json
-import math
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pacos import __version__
 from pacos.errors import PacosError, first_line
-from pacos.infer.engine import Engine, Event, Sequence
+from pacos.infer.engine import Engine
 from pacos.infer.sampling import SamplingParams, TokenLogprob
-from pacos.infer.scheduler import QueueFull, Scheduler
+from pacos.infer.scheduler import Scheduler
+from pacos.serve.errors import APIError, generation_failed, install_error_handlers, param_of
+from pacos.serve.openai_format import (
+    DONE,
+    TokenText,
+    chat_logprobs,
+    legacy_logprobs,
+    sse,
+    streaming,
+    usage,
+)
 from pacos.serve.protocol import ChatCompletionRequest, CompletionRequest
-
-DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
-UNLIKELY = -9999.0  # OpenAI's logprob for "practically impossible"; JSON has no -inf
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's format."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
-
-class ClientGone(Exception):
-    pass
-
-
-def sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-DONE = "data: [DONE]\n\n"
+from pacos.serve.runs import Run, collect, start
 
 # Module level: FastAPI resolves the (postponed) annotations of endpoints in the module's namespace.
 _bearer = HTTPBearer(auto_error=False, description="The server's API key (`pacos serve --api-key`).")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
-def _finite(logprob: float) -> float:
-    return logprob if math.isfinite(logprob) else UNLIKELY
-
-
-@lru_cache(maxsize=1)
-def _byte_level_table() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet: the character that stands for each byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
-    chars, extra = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
-
-
-class TokenText:
-    """A token's text and bytes for logprobs, cached: the same few thousand tokens come back constantly."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.text = lru_cache(maxsize=65536)(self._text)
-        self.bytes = lru_cache(maxsize=65536)(self._bytes)
-
-    def _text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
-
-    def _bytes(self, token_id: int) -> list[int]:
-        text = self.text(token_id)
-        if "\ufffd" not in text:
-            return list(text.encode("utf-8"))
-        # Part of a character: its real bytes come from the token itself (byte fallback or byte-level BPE).
-        piece = self.tokenizer.convert_ids_to_tokens(token_id) or ""
-        if match := re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece):
-            return [int(match[1], 16)]
-        table = _byte_level_table()
-        if piece and all(c in table for c in piece):
-            return [table[c] for c in piece]
-        return list(text.encode("utf-8"))
-
-
-class Run:
-    """The sequences of one request and the queue their events arrive on, in the event loop."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[tuple[int, Event | None]] = asyncio.Queue()  # None: the client left
-        self.seqs: list[Sequence] = []
-
-    def on_event(self, index: int) -> Callable[[Event], None]:
-        def deliver(event: Event) -> None:  # on the scheduler thread: must never raise, or the batch fails
-            # A closed loop (the server is shutting down) raises RuntimeError: nobody is listening then.
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
-
-        return deliver
-
-    def cancel(self) -> None:
-        for seq in self.seqs:
-            seq.cancel()  # harmless for a finished sequence
-
-    def client_gone(self) -> None:
-        self.queue.put_nowait((-1, None))
-
-    async def events(self) -> AsyncIterator[tuple[int, Event]]:
-        """Events until every sequence has finished; ClientGone once `client_gone` was called."""
-        pending = len(self.seqs)
-        while pending:
-            index, event = await self.queue.get()
-            if event is None:
-                raise ClientGone
-            if event.finish_reason:
-                pending -= 1
-            yield index, event
-
-
-@dataclass
-class Choice:
-    """One answer, accumulated from its events."""
-
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-    error: str | None = None
-
-    def add(self, event: Event) -> None:
-        self.text += event.text
-        self.logprobs += event.logprobs
-        if event.finish_reason:
-            self.finish_reason, self.completion_tokens = event.finish_reason, event.completion_tokens
-            self.error = event.error
-
-
-def _generation_failed(error: str | None) -> APIError:
-    return APIError(500, f"generation failed: {error or 'unknown error'}", "server_error")
-
-
-def _param_of(message: str) -> str | None:
-    """'messages[0].role: must be ...' names its field first; OpenAI puts that in `param`."""
-    match = re.match(r"([A-Za-z_][\w.\[\]]*): ", message)
-    return match[1] if match else None
-
-
-def _validation_error(exc: RequestValidationError) -> APIError:
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-    loc = [part for part in first.get("loc", ()) if part != "body"]
-    kind = first.get("type", "")
-    if kind == "json_invalid":
-        return APIError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
-    if not loc:
-        if kind == "missing":
-            return APIError(400, "the request body is missing; send a JSON object")
-        if kind in ("model_attributes_type", "dict_type"):
-            return APIError(400, "the request body must be a JSON object")
-        message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-        return APIError(400, message, param=_param_of(message))
-    param = str(loc[0])
-    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    branches = [str(e["loc"][2]) for e in errors if len(e.get("loc", ())) > 2 and e["loc"][1] == param]
-    if len(branches) > 1:  # no member of a union fitted: say what would have
-        message = f"must be one of: {', '.join(dict.fromkeys(branches))}"
-    if not message.startswith(f"{param}:"):
-        message = f"{param}: {message}"
-    return APIError(400, message, param=param)
 
 
 def create_app(
@@ -223,29 +54,7 @@ def create_app(
         description=f"OpenAI-compatible API serving `{model_id}` with continuous batching.",
     )
 
-    # -- errors --------------------------------------------------------------------------------------------
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            message = f"Invalid URL ({request.method} {request.url.path})"
-        else:
-            message = str(exc.detail)
-        code = "not_found" if exc.status_code == 404 else None
-        return APIError(exc.status_code, message, code=code, headers=exc.headers).response()
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        return APIError(
-            500, f"internal error: {type(exc).__name__}: {first_line(exc)}", "server_error"
-        ).response()
+    install_error_handlers(app)
 
     # -- auth ----------------------------------------------------------------------------------------------
     async def authorize(credentials: Credentials) -> None:
@@ -308,89 +117,6 @@ def create_app(
         except PacosError as e:
             raise APIError(400, str(e)) from None
 
-    def start(jobs: list[tuple[list[int], SamplingParams]]) -> Run:
-        if not scheduler.thread.is_alive() or scheduler.stopping:
-            raise APIError(503, "the model is not running; restart the server", "server_error")
-        run = Run()
-        try:
-            for index, (ids, params) in enumerate(jobs):
-                run.seqs.append(scheduler.submit(ids, params, run.on_event(index)))
-        except QueueFull as e:
-            run.cancel()  # all or nothing: a request whose choices cannot all run gets none
-            raise APIError(
-                429, str(e), "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"}
-            ) from None
-        return run
-
-    async def collect(run: Run, request: Request) -> list[Choice]:
-        # Starlette cancels a stream whose client leaves, but not a plain request: watch for it here.
-        async def watch() -> None:
-            while not await request.is_disconnected():
-                await asyncio.sleep(DISCONNECT_POLL_S)
-            run.client_gone()
-
-        watcher = asyncio.create_task(watch())
-        choices = [Choice() for _ in run.seqs]
-        try:
-            async for index, event in run.events():
-                choices[index].add(event)
-                if event.finish_reason == "error":
-                    raise _generation_failed(event.error)
-        except ClientGone:
-            raise APIError(499, "the client closed the connection") from None
-        finally:
-            watcher.cancel()
-            run.cancel()
-        return choices
-
-    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-        return {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-
-    def legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
-        """The completions API's format; each top dict also holds the chosen token, as OpenAI's does."""
-        texts = [tokens.text(lp.token_id) for lp in entries]
-        offsets = []
-        for text in texts:
-            offsets.append(offset)
-            offset += len(text)
-        return {
-            "tokens": texts,
-            "token_logprobs": [_finite(lp.logprob) for lp in entries],
-            "top_logprobs": [
-                {
-                    **{tokens.text(i): _finite(v) for i, v in lp.top},
-                    tokens.text(lp.token_id): _finite(lp.logprob),
-                }
-                for lp in entries
-            ],
-            "text_offset": offsets,
-        }
-
-    def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
-        def item(token_id: int, logprob: float) -> dict[str, Any]:
-            return {
-                "token": tokens.text(token_id),
-                "logprob": _finite(logprob),
-                "bytes": tokens.bytes(token_id),
-            }
-
-        content = [
-            {**item(lp.token_id, lp.logprob), "top_logprobs": [item(i, v) for i, v in lp.top]}
-            for lp in entries
-        ]
-        return {"content": content, "refusal": None}
-
-    def streaming(body: Any) -> StreamingResponse:
-        return StreamingResponse(
-            body,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-
     # -- endpoints -----------------------------------------------------------------------------------------
     def model_card() -> dict[str, Any]:
         return {
@@ -428,7 +154,7 @@ def create_app(
             "created": int(time.time()),
             "model": model_id,
         }
-        run = start(jobs)
+        run = start(scheduler, jobs)
         want_logprobs = body.logprobs is not None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -440,7 +166,7 @@ def create_app(
                 {
                     "index": i,
                     "text": c.text,
-                    "logprobs": legacy_logprobs(c.logprobs, 0) if want_logprobs else None,
+                    "logprobs": legacy_logprobs(tokens, c.logprobs, 0) if want_logprobs else None,
                     "finish_reason": c.finish_reason,
                 }
                 for i, c in enumerate(choices)
@@ -486,7 +212,7 @@ def create_app(
                 yield sse({**head, "choices": [opening(index)], **extra})
             async for index, event in run.events():
                 if event.finish_reason == "error":
-                    yield sse(_generation_failed(event.error).body())
+                    yield sse(generation_failed(event.error).body())
                     yield DONE
                     return
                 held[index] += event.logprobs
@@ -509,7 +235,8 @@ def create_app(
         offsets = [0] * len(run.seqs)  # characters sent so far per choice, for text_offset
 
         def choice(index: int, text: str, held: list[TokenLogprob], finish: str | None) -> dict[str, Any]:
-            logprobs = legacy_logprobs(held, offsets[index]) if want_logprobs and (held or text) else None
+            wanted = want_logprobs and (held or text)
+            logprobs = legacy_logprobs(tokens, held, offsets[index]) if wanted else None
             offsets[index] += len(text)
             return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
@@ -523,7 +250,7 @@ def create_app(
         try:
             ids = engine.encode_chat(messages)
         except PacosError as e:
-            raise APIError(400, str(e), param=_param_of(str(e)) or "messages") from None
+            raise APIError(400, str(e), param=param_of(str(e)) or "messages") from None
         except Exception as e:  # a chat template's own check ("roles must alternate") is the client's to fix
             if type(e).__module__.startswith("jinja2"):
                 raise APIError(400, f"messages: {first_line(e)}", param="messages") from None
@@ -531,7 +258,7 @@ def create_app(
         max_new = budget(ids, body.max_new_tokens(), "messages")
         stops = list(dict.fromkeys([*body.stop_list(), *engine.chat_stops()]))
         k = (body.top_logprobs or 0) if body.logprobs else None
-        run = start([(ids, sampling(body, max_new, stops, k, i)) for i in range(body.n)])
+        run = start(scheduler, [(ids, sampling(body, max_new, stops, k, i)) for i in range(body.n)])
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -549,7 +276,7 @@ def create_app(
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": c.text},
-                    "logprobs": chat_logprobs(c.logprobs) if body.logprobs else None,
+                    "logprobs": chat_logprobs(tokens, c.logprobs) if body.logprobs else None,
                     "finish_reason": c.finish_reason,
                 }
                 for i, c in enumerate(choices)
@@ -563,7 +290,7 @@ def create_app(
         def choice(index: int, text: str, held: list[TokenLogprob], finish: str | None) -> dict[str, Any]:
             # Content and the finish reason never share a chunk: the finish chunk's delta is empty.
             delta = {"content": text} if finish is None else {}
-            logprobs = chat_logprobs(held) if want_logprobs and held else None
+            logprobs = chat_logprobs(tokens, held) if want_logprobs and held else None
             return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
         def opening(index: int) -> dict[str, Any]:

@@ -1,0 +1,119 @@
+"""A request's sequences in the scheduler's running batch.
+
+The scheduler calls back on its own thread; each request gets an asyncio queue that those callbacks feed
+through `call_soon_threadsafe`, so the event loop never blocks on the model. A client that goes away
+cancels its sequences, which leave the batch at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from pacos.infer.engine import Event, Sequence
+from pacos.infer.sampling import SamplingParams, TokenLogprob
+from pacos.infer.scheduler import QueueFull, Scheduler
+from pacos.serve.errors import APIError, generation_failed
+
+DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was complete."""
+
+
+class Run:
+    """The sequences of one request and the queue their events arrive on, in the event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[int, Event | None]] = asyncio.Queue()  # None: the client left
+        self.seqs: list[Sequence] = []
+
+    def on_event(self, index: int) -> Callable[[Event], None]:
+        def deliver(event: Event) -> None:  # on the scheduler thread: must never raise, or the batch fails
+            # A closed loop (the server is shutting down) raises RuntimeError: nobody is listening then.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+
+        return deliver
+
+    def cancel(self) -> None:
+        for seq in self.seqs:
+            seq.cancel()  # harmless for a finished sequence
+
+    def client_gone(self) -> None:
+        self.queue.put_nowait((-1, None))
+
+    async def events(self) -> AsyncIterator[tuple[int, Event]]:
+        """Events until every sequence has finished; ClientGone once `client_gone` was called."""
+        pending = len(self.seqs)
+        while pending:
+            index, event = await self.queue.get()
+            if event is None:
+                raise ClientGone
+            if event.finish_reason:
+                pending -= 1
+            yield index, event
+
+
+@dataclass
+class Choice:
+    """One answer, accumulated from its events."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    error: str | None = None
+
+    def add(self, event: Event) -> None:
+        self.text += event.text
+        self.logprobs += event.logprobs
+        if event.finish_reason:
+            self.finish_reason, self.completion_tokens = event.finish_reason, event.completion_tokens
+            self.error = event.error
+
+
+def start(scheduler: Scheduler, jobs: list[tuple[list[int], SamplingParams]]) -> Run:
+    """All of a request's sequences in the batch, or none: a 503 when the model is down, a 429 when full."""
+    if not scheduler.thread.is_alive() or scheduler.stopping:
+        raise APIError(503, "the model is not running; restart the server", "server_error")
+    run = Run()
+    try:
+        for index, (ids, params) in enumerate(jobs):
+            run.seqs.append(scheduler.submit(ids, params, run.on_event(index)))
+    except QueueFull as e:
+        run.cancel()  # all or nothing: a request whose choices cannot all run gets none
+        raise APIError(
+            429, str(e), "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"}
+        ) from None
+    return run
+
+
+async def collect(run: Run, request: Request) -> list[Choice]:
+    """Every choice of a plain (not streamed) request; a 499 when the client leaves first."""
+
+    # Starlette cancels a stream whose client leaves, but not a plain request: watch for it here.
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        run.client_gone()
+
+    watcher = asyncio.create_task(watch())
+    choices = [Choice() for _ in run.seqs]
+    try:
+        async for index, event in run.events():
+            choices[index].add(event)
+            if event.finish_reason == "error":
+                raise generation_failed(event.error)
+    except ClientGone:
+        raise APIError(499, "the client closed the connection") from None
+    finally:
+        watcher.cancel()
+        run.cancel()
+    return choices
