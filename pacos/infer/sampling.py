@@ -7,6 +7,7 @@ their own `torch.Generator`, so a seeded request gives the same text whatever el
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -24,6 +25,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: no logprobs; k: the chosen token's plus the k most likely
     ignore_eos: bool = False
+    # A JSON schema the answer must parse and validate against ({"type": "object"}: any JSON object).
+    json_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -81,9 +84,17 @@ def choose_tokens(
     params: list[SamplingParams],
     seen: list[list[int]],
     generators: list[torch.Generator | None],
+    allowed: list[torch.Tensor | None] | None = None,
 ) -> tuple[list[int], list[TokenLogprob | None]]:
-    """The next token of every row of `logits` [B, V] (float32), and its logprobs where asked for."""
+    """The next token of every row of `logits` [B, V] (float32), and its logprobs where asked for.
+    `allowed[row]`, a [V] bool mask, confines a constrained row to its grammar's tokens."""
     logits = logits.float()
+    if allowed and any(mask is not None for mask in allowed):
+        logits = logits.clone()
+        for row, mask in enumerate(allowed):
+            if mask is not None:
+                logits[row, : mask.numel()].masked_fill_(~mask.to(logits.device), float("-inf"))
+                logits[row, mask.numel() :] = float("-inf")  # padded vocabulary rows are never real tokens
     if any(p.repetition_penalty != 1.0 for p in params):
         logits = logits.clone()
         for row, p in enumerate(params):

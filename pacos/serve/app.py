@@ -6,6 +6,7 @@ checked by `protocol.py`, answers shaped by `openai_format.py`, failures answere
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 import uuid
@@ -93,6 +94,17 @@ def create_app(
             )
         return max_tokens if max_tokens is not None else limit - len(ids)
 
+    async def check_format(body: CompletionRequest | ChatCompletionRequest) -> None:
+        """A 400 naming what a response_format's schema asks that the grammar cannot enforce. In a thread:
+        the first constrained request builds the tokenizer's grammar tables (seconds for 262K tokens)."""
+        schema = body.json_schema()
+        if schema is None:
+            return
+        try:
+            await asyncio.to_thread(engine.json_grammars.check, schema)
+        except PacosError as e:
+            raise APIError(400, f"response_format: {e}", param="response_format") from None
+
     def sampling(
         body: CompletionRequest | ChatCompletionRequest,
         max_new: int,
@@ -113,6 +125,7 @@ def create_app(
                 stop=stops,
                 logprobs=logprobs,
                 ignore_eos=body.ignore_eos,
+                json_schema=body.json_schema(),
             )
         except PacosError as e:
             raise APIError(400, str(e)) from None
@@ -154,6 +167,7 @@ def create_app(
             "created": int(time.time()),
             "model": model_id,
         }
+        await check_format(body)
         run = start(scheduler, jobs)
         want_logprobs = body.logprobs is not None
         if body.stream:
@@ -258,6 +272,7 @@ def create_app(
         max_new = budget(ids, body.max_new_tokens(), "messages")
         stops = list(dict.fromkeys([*body.stop_list(), *engine.chat_stops()]))
         k = (body.top_logprobs or 0) if body.logprobs else None
+        await check_format(body)
         run = start(scheduler, [(ids, sampling(body, max_new, stops, k, i)) for i in range(body.n)])
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",

@@ -1,9 +1,9 @@
 """Request bodies of the OpenAI API that `pacos serve` answers, as pydantic models.
 
 Field names, defaults and ranges follow OpenAI's, so the official clients work unchanged. Unknown fields
-are ignored (clients send many). Fields whose meaning pacos cannot honour (echo, logit_bias, tools, a
-JSON response format, non-zero presence/frequency penalties) are rejected with a 400 rather than
-silently ignored, so a client never trusts an answer that did not follow its request.
+are ignored (clients send many). Fields whose meaning pacos cannot honour (echo, logit_bias, tools,
+non-zero presence/frequency penalties, schema keywords the JSON grammar cannot enforce) are rejected with
+a 400 rather than silently ignored, so a client never trusts an answer that did not follow its request.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from pacos.infer.constrain import ANY_OBJECT
 
 MAX_N = 16  # choices per request: each is a sequence in the batch, so this bounds one request's share
 MAX_STOPS = 4  # OpenAI's limit
@@ -58,6 +60,7 @@ class _Common(BaseModel):
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0)
     ignore_eos: StrictBool = False
+    response_format: dict[str, Any] | None = None  # text, json_object, or json_schema (vLLM takes it on both)
 
     @model_validator(mode="before")
     @classmethod
@@ -85,6 +88,27 @@ class _Common(BaseModel):
         if self.logit_bias:
             raise ValueError("logit_bias: not supported")
         return self
+
+    @field_validator("response_format")
+    @classmethod
+    def _format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        kind = (value or {}).get("type", "text")
+        if kind not in ("text", "json_object", "json_schema"):
+            raise ValueError(f"response_format: type '{kind}' is not one of text, json_object, json_schema")
+        if kind == "json_schema":
+            spec = value.get("json_schema")  # type: ignore[union-attr]
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise ValueError("response_format: json_schema.schema must be a JSON schema object")
+        return value
+
+    def json_schema(self) -> dict[str, Any] | None:
+        """The schema the answer must follow, or None for free text."""
+        kind = (self.response_format or {}).get("type", "text")
+        if kind == "json_object":
+            return ANY_OBJECT
+        if kind == "json_schema":
+            return self.response_format["json_schema"]["schema"]  # type: ignore[index]
+        return None
 
     def stop_list(self) -> list[str]:
         return list(self.stop or [])  # type: ignore[arg-type]  # the validator made it a list
@@ -122,7 +146,6 @@ class ChatCompletionRequest(_Common):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Any] | None = None
     tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _chat_only(self) -> ChatCompletionRequest:
@@ -130,8 +153,6 @@ class ChatCompletionRequest(_Common):
             raise ValueError("top_logprobs: needs logprobs set to true")
         if self.tools:
             raise ValueError("tools: tool calling is not supported")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError("response_format: only type 'text' is supported")
         return self
 
     def max_new_tokens(self) -> int | None:
