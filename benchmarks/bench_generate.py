@@ -11,6 +11,9 @@ threads and memory), warms up once, then takes the median of `--repeats` timed c
 - pacos: `pacos.infer.Engine` in fp32, bf16, fp32 with int8 weights (`--quantize int8`; the matmuls
   take bf16 activations), and that with `--compile` (torch.compile of the decode step; its one-off
   compile time is reported apart, as `compile_seconds`).
+- pacos-bf16-json: pacos bf16 with every row constrained to JSON_SCHEMA (`response_format` json_schema;
+  llguidance computes each row's allowed-token mask every step): the price of constrained output. The
+  schema cannot be completed within the budget, so every row generates `--new-tokens` tokens.
 - llama.cpp (when llama-cpp-python is installed): the GGUF files `pacos export --format gguf` writes
   (F16, Q8_0) and the original Q4_K_M, batch 1 only (its Python API decodes one sequence), its own
   greedy sampler, all cores.
@@ -44,10 +47,20 @@ CONFIGS = [
     "pacos-bf16",
     "pacos-int8",
     "pacos-int8-compiled",
+    "pacos-bf16-json",
     "llamacpp-f16",
     "llamacpp-q8_0",
     "llamacpp-q4_k_m",
 ]
+
+
+# At least 64 list items: no row can finish its JSON within the token budget, so constrained and free
+# rows generate the same number of tokens and the tokens/s compare like for like.
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {"points": {"type": "array", "items": {"type": "string"}, "minItems": 64}},
+    "required": ["points"],
+}
 
 
 def _prompts(n: int) -> list[str]:
@@ -117,11 +130,12 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
     elif kind == "pacos":
         from pacos.infer import Engine, SamplingParams
 
-        base = {"fp32": "float32", "bf16": "bfloat16"}.get(variant, "float32")
+        base = {"fp32": "float32", "bf16": "bfloat16", "bf16-json": "bfloat16"}.get(variant, "float32")
         quantize = "int8" if variant.startswith("int8") else "none"
         engine = Engine.load(MODEL, dtype=base, quantize=quantize, template="alpaca")
         compile_seconds = round(engine.compile(), 1) if variant.endswith("compiled") else None
-        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+        schema = JSON_SCHEMA if variant.endswith("json") else None
+        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True, json_schema=schema)
 
         def call():
             return [c.token_ids for group in groups for c in engine.generate(group, params)]
@@ -151,7 +165,7 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
             return rows
 
     seconds, tokens = _time(call, repeats)
-    generated = sum(len(group) for group in groups) * new_tokens
+    generated = sum(len(row) for row in tokens)  # new_tokens per row, unless a JSON answer ended first
     result = {"tokens_per_s": round(generated / seconds, 2), "seconds": round(seconds, 3)}
     if compile_seconds:
         result["compile_seconds"] = compile_seconds  # once per process, before the timed calls
@@ -242,6 +256,8 @@ def main() -> None:
             ),
             "batch 8 vs batch 1, pacos fp32": ratio("pacos-fp32/8", "pacos-fp32/1"),
             "batch 8, pacos int8 vs hf fp32": ratio("pacos-int8/8", "hf-fp32/8"),
+            "batch 1, pacos bf16 json-constrained vs free": ratio("pacos-bf16-json/1", "pacos-bf16/1"),
+            "batch 8, pacos bf16 json-constrained vs free": ratio("pacos-bf16-json/8", "pacos-bf16/8"),
             "batch 1, pacos int8 compiled vs llama.cpp q8_0": ratio(
                 "pacos-int8-compiled/1", "llamacpp-q8_0/1"
             ),
