@@ -353,12 +353,14 @@ class Engine:
             layer.values = layer.values.index_select(0, index)[..., start:, :]
         return state
 
+    def logits_width(self) -> int:
+        return int(self.model.get_input_embeddings().num_embeddings)  # int8 heads have no .weight
+
     @property
     def json_grammars(self) -> JsonGrammars:
-        if self._json_grammars is None:
-            vocab = int(self.model.get_output_embeddings().weight.shape[0])
-            self._json_grammars = JsonGrammars(self.tokenizer, vocab, self.eos_ids)
-        return self._json_grammars
+        if getattr(self, "_json_grammars", None) is None:
+            self._json_grammars = JsonGrammars(self.tokenizer, self.logits_width(), sorted(self.eos_ids))
+        return self._json_grammars  # type: ignore[return-value]
 
     def new_sequence(
         self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]

@@ -79,6 +79,9 @@ class LlamaCppEngine(Engine):
         atexit.register(llm.close)  # closing it during interpreter shutdown raises inside llama-cpp-python
         return cls(llm, tokenizer, pick_template(spec, tokenizer, template), name=spec)
 
+    def logits_width(self) -> int:
+        return int(self.llm.n_vocab())
+
     def _logits(self) -> torch.Tensor:
         import llama_cpp
 
