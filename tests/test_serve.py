@@ -577,6 +577,21 @@ _MESSAGES = st.lists(
     min_size=1,
     max_size=3,
 )
+_KEYWORDS = ["type", "properties", "items", "enum", "const", "required", "maxLength", "minItems", "maxItems",
+             "anyOf", "$ref", "pattern", "additionalProperties", "uniqueItems", "minimum"]  # fmt: skip
+_TYPES = st.sampled_from(["object", "array", "string", "integer", "number", "boolean", "null", "strin"])
+_SCHEMAS = st.recursive(
+    st.fixed_dictionaries({}, optional={"type": _TYPES | _JSON}),
+    lambda inner: st.dictionaries(st.sampled_from(_KEYWORDS), inner | _JSON | st.dictionaries(_TEXT, inner)),
+    max_leaves=6,
+)
+_FORMATS = (
+    st.builds(
+        lambda schema: {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}, _SCHEMAS
+    )
+    | st.fixed_dictionaries({"type": st.sampled_from(["json_schema", "json_object", "text", "xml"]) | _JSON})
+    | _JSON
+)
 _COMMON = [
     "model", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed", "presence_penalty",
     "frequency_penalty", "logit_bias", "user", "top_k", "repetition_penalty", "ignore_eos", "unknown_field",
@@ -587,7 +602,10 @@ def _bodies(main: str, main_values: st.SearchStrategy, extra: list[str]) -> st.S
     """A request with its main field and up to two other fields set to any JSON value (more fields would
     almost always hold one invalid value, and the fuzz would only ever reach the first check)."""
     others = st.dictionaries(st.sampled_from([*_COMMON, *extra]), _JSON, max_size=2)
-    short = st.fixed_dictionaries({main: main_values, "max_tokens": st.integers(0, 4)})  # bounded decoding
+    short = st.fixed_dictionaries(
+        {main: main_values, "max_tokens": st.integers(0, 4)},  # bounded decoding
+        optional={"response_format": _FORMATS},
+    )
     return st.builds(lambda base, more: {**base, **more}, short, others) | _JSON
 
 
