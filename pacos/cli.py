@@ -647,7 +647,7 @@ def serve(
     print(
         f"loaded {engine.name} ({str(engine.dtype).removeprefix('torch.')} on {engine.device}, template "
         f"{engine.template}, context {engine.context_length} tokens); serving '{name}' at "
-        f"http://{host}:{port}/v1 (API docs at /docs), batches of up to {max_batch_size}",
+        f"http://{host}:{port}/v1 (chat page at /, API docs at /docs), batches of up to {max_batch_size}",
         flush=True,
     )
     try:

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API's routes: /v1/completions, /v1/chat/completions, /v1/models, /health.
+"""The OpenAI-compatible HTTP API's routes: /v1/completions, /v1/chat/completions, /v1/models, /health,
+and the chat page at / (`page.py`).
 
 Every request becomes one or more sequences in the scheduler's running batch (`runs.py`); bodies are
 checked by `protocol.py`, answers shaped by `openai_format.py`, failures answered by `errors.py`.
@@ -32,6 +33,7 @@ from pacos.serve.openai_format import (
     streaming,
     usage,
 )
+from pacos.serve.page import add_chat_page
 from pacos.serve.protocol import ChatCompletionRequest, CompletionRequest
 from pacos.serve.runs import Run, collect, start
 
@@ -332,4 +334,5 @@ def create_app(
             status_code=200 if alive else 503,
         )
 
+    add_chat_page(app)
     return app
