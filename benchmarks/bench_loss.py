@@ -7,7 +7,9 @@ usual code computes logits at every position and then masks. Compared, on the sa
   the original Alpaca approach);
 - masked_logits: the same restricted to labelled positions (what a careful hand-written loop does);
 - checkpointed_chunks: labelled positions, chunks recomputed in backward (torch.utils.checkpoint);
-- pacos_fused: labelled positions, chunks, gradient computed in the forward pass (pacos.train.loss).
+- pacos_fused: labelled positions, chunks, gradient computed in the forward pass (pacos.train.loss), its
+  elementwise part (softmax - one-hot) compiled by torch.compile;
+- pacos_fused_eager: the same without the compiled part (pacos's fallback where inductor cannot compile).
 
 Prints JSON: milliseconds per forward+backward and peak memory above the inputs, per method.
 
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+import pacos.train.loss as pacos_loss
 from pacos.train.loss import linear_cross_entropy
 
 
@@ -55,11 +58,25 @@ def pacos_fused(h, w, y, chunk):
     return linear_cross_entropy(h[keep], w, None, y[keep], chunk)
 
 
+def pacos_fused_eager(h, w, y, chunk):
+    """pacos_fused without its compiled elementwise kernel (the fallback where inductor cannot compile)."""
+    saved = pacos_loss._compiled.get("fn")
+    pacos_loss._compiled["fn"] = pacos_loss._ce_grad_eager
+    try:
+        return pacos_fused(h, w, y, chunk)
+    finally:
+        if saved is None:
+            pacos_loss._compiled.pop("fn")
+        else:
+            pacos_loss._compiled["fn"] = saved
+
+
 METHODS = {
     "full_logits": full_logits,
     "masked_logits": masked_logits,
     "checkpointed_chunks": checkpointed_chunks,
     "pacos_fused": pacos_fused,
+    "pacos_fused_eager": pacos_fused_eager,
 }
 
 

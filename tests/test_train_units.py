@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from pacos.models import load_model, load_tokenizer
+from pacos.train import attention as packed_attention
 from pacos.train.config import TrainConfig
 from pacos.train.data import IGNORE, StepPlan, collate, micro_batches, tokenize_record, tokenize_records
 from pacos.train.distributed import setup
 from pacos.train.loss import CausalLMLoss, linear_cross_entropy
-from pacos.train.run import accumulate_gradients, lr_factor
+from pacos.train.run import accumulate_gradients, build_model, lr_factor
 
 RECORD = {"instruction": "Say hi.", "input": "", "output": "Hi there."}
 
@@ -99,6 +100,41 @@ def test_fused_loss_bf16_head_under_autocast_matches_fp64():
     assert fused.dtype == torch.float32 and hidden.grad.dtype == torch.float32
     assert torch.allclose(fused.double(), reference, rtol=2e-3)
     assert torch.allclose(hidden.grad.double(), h.grad, rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma"])
+def test_per_example_attention_equals_the_masked_padded_batch(arch, request):
+    """pacos's packed attention (one causal SDPA call per example, train/attention.py) gives the loss and
+    gradients of transformers' padded batch; Gemma's 16-token sliding window is shorter than the examples."""
+    path = request.getfixturevalue(arch)
+    tok = load_tokenizer(str(path))
+    records = [
+        {"instruction": f"Task {i}.", "input": "x" * (5 * i), "output": "y" * (7 + 3 * i)} for i in range(4)
+    ]
+    examples = [tokenize_record(r, tok, "alpaca", 512, "drop")[0] for r in records]
+    assert max(len(e) for e in examples) > 16
+    results = []
+    for packing in (True, False):
+        model = load_model(str(path))
+        if packing:
+            model.set_attn_implementation(packed_attention.register())
+        b = collate(examples, tok.pad_token_id, packing)
+        loss, _ = CausalLMLoss(model, chunk_size=16)(b.input_ids, b.position_ids, b.attention_mask, b.targets)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (packed, packed_grads), (padded, padded_grads) = results
+    assert torch.allclose(packed, padded, rtol=1e-5), (packed, padded)
+    for got, want in zip(packed_grads, padded_grads):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_packing_trains_with_per_example_attention(tiny_llama):
+    runtime = setup("cpu", "fp32")
+    packed = build_model(TrainConfig(model=str(tiny_llama)), runtime, load_tokenizer(str(tiny_llama)))
+    assert packed.config._attn_implementation == packed_attention.NAME
+    config = TrainConfig(model=str(tiny_llama), packing=False)
+    padded = build_model(config, runtime, load_tokenizer(str(tiny_llama)))
+    assert padded.config._attn_implementation == "sdpa"
 
 
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma"])

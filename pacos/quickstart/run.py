@@ -28,7 +28,7 @@ from pacos.fileio import write_json
 from pacos.quickstart.config import QuickstartConfig
 from pacos.quickstart.stages import file_digest, run_stage
 
-VERSION = 2  # bump when a stage's code changes what it writes, so old outputs are not reused
+VERSION = 3  # bump when a stage's code changes what it writes, so old outputs are not reused
 
 
 def _say(stage: str, message: str) -> None:

@@ -34,8 +34,8 @@ class TrainConfig(BaseModel):
     # so the model never learns to stop mid-answer (Alpaca's truncation dropped EOS silently).
     truncation: Literal["drop", "cut"] = "drop"
     trust_remote_code: bool = False
-    # None: transformers' default (SDPA). "flash_attention_2" on GPUs with flash-attn installed makes packed
-    # rows attend per example without the dense block mask (faster for long packed rows).
+    # None: per-example SDPA for packed rows (train/attention.py), else transformers' default.
+    # "flash_attention_2" on GPUs with flash-attn installed: the same, from its varlen kernel.
     attn_implementation: str | None = None
 
     # How to train.

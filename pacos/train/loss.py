@@ -8,12 +8,68 @@ and never recomputed): two matmuls per chunk instead of the three that checkpoin
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import torch
 from torch import nn
 
+from pacos.errors import first_line
+from pacos.train import attention as packed_attention
 from pacos.train.data import IGNORE
+
+
+def _loss_only(
+    logits: torch.Tensor, y: torch.Tensor, softcap: float | None, acc: torch.dtype
+) -> torch.Tensor:
+    logits = logits.to(acc)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return (torch.logsumexp(logits, dim=-1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
+
+
+def _ce_grad_eager(
+    logits: torch.Tensor, y: torch.Tensor, softcap: float | None, acc: torch.dtype, out: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed CE, d CE / d logits in dtype `out`), with the softmax and sums in `acc`."""
+    full = logits.to(acc)
+    if softcap:  # Gemma 2 caps logits with tanh; the gradient passes through the cap
+        capped = torch.tanh(full / softcap)
+        full = capped * softcap
+    lse = torch.logsumexp(full, dim=-1)
+    loss = (lse - full.gather(1, y[:, None]).squeeze(1)).sum()
+    # Out of place on purpose: compiled, softmax - one-hot and the cast fuse into one pass.
+    onehot = torch.arange(full.shape[1], device=y.device)[None, :] == y[:, None]
+    grad = torch.exp(full - lse[:, None]) - onehot.to(acc)
+    if softcap:
+        grad *= 1 - capped.square()
+    return loss, grad.to(out)
+
+
+# The elementwise part of a chunk (cast, logsumexp, softmax - one-hot, cast back) reads and writes the
+# [chunk, vocab] logits several times in eager mode: with Gemma's 262K vocabulary that was 15% of a CPU
+# LoRA step. Compiled, it is one fused pass per reduction (3.7x faster here; benchmarks/README.md,
+# "Fused loss"). Compiled once per process on first use (~7 s, dynamic shapes); where compiling fails
+# (no C++ compiler for inductor), the eager version, with the same results.
+_compiled: dict[str, Any] = {}
+_COMPILE = os.environ.get("PACOS_COMPILE_LOSS", "1") != "0"
+
+
+def _loss_and_grad_logits(
+    logits: torch.Tensor, y: torch.Tensor, softcap: float | None, acc: torch.dtype, out: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    fn = _compiled.get("fn")
+    if fn is None:
+        fn = _compiled["fn"] = torch.compile(_ce_grad_eager, dynamic=True) if _COMPILE else _ce_grad_eager
+    try:
+        return fn(logits, y, softcap, acc, out)
+    except Exception as e:  # inductor needs a working C++ toolchain; the eager path is always there
+        if fn is _ce_grad_eager:
+            raise
+        print(f"[train] compiled loss unavailable ({first_line(e)}); using the eager loss", file=sys.stderr)
+        _compiled["fn"] = _ce_grad_eager
+        return _ce_grad_eager(logits, y, softcap, acc, out)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -45,27 +101,21 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]
             y = targets[start : start + chunk_size]
-            logits = (h.to(weight.dtype) @ weight.t()).to(acc)
+            logits = h.to(weight.dtype) @ weight.t()
             if bias is not None:
-                logits += bias.to(acc)
-            if softcap:  # Gemma 2 caps logits with tanh; the gradient passes through the cap
-                capped = torch.tanh(logits / softcap)
-                logits = capped * softcap
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+                logits = logits.to(acc) + bias.to(acc)
             if not (need_h or need_w or need_b):
+                total += _loss_only(logits, y, softcap, acc)
                 continue
-            grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            grad_logits[torch.arange(len(y), device=y.device), y] -= 1
-            if softcap:
-                grad_logits *= 1 - capped.square()
-            grad_low = grad_logits.to(weight.dtype)  # matmuls in the weights' dtype (tensor cores for bf16)
+            # The matmuls below run in the weights' dtype (bf16 tensor cores / AMX).
+            loss, grad_low = _loss_and_grad_logits(logits, y, softcap, acc, weight.dtype)
+            total += loss
             if need_h:
                 grad_h[start : start + chunk_size] = (grad_low @ weight).to(hidden.dtype)
             if need_w:
                 grad_w += grad_low.t() @ h.to(weight.dtype)
             if need_b:
-                grad_b += grad_logits.sum(0)
+                grad_b += grad_low.sum(0, dtype=acc)
         ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
         ctx.present = (need_h, need_w, need_b)
         ctx.dtypes = (master_dtype, None if bias is None else bias.dtype)
@@ -120,8 +170,15 @@ class CausalLMLoss(nn.Module):
         attention_mask: torch.Tensor | None,
         targets: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = {}
+        if self.model.config._attn_implementation == packed_attention.NAME:
+            extra["cu_seq_lens_q"] = packed_attention.example_bounds(position_ids)
         hidden = _backbone(self.model)(
-            input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            **extra,
         ).last_hidden_state
         labelled = targets != IGNORE
         head = self.model.get_output_embeddings()

@@ -24,6 +24,7 @@ from pacos.data.io import read_records
 from pacos.data.split import split_records
 from pacos.errors import PacosError
 from pacos.models import ensure_pad_token, load_model, load_tokenizer
+from pacos.train import attention as packed_attention
 from pacos.train import checkpoint as ckpt
 from pacos.train import distributed as dist_utils
 from pacos.train.config import TrainConfig
@@ -99,6 +100,14 @@ def build_model(config: TrainConfig, runtime: dist_utils.Runtime, tokenizer: Any
     frozen_bf16 = config.method == "lora" and runtime.autocast_dtype is not None
     dtype = runtime.autocast_dtype if frozen_bf16 else runtime.param_dtype
     model = load_model(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code, **kwargs)
+    text_config = getattr(model.config, "get_text_config", lambda: model.config)()
+    if (
+        config.packing
+        and not config.attn_implementation
+        and text_config._attn_implementation == "sdpa"
+        and getattr(text_config, "attn_logit_softcapping", None) is None  # Gemma 2 caps: SDPA cannot
+    ):
+        model.set_attn_implementation(packed_attention.register())  # per-example attention
     ensure_pad_token(tokenizer, model)
     model.config.use_cache = False
     if config.method == "full" and not config.train_embeddings:
