@@ -6,7 +6,8 @@ F1 <= 0.7, a kept candidate joins the pool) process the SAME candidate stream; t
 maximum scores and top-5 most similar items (with exact scores) are asserted identical; the speedup is
 the ratio of their times on the stream. Peak memory comes from tracemalloc (a separate pass, since
 tracing slows both), the memory of a 1M-item pool from the RSS of a child process, and the wall time of
-the whole `pacos data dedup` command (start-up, read, dedup, writes) on 52K records.
+the whole `pacos data dedup` command (start-up, read, dedup, writes) on 52K records, with ROUGE-L and
+with `--semantic 0.9` (MiniLM embeddings, exact blocked search; embedding and search time reported apart).
 
 Data: pacos's English seed tasks plus the inputs of BIG-bench 1.0.0's JSON tasks (human-written and
 templated LM prompts: questions, puzzles, instructions), which the `bigbench` package on PyPI ships. No
@@ -16,6 +17,7 @@ extracted corpus there. Candidates: half unseen corpus texts, half edits of earl
 swaps, insertions, replacements, case and punctuation changes), so both decisions are common.
 
     .venv/bin/python benchmarks/bench_dedup.py [--pools 1000,5000,20000] [--candidates 3600,1100,300]
+    .venv/bin/python benchmarks/bench_dedup.py --only semantic [--records 52000] [--semantic 0.9]
 """
 
 from __future__ import annotations
@@ -278,6 +280,45 @@ def dedup_command(corpus: list[str], n: int, tmp: Path) -> dict:
     }
 
 
+def semantic_command(corpus: list[str], n: int, threshold: float, tmp: Path) -> dict:
+    """`pacos data dedup --semantic` on the same n records as `dedup_command` (MiniLM embeddings, exact
+    blocked search), with embedding and search time from its report."""
+    rng = random.Random(2)
+    vocabulary = " ".join(corpus[:2000]).split()
+    texts = corpus[:n]
+    real = len(texts)
+    while len(texts) < n:
+        texts.append(mutate(rng, rng.choice(texts[:real]), vocabulary))
+    records = [{"instruction": t, "input": "", "output": "-"} for t in texts]
+    src = tmp / "records.json"
+    src.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    report = tmp / "semantic-report.json"
+    cmd = [sys.executable, "-m", "pacos", "data", "dedup", str(src), "--out", str(tmp / "semantic.json")]
+    start = time.perf_counter()
+    proc = subprocess.run([*cmd, "--semantic", str(threshold), "--report", str(report)], capture_output=True,
+                          text=True)  # fmt: skip
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"pacos data dedup --semantic failed: {proc.stderr.strip()}")
+    summary = json.loads(report.read_text())
+    return {
+        "records": n,
+        "threshold": threshold,
+        "index": summary["index"],
+        "kept": summary["records_kept"],
+        "dropped_near": summary["near_duplicates"],
+        "dropped_exact": summary["exact_duplicates"],
+        "embedded_records": summary["embedded_records"],
+        "embed_seconds": summary["embed_seconds"],
+        "search_seconds": summary["search_seconds"],
+        "seconds_whole_command": round(seconds, 1),
+        "seconds_inside_command": summary["seconds"],
+        "examples": summary["examples"][:3],
+        "budget_seconds": 300,
+        "within_budget": seconds < 300,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pacos-bench")
@@ -285,12 +326,20 @@ def main() -> None:
     parser.add_argument("--candidates", default="3600,1100,300", help="Candidates per pool size.")
     parser.add_argument("--records", type=int, default=52_000, help="Records for `pacos data dedup`.")
     parser.add_argument("--big-pool", type=int, default=1_000_000, help="Pool size for the memory check.")
+    parser.add_argument("--semantic", type=float, default=0.9, help="Cosine threshold of the semantic run.")
+    parser.add_argument("--only", choices=("rouge", "semantic"), help="Run one part [default: both].")
     parser.add_argument("--child-big-pool", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_big_pool:
         big_pool_child(args.cache, args.child_big_pool)
         return
     corpus = real_instructions(args.cache)
+    if args.only == "semantic":
+        with tempfile.TemporaryDirectory() as tmp:
+            result = semantic_command(corpus, args.records, args.semantic, Path(tmp))
+        header = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+        print(json.dumps({**header, "semantic_command": result}, indent=2, ensure_ascii=False))
+        return
     pools = [int(p) for p in args.pools.split(",")]
     counts = [int(c) for c in args.candidates.split(",")]
     results: dict = {
@@ -308,6 +357,8 @@ def main() -> None:
     results["candidates_compared"] = sum(counts)
     with tempfile.TemporaryDirectory() as tmp:
         results["dedup_command"] = dedup_command(corpus, args.records, Path(tmp))
+        if args.only is None:
+            results["semantic_command"] = semantic_command(corpus, args.records, args.semantic, Path(tmp))
     if args.big_pool:
         cmd = [sys.executable, __file__, "--cache", str(args.cache), "--child-big-pool", str(args.big_pool)]
         results["big_pool"] = json.loads(

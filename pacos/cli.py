@@ -261,17 +261,31 @@ def data_stats(
         str | None, typer.Option(help="Tokenizer (directory or hub id) for token lengths.")
     ] = None,
     top: Annotated[int, typer.Option(help="How many leading verbs to report.")] = 20,
+    clusters: Annotated[
+        int, typer.Option(help="Map the MiniLM embeddings in 2-D, in this many k-means clusters (0: no map).")
+    ] = 0,
+    map_sample: Annotated[int, typer.Option(help="Embed at most this many records for the map.")] = 5000,
 ) -> None:
-    """Counts, lengths and the leading verb/object diversity of a dataset, as JSON and PNG plots."""
+    """Counts, lengths, the leading verb/object diversity, score histograms and (--clusters K) a map of the
+    embedding clusters of a dataset, as JSON and PNG plots."""
     from pacos.data.io import read_records
-    from pacos.data.stats import compute_stats, plot_stats
+    from pacos.data.stats import compute_stats, embedding_map, plot_stats
     from pacos.models import load_tokenizer
 
     records = read_records(source, require_output=False)
     stats = compute_stats(records, load_tokenizer(tokenizer) if tokenizer else None, top=top)
+    if clusters > 0:
+        stats["_map"] = embedding_map(records, clusters, map_sample, show_progress=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_stats(stats, out_dir)
-    stats.pop("_lengths")
+    if clusters > 0:
+        stats["clusters"] = {k: v for k, v in stats["_map"].items() if not k.startswith("_")}
+        for c in stats["clusters"]["clusters"]:
+            print(f"cluster {c['cluster']} ({c['size']}): " + " | ".join(c["examples"]))
+    for key, summary in stats.get("scores", {}).items():
+        print(f"scores.{key}: {summary['count']} records, mean {summary['mean']}, min {summary['min']}, "
+              f"max {summary['max']}")  # fmt: skip
+    stats = {k: v for k, v in stats.items() if not k.startswith("_")}
     write_json(out_dir / "stats.json", stats)
     verbs = ", ".join(f"{v['verb']} ({v['count']})" for v in stats["top_verbs"][:8])
     print(
@@ -298,25 +312,41 @@ def data_dedup(
         str, typer.Option(help="cjk (CJK characters are tokens too) or rouge (rouge_score's; drops CJK).")
     ] = "cjk",
     fields: Annotated[
-        str, typer.Option(help="What to compare: instruction (Alpaca's rule) or instruction,input.")
-    ] = "instruction",
+        str | None,
+        typer.Option(
+            help="What to compare: instruction (Alpaca's rule) or instruction,input "
+            "[default: instruction; instruction,input with --semantic]."
+        ),
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    semantic: Annotated[
+        float | None,
+        typer.Option(
+            help="Use MiniLM embedding cosine instead of ROUGE-L: drop a record whose cosine with an earlier "
+            "kept one is above this (e.g. 0.9); exact duplicates always go."
+        ),
+    ] = None,
+    index: Annotated[
+        str, typer.Option(help="--semantic search: auto, exact, or hnsw (approximate; pacos[ann]).")
+    ] = "auto",
 ) -> None:
-    """Drop near-duplicates with Alpaca's novelty rule (ROUGE-L F1 > 0.7), keeping the first of each group."""
+    """Drop near-duplicates with Alpaca's novelty rule (ROUGE-L F1 > 0.7), or by MiniLM cosine with
+    --semantic, keeping the first of each group."""
     import time
 
-    from pacos.data.dedup import dedup_records
+    from pacos.data.dedup import dedup_records, semantic_dedup_records
     from pacos.data.io import read_records, write_records
 
     start = time.perf_counter()
     records = [r for source in files for r in read_records(source, require_output=False, allow_empty=True)]
-    result = dedup_records(
-        records,
-        threshold,
-        tokenizer,
-        tuple(f.strip() for f in fields.split(",") if f.strip()),
-        progress=lambda rs: _progress(rs, "deduplicating"),
-    )
+    default_fields = "instruction,input" if semantic is not None else "instruction"
+    chosen = tuple(f.strip() for f in (fields or default_fields).split(",") if f.strip())
+    if semantic is not None:
+        result = semantic_dedup_records(records, semantic, chosen, index=index, show_progress=True)
+    else:
+        result = dedup_records(
+            records, threshold, tokenizer, chosen, progress=lambda rs: _progress(rs, "deduplicating")
+        )
     rejected = rejected or out.with_name(out.name.split(".")[0] + ".rejected.jsonl")
     write_records(result.kept, out)
     write_records(result.rejected, rejected, "jsonl")
@@ -328,6 +358,142 @@ def data_dedup(
         f"kept {len(result.kept)} of {len(records)} records -> {out}; dropped {len(result.rejected)} "
         f"near-duplicates -> {rejected} ({seconds:.1f} s)" + (f"; report -> {report}" if report else "")
     )
+
+
+@data_app.command("select")
+def data_select(
+    files: Annotated[list[str], typer.Argument(help="Scored files (records with scores), in order.")],
+    by: Annotated[str, typer.Option("--by", help="The score to rank by: record['scores'][BY].")],
+    out: Annotated[Path, typer.Option("--out", help="Selected records; the format follows the suffix.")],
+    top: Annotated[float | None, typer.Option(help="Keep this fraction of the records, best first.")] = None,
+    min_score: Annotated[float | None, typer.Option("--min", help="Keep scores >= this.")] = None,
+    max_score: Annotated[float | None, typer.Option("--max", help="Keep scores <= this.")] = None,
+    lowest: Annotated[
+        bool, typer.Option("--lowest", help="Lower is better (perplexity, say): rank lowest first.")
+    ] = False,
+    diverse: Annotated[
+        float | None,
+        typer.Option(help="Skip a record whose MiniLM cosine with an already selected one is above this."),
+    ] = None,
+    fields: Annotated[str, typer.Option(help="What --diverse embeds.")] = "instruction,input",
+    drop_unscored: Annotated[
+        bool, typer.Option("--drop-unscored", help="Drop records without the score instead of stopping.")
+    ] = False,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Keep the best records by a score (--top 0.2 or --min 4.5), optionally diversity-aware (Deita)."""
+    from pacos.data.dedup import check_fields
+    from pacos.data.io import write_records
+    from pacos.data.select import read_scored, select_records
+
+    scored = read_scored(files, by, drop_unscored)
+    result = select_records(
+        scored.records,
+        scored.scores,
+        top=top,
+        min_score=min_score,
+        max_score=max_score,
+        lowest=lowest,
+        diverse=diverse,
+        fields=check_fields(f.strip() for f in fields.split(",") if f.strip()),
+        show_progress=True,
+    )
+    write_records(result.records, out)
+    summary = {"inputs": files, "output": str(out), "by": by, "unscored_dropped": scored.unscored}
+    if report:
+        write_json(report, {**summary, **result.report})
+    r = result.report
+    low_high = r["kept_score_range"]
+    shown = f"{by} {low_high[0]:g}..{low_high[1]:g}" if low_high else "nothing kept"
+    print(
+        f"kept {r['records_kept']} of {r['records_in']} records ({shown}) -> {out}; "
+        f"{r['skipped_for_diversity']} skipped for diversity, {r['outside_bounds']} outside --min/--max"
+        + (f", {scored.unscored} without the score dropped" if scored.unscored else "")
+    )
+
+
+@data_app.command("score")
+def data_score(
+    files: Annotated[
+        list[str], typer.Argument(help="Files, dataset directories, hub ids or built-in names, in order.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="The records with `scores`; the format follows the suffix.")
+    ],
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="Rate every record 1-5: http(s)://HOST:PORT/v1 (key from $OPENAI_API_KEY), "
+            "local:NAME_OR_PATH (e.g. local:smollm2-135m-instruct) or llama.cpp:FILE.gguf."
+        ),
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="The judge endpoint's model name [default: the only one it serves].")
+    ] = None,
+    signals: Annotated[
+        str | None,
+        typer.Option(help="Cheap signals, comma-separated: len, ppl, ifd (ppl, ifd: --ref-model)."),
+    ] = None,
+    ref_model: Annotated[
+        str | None, typer.Option(help="Reference model for ppl and ifd: embedded name, directory or hub id.")
+    ] = None,
+    template: TemplateOption = None,
+    max_length: Annotated[
+        int, typer.Option(help="Reference model: longest prompt + output (tokens).")
+    ] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Reference model: records per forward pass.")] = 8,
+    device: DeviceOption = "auto",
+    concurrency: Annotated[
+        int, typer.Option(help="Judge requests in flight (endpoint) or rows decoded together (local).")
+    ] = 8,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the append-only judgment and loss caches [default: $PACOS_CACHE/score]."
+        ),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON summary here.")] = None,
+) -> None:
+    """Quality scores on every record (record["scores"]): an LLM judge's 1-5 rating and/or cheap signals.
+
+    Judgments and losses are cached as they arrive: a rerun makes no calls for them, a killed run resumes.
+    """
+    from pacos.data.io import read_records, write_records
+    from pacos.data.scoring import JudgeSettings, RefSettings, RichProgress, parse_signals, score_records
+
+    if batch_size < 1 or concurrency < 1 or max_length < 2:
+        raise PacosError("--batch-size and --concurrency must be >= 1, --max-length >= 2")
+    records = [r for source in files for r in read_records(source)]
+    summary = score_records(
+        records,
+        judge=JudgeSettings(judge, judge_model, concurrency=concurrency) if judge else None,
+        signals=parse_signals(signals),
+        ref=RefSettings(ref_model, template, max_length, batch_size, device) if ref_model else None,
+        cache_dir=cache,
+        progress=RichProgress(),
+    )
+    write_records(records, out)
+    if report:
+        write_json(report, {"inputs": files, "output": str(out), **summary})
+    for key, d in summary["distributions"].items():
+        if d["n"]:
+            print(
+                f"{key}: mean {d['mean']:g}, median {d['median']:g}, p10 {d['p10']:g}, p90 {d['p90']:g} "
+                f"({d['n']} records)"
+            )
+    if judge:
+        j = summary["judge"]
+        ratings = ", ".join(f"{k}: {v}" for k, v in j["ratings"].items())
+        failed = sum(j["failed"].values())
+        print(
+            f"judge {judge}: ratings {ratings}; {j['calls']} calls, {j['cache_hits']} cache hits, "
+            f"{failed} failed, {j['unparseable']} unparseable; read from "
+            + (", ".join(f"{k} {v}" for k, v in j["read_from"].items()) or "nothing")
+        )
+    if "reference" in summary and summary["reference"]["too_long"]:
+        skipped = summary["reference"]["too_long"]
+        print(f"{skipped} records have no ppl/ifd: their prompt alone fills --max-length")
+    print(f"wrote {len(records)} scored records to {out} ({summary['seconds']:.1f} s)")
 
 
 @app.command("generate")
@@ -349,7 +515,10 @@ def generate(
     seeds: Annotated[
         str | None, typer.Option(help="Seed tasks: file or built-in name [default: seed-tasks-LANGUAGE].")
     ] = None,
-    mode: Annotated[str | None, typer.Option(help="alpaca [default] or self-instruct.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="alpaca [default], self-instruct, evol (Evol-Instruct) or magpie.")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="evol: rounds of evolution [default: 3].")] = None,
     language: Annotated[str | None, typer.Option(help="en [default] or zh.")] = None,
     api: Annotated[
         str | None, typer.Option(help="chat or completions [default: chat; local: by the model].")
@@ -367,11 +536,12 @@ def generate(
     """
     from pacos.config import load_config
     from pacos.generate.config import GenerateConfig
+    from pacos.generate.evol import ROUNDS_DONE
     from pacos.generate.report import RichProgress, summary_table
     from pacos.generate.run import generate as run_generation
 
     flags = {"teacher": teacher, "out_dir": out, "num": num, "model": model, "seeds": seeds, "mode": mode,
-             "language": language, "budget": budget, "client.api": api}  # fmt: skip
+             "language": language, "budget": budget, "client.api": api, "evol.rounds": rounds}  # fmt: skip
     extra = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
     settings = load_config(GenerateConfig, config, [*(overrides or []), *extra])
     console = _console()
@@ -381,8 +551,8 @@ def generate(
         f"{summary['accepted']} examples in {Path(settings.out_dir or '.') / 'data.json'} "
         f"({summary['stopped']})"
     )
-    if summary["accepted"] < settings.num:
-        raise typer.Exit(1)
+    if summary["accepted"] < settings.num and not summary["stopped"].startswith(ROUNDS_DONE):
+        raise typer.Exit(1)  # evol may end below --num: its rounds, not the target, bound the work
 
 
 @app.command("train")

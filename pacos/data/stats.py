@@ -9,11 +9,14 @@ under `(question)`.
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pacos.data.records import Record
 
@@ -132,7 +135,7 @@ def verb_object(instruction: str) -> tuple[str, str | None]:
     return verb, (phrase[-1] if phrase else None)
 
 
-def _summary(values: list[int]) -> dict[str, float]:
+def _summary(values: list[int] | list[float]) -> dict[str, float]:
     if not values:
         return {"count": 0}
     ordered = sorted(values)
@@ -194,7 +197,112 @@ def compute_stats(records: list[Record], tokenizer: Any = None, top: int = 20) -
         stats["tokens"] = {f: _summary(v) for f, v in tokens.items()}
         stats["tokens"]["total"] = _summary([sum(t) for t in zip(*tokens.values())])
     stats["_lengths"] = {"chars": chars, "tokens": tokens if tokenizer is not None else None}
+    values = score_values(records)
+    if values:
+        stats["scores"] = {key: _summary(v) | {"missing": len(records) - len(v)} for key, v in values.items()}
+        stats["_scores"] = values
     return stats
+
+
+def score_values(records: list[Record]) -> dict[str, list[float]]:
+    """The numbers under `record["scores"]`, per key (keys in order of first appearance)."""
+    values: dict[str, list[float]] = {}
+    for record in records:
+        scores = record.get("scores")
+        if not isinstance(scores, dict):
+            continue
+        for key, value in scores.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                values.setdefault(key, []).append(float(value))
+    return values
+
+
+def kmeans(
+    points: np.ndarray, k: int, seed: int = 0, iterations: int = 50, restarts: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means with k-means++ seeding, best of `restarts` runs by inertia (one run often stops in a
+    poor local optimum): (labels, centres). Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    k = min(k, len(points))
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for _ in range(restarts):
+        labels, centre = _lloyd(points, k, rng, iterations)
+        inertia = float(((points - centre[labels]) ** 2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, labels, centre)
+    return best[1], best[2]
+
+
+def _lloyd(
+    points: np.ndarray, k: int, rng: np.random.Generator, iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
+    centres = [points[rng.integers(len(points))]]
+    for _ in range(1, k):  # k-means++: far points are likelier next centres
+        dist = np.min(((points[:, None, :] - np.array(centres)[None]) ** 2).sum(-1), axis=1)
+        total = dist.sum()
+        pick = rng.choice(len(points), p=dist / total) if total > 0 else rng.integers(len(points))
+        centres.append(points[pick])
+    centre = np.array(centres)
+    labels = np.zeros(len(points), dtype=np.int64)
+    for step in range(iterations):
+        # ||p - c||^2 = ||p||^2 - 2 p.c + ||c||^2; the ||p||^2 term does not change the argmin.
+        new = np.argmin((centre**2).sum(1)[None] - 2 * points @ centre.T, axis=1)
+        if step and np.array_equal(new, labels):
+            break
+        labels = new
+        for c in range(k):
+            members = points[labels == c]
+            if len(members):
+                centre[c] = members.mean(0)
+    return labels, centre
+
+
+def embedding_map(
+    records: list[Record],
+    clusters: int = 8,
+    sample: int = 5000,
+    examples: int = 3,
+    embedder: Any = None,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """MiniLM embeddings of instruction + input (a seeded sample of at most `sample` records), k-means
+    clusters in the embedding space, and a 2-D PCA projection (numpy SVD) for the plot. Each cluster's
+    examples are the instructions nearest its centre."""
+    from pacos.data.embed import MODEL_NAME, embed_records
+
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(records), sample, replace=False)) if len(records) > sample else None
+    picked = [records[i] for i in chosen] if chosen is not None else records
+    vectors = embed_records(picked, ("instruction", "input"), embedder, show_progress=show_progress)
+    labels, centres = kmeans(vectors, clusters, seed)
+    centred = vectors - vectors.mean(0)
+    _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ axes[:2].T
+    variance = singular**2 / max((singular**2).sum(), 1e-12)
+    found = []
+    for c in range(len(centres)):
+        members = np.flatnonzero(labels == c)
+        if not len(members):
+            continue
+        near = members[np.argsort(-(vectors[members] @ centres[c]), kind="stable")[:examples]]
+        found.append(
+            {
+                "cluster": c,
+                "size": len(members),
+                "examples": [picked[i]["instruction"][:120] for i in near],
+            }
+        )
+    found.sort(key=lambda f: -f["size"])
+    return {
+        "model": MODEL_NAME,
+        "records": len(picked),
+        "sampled": chosen is not None,
+        "clusters": found,
+        "explained_variance_2d": [round(float(v), 4) for v in variance[:2]],
+        "_xy": xy,
+        "_labels": labels,
+    }
 
 
 def plot_stats(stats: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -258,4 +366,52 @@ def plot_stats(stats: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
+    if stats.get("_scores"):
+        written.append(plot_scores(stats["_scores"], out_dir))
+    if stats.get("_map"):
+        written.append(plot_map(stats["_map"], out_dir))
     return written
+
+
+def plot_scores(values: dict[str, list[float]], out_dir: Path) -> Path:
+    """One histogram per score key."""
+    from pacos.plotting import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 3.4), squeeze=False)
+    for ax, (key, numbers) in zip(axes[0], values.items()):
+        ax.hist(numbers, bins=min(40, max(5, len(set(numbers)))), color="#5b8def")
+        ax.set_title(f"scores.{key} ({len(numbers)} records)")
+        ax.set_xlabel(key)
+    axes[0][0].set_ylabel("records")
+    fig.tight_layout()
+    path = out_dir / "scores.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_map(found: dict[str, Any], out_dir: Path) -> Path:
+    """The 2-D PCA map of the embeddings, coloured by k-means cluster; the legend shows each cluster's size
+    and its most central instruction (Chinese renders with the CJK font pacos.plotting finds)."""
+    from pacos.plotting import pyplot
+
+    plt = pyplot()
+    xy, labels = found["_xy"], found["_labels"]
+    cmap = plt.get_cmap("tab10" if len(found["clusters"]) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(11, 7))
+    for i, cluster in enumerate(found["clusters"]):
+        at = labels == cluster["cluster"]
+        example = cluster["examples"][0] if cluster["examples"] else ""
+        example = example if len(example) <= 48 else example[:47] + "…"
+        ax.scatter(xy[at, 0], xy[at, 1], s=6, alpha=0.6, color=cmap(i % cmap.N),
+                   label=f"{cluster['size']}: {example}")  # fmt: skip
+    variance = found["explained_variance_2d"]
+    ax.set_xlabel(f"PC 1 ({variance[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC 2 ({variance[1]:.0%} of variance)" if len(variance) > 1 else "PC 2")
+    ax.set_title(f"{found['model']} embeddings of {found['records']} instructions, k-means clusters")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=3, frameon=False)
+    path = out_dir / "clusters.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

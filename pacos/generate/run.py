@@ -84,6 +84,9 @@ def load_seeds(config: GenerateConfig) -> list[dict[str, Any]]:
 
 def fingerprint(config: GenerateConfig) -> dict[str, Any]:
     settings = config.model_dump(exclude=OPERATIONAL)
+    for mode in ("evol", "magpie"):  # a mode's own settings define only that mode's runs
+        if config.mode != mode:
+            del settings[mode]
     settings["client"] = {k: v for k, v in settings["client"].items() if k not in OPERATIONAL_CLIENT}
     return settings
 
@@ -119,6 +122,8 @@ class Generator:
     accepted_log: AppendLog
     rejected_log: AppendLog
     requests_log: AppendLog
+    state: Any = None  # a mode's own state between rounds (evol: the pool)
+    finished: str | None = None  # a mode that ran out of work says why (evol: every round done)
 
     def request(self, number: int) -> tuple[Request, list[dict[str, Any]]]:
         c = self.config
@@ -208,15 +213,18 @@ class Generator:
             }
             self.judge_record(record, reply, seed_ids)
 
-    async def send(self, requests: list[Request], metas: list[dict[str, Any]]) -> list[Reply]:
-        """Run requests on the teacher; log every reply (append-only) before anything is judged."""
+    async def send(
+        self, requests: list[Request], metas: list[dict[str, Any]], teacher: Teacher | None = None
+    ) -> list[Reply]:
+        """Run requests on the teacher (or another view of it: Magpie's raw completions); log every reply
+        (append-only) before anything is judged."""
         c, tally = self.config, self.tally
 
         def over_budget() -> bool:
             return c.budget is not None and tally.cost >= c.budget
 
         start = time.monotonic()
-        replies = await self.teacher.run(requests, over_budget)
+        replies = await (teacher or self.teacher).run(requests, over_budget)
         share = (time.monotonic() - start) / max(len(requests), 1)  # the wall time, per request
         for reply, request, meta in zip(replies, requests, metas, strict=True):
             row = reply_record(reply, request, {**meta, "wall_seconds": round(share, 3)})
@@ -231,6 +239,14 @@ class Generator:
             from pacos.generate.self_instruct import self_instruct_round
 
             return await self_instruct_round(self)
+        if c.mode == "evol":
+            from pacos.generate.evol import evol_round
+
+            return await evol_round(self)
+        if c.mode == "magpie":
+            from pacos.generate.magpie import magpie_round
+
+            return await magpie_round(self)
         count = c.requests_per_round or self.teacher.batch_size
         if c.max_requests is not None:
             count = min(count, c.max_requests - tally.requests)
@@ -246,6 +262,8 @@ class Generator:
         c, tally = self.config, self.tally
         if len(tally.accepted) >= c.num:
             return "target reached"
+        if self.finished:
+            return self.finished
         if c.budget is not None and tally.cost >= c.budget:
             return f"budget of ${c.budget:g} reached"
         if c.max_requests is not None and tally.requests >= c.max_requests:
@@ -295,7 +313,12 @@ async def _generate(config: GenerateConfig, force: bool, progress: Any) -> dict[
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_run_dir(out_dir, fingerprint(config), force)
-    seeds = load_seeds(config)
+    # Evol reads its own starting set (outputs optional); Magpie has no seeds at all.
+    seeds = load_seeds(config) if config.mode in ("alpaca", "self-instruct") else []
+    if config.mode == "evol":  # a bad starting set fails before any teacher is contacted
+        from pacos.generate.evol import load_start
+
+        load_start(config)
     prices = load_prices(config.prices)
     teacher = make_teacher(config.teacher, config.model, config.client, None)
     try:

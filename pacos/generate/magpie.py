@@ -1,0 +1,205 @@
+"""Magpie (Xu et al., 2024): an aligned chat model writes the user's turn itself, then answers it.
+
+No seed tasks: the chat template is rendered up to where the user's words begin (the system turn, if
+any, then the user header) and sent as a raw completion; what the model writes until its end-of-turn
+marker is an instruction. A second, ordinary chat call answers it (greedy by default, as Magpie does).
+Both the prefix and the end-of-turn marker are read off the tokenizer's own template: it is rendered
+around a marker string standing for the user's words, so any chat model works without a table of
+per-model headers.
+
+Filters, each a named rule: `empty`, `truncated` (the instruction hit `magpie.instruction_max_tokens`),
+`pacos generate`'s instruction rules (`too_short`: too few words to be a request, and the others),
+`repeated` (the same as, or ROUGE-L-near to, an earlier instruction: the novelty filter), then for the
+answer `answer_truncated`, `empty_answer` and every record rule (`pacos data clean`'s included).
+
+Teachers: a local engine (its tokenizer is at hand), or an http(s) endpoint that takes raw prompts on
+/v1/completions (`pacos serve`, vLLM, llama.cpp's server); its template comes from `magpie.tokenizer`,
+by default the endpoint's model name.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pacos.errors import PacosError, first_line
+from pacos.generate.teachers import EngineTeacher, Request, Teacher
+
+if TYPE_CHECKING:
+    from pacos.generate.run import Generator
+
+# Stands for the user's words while the template is rendered; no template alters a plain ASCII word.
+MARKER = "PACOSMAGPIEUSERTURNMARKER"
+# With --language zh and no system prompt of the user's: the model is told its users write Chinese.
+ZH_SYSTEM = "你是一个乐于助人的 AI 助手。用户会用中文向你提问，你用中文详细地回答。"
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    prefix: str  # the rendered template up to where the user's words begin
+    stops: list[str]  # what ends the user's turn: the template's end-of-turn text, the next header, EOS
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether encoding a raw prompt puts the tokenizer's BOS in front (servers encode raw prompts so)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True).input_ids
+    return len(ids) > len(tokenizer("a", add_special_tokens=False).input_ids) and ids[0] == bos
+
+
+def user_turn(tokenizer: Any, system: str | None, where: str = "the teacher") -> UserTurn:
+    """The template's text before the user's words and the strings that end the user's turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PacosError(
+            f"magpie: {where} has no chat template: Magpie needs a chat model (or --set magpie.tokenizer)"
+        )
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": MARKER})
+    try:
+        closed = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        opened = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # jinja raises what the template raises (a template that refuses a system turn)
+        raise PacosError(
+            f"magpie: {where}'s chat template cannot render a user turn: {first_line(e)}"
+        ) from None
+    if closed.count(MARKER) != 1 or opened.count(MARKER) != 1:
+        raise PacosError(f"magpie: {where}'s chat template does not show the user's words once")
+    prefix, end = closed.split(MARKER)
+    after = opened.split(MARKER)[1]
+    header = after[len(end) :] if after.startswith(end) else after  # the assistant's header
+    stops = [s for s in (end.strip(), header.strip(), tokenizer.eos_token) if s]
+    bos = tokenizer.bos_token
+    if bos and prefix.startswith(bos) and _adds_bos(tokenizer):  # else the model would see two BOS
+        prefix = prefix[len(bos) :]
+    return UserTurn(prefix, list(dict.fromkeys(stops))[:4])  # OpenAI takes four stop strings at most
+
+
+def _view(teacher: Teacher, chat: bool) -> Teacher:
+    """The same teacher (client, rate limits, engine shared), sending chat messages or raw prompts."""
+    if teacher.chat == chat:
+        return teacher
+    view = copy.copy(teacher)
+    view.chat = chat
+    return view
+
+
+@dataclass
+class MagpieState:
+    turn: UserTurn
+    raw: Teacher  # raw completions: the instructions
+    chat: Teacher  # chat messages: the answers
+    system: str | None
+
+
+def load_state(generator: Generator) -> MagpieState:
+    c, teacher = generator.config, generator.teacher
+    system = c.magpie.system_prompt
+    if system is None and c.language == "zh":
+        system = ZH_SYSTEM
+    if c.magpie.tokenizer:
+        from pacos.models import load_tokenizer
+
+        tokenizer, where = load_tokenizer(c.magpie.tokenizer), f"tokenizer '{c.magpie.tokenizer}'"
+    elif isinstance(teacher, EngineTeacher):
+        tokenizer, where = teacher.engine.tokenizer, f"teacher {teacher.name}"
+    else:
+        from pacos.models import load_tokenizer
+
+        if not teacher.model:
+            raise PacosError(
+                "magpie: the endpoint's model is unknown: pass --model or --set magpie.tokenizer"
+            )
+        tokenizer, where = load_tokenizer(teacher.model), f"tokenizer '{teacher.model}'"
+    return MagpieState(
+        user_turn(tokenizer, system, where), _view(teacher, False), _view(teacher, True), system
+    )
+
+
+def cut_at_stops(text: str, stops: list[str]) -> str:
+    """A server that does not honour stop strings exactly must not leak the template into the data."""
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text.strip()
+
+
+async def magpie_round(generator: Generator) -> bool:
+    """One batch of instructions from the bare template, their filters, the answers; False when every
+    request failed."""
+    g, c, tally = generator, generator.config, generator.tally
+    if g.state is None:
+        g.state = load_state(g)
+    state: MagpieState = g.state
+    count = c.requests_per_round or g.teacher.batch_size
+    if c.max_requests is not None:
+        count = max(1, min(count, c.max_requests - tally.requests))
+    requests = []
+    for i in range(count):
+        number = tally.requests + i
+        rng = random.Random(f"{c.seed}-{number}")  # the same request after a resume
+        requests.append(
+            Request(
+                f"req-{number:06d}",
+                state.turn.prefix,
+                c.magpie.instruction_max_tokens,
+                c.temperature,
+                c.top_p,
+                state.turn.stops,
+                seed=rng.randrange(2**31),
+            )
+        )
+    replies = await g.send(requests, [{"step": "instruction"}] * count, state.raw)
+    kept = []
+    for reply in replies:
+        if reply.error is not None:
+            continue
+        instruction = cut_at_stops(reply.text, state.turn.stops)
+        if not instruction:
+            g.reject({"instruction": ""}, "empty", "the model wrote no instruction", reply.request_id)
+            continue
+        if reply.finish_reason == "length":
+            reason = f"hit instruction_max_tokens={c.magpie.instruction_max_tokens}"
+            g.reject({"instruction": instruction}, "truncated", reason, reply.request_id)
+            continue
+        rule, reason = g.candidate_filter.check_instruction(instruction)
+        if rule:
+            g.reject({"instruction": instruction}, rule, reason or rule, reply.request_id)
+            continue
+        verdict = g.novelty.offer(instruction)
+        if not verdict.novel:
+            twin, score = verdict.most_similar[0]
+            same = " ".join(twin.split()) == " ".join(instruction.split())
+            why = f"the same as {twin!r}" if same else f"ROUGE-L {score:.2f} with {twin!r}"
+            g.reject({"instruction": instruction}, "repeated", why, reply.request_id)
+            continue
+        kept.append((instruction, reply, verdict))
+    if not kept:
+        return any(r.error is None for r in replies)
+    asks = [
+        Request(
+            f"req-{tally.requests + i:06d}",
+            instruction,
+            c.max_tokens,
+            c.magpie.answer_temperature,
+            c.top_p if c.magpie.answer_temperature > 0 else 1.0,
+            [],
+        )
+        for i, (instruction, _, _) in enumerate(kept)
+    ]
+    answers = await g.send(asks, [{"step": "answer"}] * len(asks), state.chat)
+    for answer, (instruction, reply, verdict) in zip(answers, kept, strict=True):
+        if answer.error is not None:
+            continue
+        record = {"instruction": instruction, "input": "", "output": answer.text.strip()}
+        if answer.finish_reason == "length":
+            g.reject(record, "answer_truncated", "the token limit cut the answer", answer.request_id)
+            continue
+        if not record["output"]:
+            g.reject(record, "empty_answer", "no answer", answer.request_id)
+            continue
+        extra = {"answer_request_id": answer.request_id, "system_prompt": state.system}
+        g.judge_record(record, reply, [], extra, verdict)
+    return any(r.error is None for r in replies)
