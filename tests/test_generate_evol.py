@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ import pytest
 from pacos.generate.evol import Item, check_prompt, lacks_content, refusal, replay
 from pacos.generate.teachers import Reply
 from tests.conftest import write_jsonl
-from tests.scripted_teacher import Action, ScriptedTeacher
+from tests.scripted_teacher import CLI_ENV, Action, ScriptedTeacher, kill_when_accepted
 
 ONE_AT_A_TIME = ["--set", "requests_per_round=1"]
 
@@ -225,23 +222,12 @@ def test_killed_evol_run_resumes_without_loss_or_duplicates(tmp_path):
         sys.executable, "-m", "pacos", "generate", "--mode", "evol", "--num", "30", "--rounds", "1",
         "--out", str(out), *ONE_AT_A_TIME,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     with ScriptedTeacher(default=Action("custom", respond=good_teacher), delay=0.05) as teacher:
         command += ["--teacher", teacher.url]
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         accepted = out / "accepted.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if accepted.exists() and accepted.read_text().count("\n") >= 10:
-                break
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        before = accepted.read_text()
+        before = kill_when_accepted(command, accepted, 10, "evol-9999")
         assert not (out / "data.json").exists() and 10 <= before.count("\n") < 30
-        with open(accepted, "a") as f:  # as if the kill came mid-write
-            f.write('{"id": "evol-9999", "instruction": "half a li')
-        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        rerun = subprocess.run(command, env=CLI_ENV, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     rows = lines(accepted)
     assert accepted.read_text().splitlines()[: before.count("\n")] == before.splitlines()

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from pacos.errors import PacosError
 from pacos.generate.magpie import ZH_SYSTEM, user_turn
-from tests.scripted_teacher import Action, ScriptedTeacher, pseudo_word
+from tests.scripted_teacher import CLI_ENV, Action, ScriptedTeacher, kill_when_accepted, pseudo_word
 from tests.test_generate_evol import smollm2_server  # noqa: F401 (a fixture)
 
 ONE_AT_A_TIME = ["--set", "requests_per_round=1"]
@@ -147,23 +144,12 @@ def test_killed_magpie_run_resumes_without_loss_or_duplicates(tmp_path, tiny_tok
         sys.executable, "-m", "pacos", "generate", "--mode", "magpie", "--num", "24", "--out", str(out),
         "--set", f"magpie.tokenizer={tiny_tokenizer_dir}", *ONE_AT_A_TIME,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     with ScriptedTeacher(default=Action("custom", respond=unique_instruction), delay=0.05) as teacher:
         command += ["--teacher", teacher.url]
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         accepted = out / "accepted.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if accepted.exists() and accepted.read_text().count("\n") >= 8:
-                break
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        before = accepted.read_text()
+        before = kill_when_accepted(command, accepted, 8, "gen-9999")
         assert not (out / "data.json").exists() and 8 <= before.count("\n") < 24
-        with open(accepted, "a") as f:  # as if the kill came mid-write
-            f.write('{"id": "gen-9999", "instruction": "half a li')
-        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        rerun = subprocess.run(command, env=CLI_ENV, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     rows = lines(accepted)
     assert accepted.read_text().splitlines()[: before.count("\n")] == before.splitlines()

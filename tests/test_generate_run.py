@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from pacos.generate.limits import RateLimiter, load_prices, price_for
 from pacos.generate.teachers import _retry_after
-from tests.scripted_teacher import Action, ScriptedTeacher, new_task
+from tests.scripted_teacher import CLI_ENV, Action, ScriptedTeacher, kill_when_accepted, new_task
 
 FAST_RETRIES = ["--set", "client.backoff_base=0.01", "--set", "client.backoff_max=0.05"]
 
@@ -191,24 +188,13 @@ def test_killed_run_resumes_exactly(tmp_path):
         sys.executable, "-m", "pacos", "generate", "--num", "30", "--out", str(out),
         "--set", "requests_per_round=1",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     with ScriptedTeacher(default=Action("list", tasks=2), delay=0.15) as teacher:
         command += ["--teacher", teacher.url]
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         accepted = out / "accepted.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if accepted.exists() and accepted.read_text().count("\n") >= 12:
-                break
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        before = accepted.read_text()
+        before = kill_when_accepted(command, accepted, 12, "gen-9999")
         assert not (out / "data.json").exists()  # it really died mid-run
         assert 12 <= before.count("\n") < 30
-        with open(accepted, "a") as f:  # as if the kill came mid-write
-            f.write('{"id": "gen-9999", "instruction": "half a li')
-        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        rerun = subprocess.run(command, env=CLI_ENV, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     kept = before.splitlines()
     rows = lines(accepted)
