@@ -248,8 +248,9 @@ def big_pool_child(cache: Path, size: int) -> None:
     print(json.dumps(result))
 
 
-def dedup_command(corpus: list[str], n: int, tmp: Path) -> dict:
-    """`pacos data dedup` on n records: every corpus text, then edited copies until n."""
+def write_records(corpus: list[str], n: int, tmp: Path) -> tuple[Path, int]:
+    """n records: every corpus text, then edited copies until n (seeded). Returns the file and how many
+    records are real texts."""
     rng = random.Random(2)
     vocabulary = " ".join(corpus[:2000]).split()
     texts = corpus[:n]
@@ -259,6 +260,12 @@ def dedup_command(corpus: list[str], n: int, tmp: Path) -> dict:
     records = [{"instruction": t, "input": "", "output": "-"} for t in texts]
     src = tmp / "records.json"
     src.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return src, real
+
+
+def dedup_command(corpus: list[str], n: int, tmp: Path) -> dict:
+    """`pacos data dedup` on n records: every corpus text, then edited copies until n."""
+    src, real = write_records(corpus, n, tmp)
     report = tmp / "report.json"
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "pacos", "data", "dedup", str(src), "--out", str(tmp / "kept.json")]
@@ -283,15 +290,7 @@ def dedup_command(corpus: list[str], n: int, tmp: Path) -> dict:
 def semantic_command(corpus: list[str], n: int, threshold: float, tmp: Path) -> dict:
     """`pacos data dedup --semantic` on the same n records as `dedup_command` (MiniLM embeddings, exact
     blocked search), with embedding and search time from its report."""
-    rng = random.Random(2)
-    vocabulary = " ".join(corpus[:2000]).split()
-    texts = corpus[:n]
-    real = len(texts)
-    while len(texts) < n:
-        texts.append(mutate(rng, rng.choice(texts[:real]), vocabulary))
-    records = [{"instruction": t, "input": "", "output": "-"} for t in texts]
-    src = tmp / "records.json"
-    src.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    src, _ = write_records(corpus, n, tmp)
     report = tmp / "semantic-report.json"
     cmd = [sys.executable, "-m", "pacos", "data", "dedup", str(src), "--out", str(tmp / "semantic.json")]
     start = time.perf_counter()
