@@ -82,6 +82,9 @@ def test_fused_loss_matches_full_logits(softcap):
     assert torch.allclose(fused, reference, rtol=1e-10)
     for got, t in zip(grads, (hidden, weight, bias)):
         assert torch.allclose(got, t.grad, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():  # validation's path: the loss alone
+        alone = linear_cross_entropy(hidden, weight, bias, targets, chunk_size=8, softcap=softcap)
+    assert torch.allclose(alone, reference, rtol=1e-10)
 
 
 def test_fused_loss_bf16_head_under_autocast_matches_fp64():

@@ -56,20 +56,24 @@ _compiled: dict[str, Any] = {}
 _COMPILE = os.environ.get("PACOS_COMPILE_LOSS", "1") != "0"
 
 
+def _compiled_or_eager(name: str, eager: Any, *args: Any) -> Any:
+    fn = _compiled.get(name)
+    if fn is None:
+        fn = _compiled[name] = torch.compile(eager, dynamic=True) if _COMPILE else eager
+    try:
+        return fn(*args)
+    except Exception as e:  # inductor needs a working C++ toolchain; the eager path is always there
+        if fn is eager:
+            raise
+        print(f"[train] compiled loss unavailable ({first_line(e)}); using the eager loss", file=sys.stderr)
+        _compiled[name] = eager
+        return eager(*args)
+
+
 def _loss_and_grad_logits(
     logits: torch.Tensor, y: torch.Tensor, softcap: float | None, acc: torch.dtype, out: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    fn = _compiled.get("fn")
-    if fn is None:
-        fn = _compiled["fn"] = torch.compile(_ce_grad_eager, dynamic=True) if _COMPILE else _ce_grad_eager
-    try:
-        return fn(logits, y, softcap, acc, out)
-    except Exception as e:  # inductor needs a working C++ toolchain; the eager path is always there
-        if fn is _ce_grad_eager:
-            raise
-        print(f"[train] compiled loss unavailable ({first_line(e)}); using the eager loss", file=sys.stderr)
-        _compiled["fn"] = _ce_grad_eager
-        return _ce_grad_eager(logits, y, softcap, acc, out)
+    return _compiled_or_eager("fn", _ce_grad_eager, logits, y, softcap, acc, out)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -105,7 +109,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if bias is not None:
                 logits = logits.to(acc) + bias.to(acc)
             if not (need_h or need_w or need_b):
-                total += _loss_only(logits, y, softcap, acc)
+                total += _compiled_or_eager("loss_only", _loss_only, logits, y, softcap, acc)
                 continue
             # The matmuls below run in the weights' dtype (bf16 tensor cores / AMX).
             loss, grad_low = _loss_and_grad_logits(logits, y, softcap, acc, weight.dtype)
