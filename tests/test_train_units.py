@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 import torch
@@ -11,7 +12,16 @@ import torch.nn.functional as F
 from pacos.models import load_model, load_tokenizer
 from pacos.train import attention as packed_attention
 from pacos.train.config import TrainConfig
-from pacos.train.data import IGNORE, StepPlan, collate, micro_batches, tokenize_record, tokenize_records
+from pacos.train.data import (
+    IGNORE,
+    StepPlan,
+    collate,
+    loop_example,
+    loop_examples,
+    micro_batches,
+    tokenize_record,
+    tokenize_records,
+)
 from pacos.train.distributed import setup
 from pacos.train.loss import CausalLMLoss, linear_cross_entropy
 from pacos.train.run import accumulate_gradients, build_model, lr_factor
@@ -85,6 +95,48 @@ def test_fused_loss_matches_full_logits(softcap):
     with torch.no_grad():  # validation's path: the loss alone
         alone = linear_cross_entropy(hidden, weight, bias, targets, chunk_size=8, softcap=softcap)
     assert torch.allclose(alone, reference, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("softcap", "alpha"), [(None, 0.7), (30.0, 0.7), (None, 0.0)])
+def test_unlikelihood_and_weights_match_the_definition(softcap, alpha):
+    """Welleck et al.'s token-level loss, written the slow way: at position t of an example, the set of
+    earlier targets of that example minus the target at t, each token once; -log(1 - p) over the set.
+    Plus per-position weights on the cross-entropy (how EOS gets its weight)."""
+    torch.manual_seed(1)
+    vocab = 13  # few tokens, so responses repeat them
+    hidden = torch.randn(41, 8, dtype=torch.float64, requires_grad=True)
+    weight = (torch.randn(vocab, 8, dtype=torch.float64) * 2).requires_grad_(True)
+    targets = torch.randint(0, vocab, (41,))
+    example_ids = torch.tensor([0] * 9 + [1] * 20 + [2] * 12)
+    weights = torch.rand(41, dtype=torch.float64) + 0.5
+    unlike = torch.zeros(41, dtype=torch.float64)
+    unlike[[3, 17, 18, 40]] = 1.5  # targets to unlearn: 1.5 * -log(1 - p_target) instead of their CE
+    fused = linear_cross_entropy(
+        hidden, weight, None, targets, 8, softcap, alpha, example_ids, weights, unlike
+    )
+    fused.backward()
+    grads = [hidden.grad.clone(), weight.grad.clone()]
+    hidden.grad = weight.grad = None
+
+    logits = hidden @ weight.T
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp = logits.log_softmax(-1)
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    p_target = logp.gather(1, targets[:, None]).squeeze(1).exp()
+    reference = torch.where(unlike > 0, -unlike * torch.log1p(-p_target), ce * weights).sum()
+    n_candidates = 0
+    for t in range(len(targets)):
+        same = [s for s in range(t) if example_ids[s] == example_ids[t]]
+        candidates = {int(targets[s]) for s in same} - {int(targets[t])}
+        n_candidates += len(candidates)
+        for c in candidates:
+            reference = reference - alpha * torch.log1p(-logp[t, c].exp())
+    reference.backward()
+    assert n_candidates > 100 or alpha == 0  # the example exercises the candidate sets
+    assert torch.allclose(fused, reference, rtol=1e-9)
+    assert torch.allclose(grads[0], hidden.grad, rtol=1e-7, atol=1e-10)
+    assert torch.allclose(grads[1], weight.grad, rtol=1e-7, atol=1e-10)
 
 
 def test_fused_loss_bf16_head_under_autocast_matches_fp64():
@@ -165,6 +217,90 @@ def test_packed_rows_equal_padded_rows(arch, request):
         targets = torch.tensor(e.targets)
         total += F.cross_entropy(logits[targets != IGNORE], targets[targets != IGNORE], reduction="sum")
     assert torch.allclose(packed, total, rtol=1e-5)
+
+
+def test_unlikelihood_per_example_in_training_only(tiny_llama):
+    """Candidates never cross examples (packed equals padded), and validation loss stays plain CE."""
+    tok, model = load_tokenizer(str(tiny_llama)), load_model(str(tiny_llama))
+    records = [
+        {"instruction": f"Task {i}.", "input": "", "output": "abc de fgh ab cd " * (i + 1)} for i in range(3)
+    ]
+    examples = [tokenize_record(r, tok, "alpaca", 512, "drop")[0] for r in records]
+    plain, with_ul = CausalLMLoss(model, chunk_size=16), CausalLMLoss(model, 16, unlikelihood=1.0)
+    losses = {}
+    for packing in (True, False):
+        b = collate(examples, tok.pad_token_id, packing)
+        args = (b.input_ids, b.position_ids, b.attention_mask, b.targets)
+        losses[packing] = with_ul(*args)[0]
+        ce = plain(*args)[0]
+        with_ul.eval()
+        assert torch.allclose(with_ul(*args)[0], ce)
+        with_ul.train()
+    assert torch.allclose(losses[True], losses[False], rtol=1e-5)
+    assert losses[True] - ce > 1.0  # the unlikelihood term is there
+
+
+@pytest.mark.parametrize(
+    ("output", "unit", "separator"),
+    [
+        ("Ok.\nThe only long line.", "The only long line.", "\n"),
+        ("Only one sentence here.", "Only one sentence here.", " "),  # ASCII sentences: a space
+        ("好。冬天空气很干燥", "冬天空气很干燥", ""),  # CJK: nothing between repeats
+    ],
+)
+def test_loop_example_unlearns_only_the_repeats(tiny_llama, output, unit, separator):
+    """The one unit of 6+ characters comes back 1-3 times; only its repeats are targets, all unlearned."""
+    tok = load_tokenizer(str(tiny_llama))
+    unit_ids = tok(unit, add_special_tokens=False).input_ids
+    separator_ids = tok(separator, add_special_tokens=False).input_ids if separator else []
+    record = {"instruction": "Do it.", "input": "", "output": output}
+    counts = set()
+    for seed in range(10):
+        example = loop_example(record, tok, "alpaca", 512, random.Random(seed))
+        repeats = sum(example.unlike) // len(unit_ids)
+        counts.add(repeats)
+        assert (
+            example.input_ids[-repeats * len(separator_ids + unit_ids) :]
+            == (separator_ids + unit_ids) * repeats
+        )
+        assert [t for t in example.targets if t != IGNORE] == unit_ids * repeats
+        assert [t for t, u in zip(example.targets, example.unlike, strict=True) if u] == unit_ids * repeats
+    assert counts == {1, 2, 3}
+
+
+def test_loop_examples_need_a_unit_and_fit_max_length(tiny_llama):
+    tok = load_tokenizer(str(tiny_llama))
+    records = [
+        {"instruction": "A.", "input": "", "output": "ok"},  # no unit of 6+ characters
+        {"instruction": "B.", "input": "", "output": "A sentence that is long enough. " * 3},
+    ]
+    assert loop_example(records[0], tok, "alpaca", 512, random.Random(0)) is None
+    assert len(loop_examples(records, 5, tok, "alpaca", 512, seed=0)) == 1
+    assert loop_examples(records, 5, tok, "alpaca", 20, seed=0) == []
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_unlearned_targets_reach_the_loss_in_training_only(tiny_llama, packing):
+    tok, model = load_tokenizer(str(tiny_llama)), load_model(str(tiny_llama))
+    record = {"instruction": "Do it.", "input": "", "output": "One line of text.\nAnother line of text."}
+    loop = loop_example(record, tok, "alpaca", 512, random.Random(0))
+    plain = tokenize_record(record, tok, "alpaca", 512, "drop")[0]
+    batch = collate([plain, loop], tok.pad_token_id, packing)
+    assert batch.unlike is not None and int(batch.unlike.sum()) == sum(loop.unlike)
+    loss_model = CausalLMLoss(model, chunk_size=16, loop_weight=2.0)
+    args = (batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets)
+    as_ce = loss_model(*args)[0]
+    unlearned = loss_model(*args, batch.unlike)[0]
+    labelled = batch.targets != IGNORE
+    hidden_p = model(batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask)
+    logp = hidden_p.logits.float().log_softmax(-1)[labelled]
+    y, u = batch.targets[labelled], batch.unlike[labelled].bool()
+    lp = logp.gather(1, y[:, None]).squeeze(1)
+    expected = (-lp[~u]).sum() + (-2.0 * torch.log1p(-lp[u].exp())).sum()
+    assert torch.allclose(unlearned, expected, rtol=1e-4)
+    assert not torch.allclose(unlearned, as_ce)
+    loss_model.eval()
+    assert torch.allclose(loss_model(*args, batch.unlike)[0], as_ce)
 
 
 @pytest.mark.parametrize("packing", [True, False])

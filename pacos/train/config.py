@@ -59,6 +59,17 @@ class TrainConfig(BaseModel):
     adam_eps: float = 1e-8
     max_grad_norm: float | None = 1.0
     gradient_checkpointing: bool = False
+    # Token-level unlikelihood (Welleck et al. 2019) with this weight: each response position also pushes
+    # down the tokens the response already used (other than its own target), the habit that makes small
+    # models loop under greedy decoding. 0: plain cross-entropy. Validation loss stays plain either way.
+    unlikelihood: float = Field(0.0, ge=0)
+    # Synthetic loops, as a share of the training examples: an answer cut after one of its lines or
+    # sentences, repeated 1-3 times, the repeats unlearned with weight loop_weight (train/data.py,
+    # loop_example). Greedy decoding of a small tuned model otherwise loops on a quarter of its answers.
+    loop_examples: float = Field(0.0, ge=0)
+    loop_weight: float = Field(1.0, gt=0)
+    # The EOS target's cross-entropy counts this many times: the one token that decides where an answer ends.
+    eos_weight: float = Field(1.0, gt=0)
     loss_chunk_size: int = Field(512, gt=0)  # labelled tokens per LM-head chunk ([chunk, vocab] logits)
     seed: int = 42
 

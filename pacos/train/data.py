@@ -11,6 +11,8 @@ response tokens and EOS are targets; prompt and padding never are (pad == EOS ca
 from __future__ import annotations
 
 import math
+import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ IGNORE = -100
 class Example:
     input_ids: list[int]
     targets: list[int]  # already shifted: targets[t] = input_ids[t + 1] on response positions, else -100
+    unlike: list[int] | None = None  # 1 where targets[t] is to be unlearned (loop_example)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -79,6 +82,58 @@ def tokenize_records(
     return examples, report
 
 
+# A line, sentence or clause of an answer, with its closing punctuation (ASCII and CJK).
+_UNIT = re.compile(r"[^\n。！？；，.!?;,]+[。！？；，.!?;,]*")
+
+
+def loop_example(
+    record: Record, tokenizer: Any, template: str, max_length: int, rng: random.Random
+) -> Example | None:
+    """A synthetic loop: the answer cut after one of its lines, sentences or clauses, which then comes
+    1-3 more times, as a small model loops under greedy decoding. The repeats' tokens are targets to
+    unlearn (Welleck et al. 2019's sequence-level unlikelihood, on made-up loops instead of sampled ones:
+    sampling answers is what a CPU cannot afford); nothing else in it is a target. None when the answer
+    has no unit of 6+ characters or the result is longer than max_length."""
+    response = record["output"]
+    units = [m for m in _UNIT.finditer(response) if len(m.group().strip()) >= 6]
+    if not units:
+        return None
+    unit = rng.choice(units)
+    # What separates the repeats: the newlines before the unit, else a space between ASCII sentences.
+    separator = re.search(r"\n*$", response[: unit.start()]).group()
+    if not separator and not unit.group()[0].isspace() and unit.group().isascii():
+        separator = " "
+    prompt_ids = tokenizer(
+        render_prompt(record, template, tokenizer), add_special_tokens=template != "chat"
+    ).input_ids
+    prefix_ids = tokenizer(response[: unit.end()], add_special_tokens=False).input_ids
+    separator_ids = tokenizer(separator, add_special_tokens=False).input_ids if separator else []
+    unit_ids = tokenizer(unit.group(), add_special_tokens=False).input_ids
+    input_ids, flags = prompt_ids + prefix_ids, [0] * (len(prompt_ids) + len(prefix_ids))
+    for _ in range(rng.randint(1, 3)):
+        input_ids += separator_ids + unit_ids
+        flags += [0] * len(separator_ids) + [1] * len(unit_ids)
+    if len(input_ids) > max_length:
+        return None
+    targets = [t if f else IGNORE for t, f in zip(input_ids[1:], flags[1:], strict=True)] + [IGNORE]
+    return Example(input_ids, targets, [*flags[1:], 0])
+
+
+def loop_examples(
+    records: list[Record], n: int, tokenizer: Any, template: str, max_length: int, seed: int
+) -> list[Example]:
+    """Up to n loop_example()s from records drawn at random (seeded)."""
+    rng = random.Random(seed)
+    out: list[Example] = []
+    for record in rng.sample(records, len(records)):
+        if len(out) == n:
+            break
+        example = loop_example(record, tokenizer, template, max_length, rng)
+        if example is not None:
+            out.append(example)
+    return out
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [rows, length]
@@ -86,6 +141,7 @@ class Batch:
     attention_mask: torch.Tensor | None  # None when packed: position ids mark where each example starts
     targets: torch.Tensor
     real_tokens: int
+    unlike: torch.Tensor | None = None  # 1 where the target is to be unlearned; None: nowhere
 
     @property
     def padded_tokens(self) -> int:
@@ -104,6 +160,7 @@ class Batch:
             mask,
             self.targets.to(**move),
             self.real_tokens,
+            None if self.unlike is None else self.unlike.to(**move),
         )
 
 
@@ -111,21 +168,33 @@ def collate(examples: list[Example], pad_id: int, packing: bool) -> Batch:
     """Packed: one row, no padding, positions restart per example (transformers then keeps examples from
     attending to each other). Not packed: right-padded rows with an attention mask."""
     real = sum(len(e) for e in examples)
+    any_unlike = any(e.unlike is not None for e in examples)
     if packing:
         ids = [t for e in examples for t in e.input_ids]
         pos = [p for e in examples for p in range(len(e))]
         tgt = [t for e in examples for t in e.targets]
-        return Batch(torch.tensor([ids]), torch.tensor([pos]), None, torch.tensor([tgt]), real)
+        unlike = [u for e in examples for u in (e.unlike or [0] * len(e))] if any_unlike else None
+        return Batch(
+            torch.tensor([ids]),
+            torch.tensor([pos]),
+            None,
+            torch.tensor([tgt]),
+            real,
+            None if unlike is None else torch.tensor([unlike]),
+        )
     width = max(len(e) for e in examples)
     ids = torch.full((len(examples), width), pad_id)
     tgt = torch.full((len(examples), width), IGNORE)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    unlike = torch.zeros((len(examples), width), dtype=torch.long) if any_unlike else None
     for row, e in enumerate(examples):
         ids[row, : len(e)] = torch.tensor(e.input_ids)
         tgt[row, : len(e)] = torch.tensor(e.targets)
         mask[row, : len(e)] = 1
+        if unlike is not None and e.unlike is not None:
+            unlike[row, : len(e)] = torch.tensor(e.unlike)
     pos = torch.arange(width).expand(len(examples), width).clone()
-    return Batch(ids, pos, mask, tgt, real)
+    return Batch(ids, pos, mask, tgt, real, unlike)
 
 
 class StepPlan:

@@ -28,7 +28,7 @@ from pacos.train import attention as packed_attention
 from pacos.train import checkpoint as ckpt
 from pacos.train import distributed as dist_utils
 from pacos.train.config import TrainConfig
-from pacos.train.data import Batch, Example, StepPlan, micro_batches, tokenize_records
+from pacos.train.data import Batch, Example, StepPlan, loop_examples, micro_batches, tokenize_records
 from pacos.train.loss import CausalLMLoss
 from pacos.train.metrics import MetricsLog, plot_loss
 
@@ -176,7 +176,9 @@ def accumulate_gradients(
                 enabled=runtime.autocast_dtype is not None,
             ),
         ):
-            loss_sum, _ = loss_model(batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets)
+            loss_sum, _ = loss_model(
+                batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets, batch.unlike
+            )
             # DDP/FSDP average gradients over ranks; scaling by world size turns that into the global sum.
             (loss_sum * runtime.world_size / labelled).backward()
         step_loss += float(loss_sum.detach())
@@ -304,13 +306,28 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         f"{report.response_tokens / max(1, report.response_tokens + report.prompt_tokens):.0%} "
         f"of tokens are response tokens",
     )
+    if config.loop_examples:
+        n_loops = round(config.loop_examples * len(train_examples))
+        loops = loop_examples(
+            train_records, n_loops, tokenizer, config.template, config.max_length, config.seed
+        )
+        train_examples += loops
+        _say(runtime, f"[train] {len(loops)} synthetic loops added, their repeats unlearned")
     plan = StepPlan(
         len(train_examples), config.batch_size, config.micro_batch_size, config.seed, runtime.world_size
     )
     total_steps = plan.total_steps(config.epochs, config.max_steps)
     pad_id = tokenizer.pad_token_id
 
-    loss_model = dist_utils.wrap(CausalLMLoss(hf_model, config.loss_chunk_size), hf_model, runtime)
+    loss_model = CausalLMLoss(
+        hf_model,
+        config.loss_chunk_size,
+        config.unlikelihood,
+        config.eos_weight,
+        tokenizer.eos_token_id,
+        config.loop_weight,
+    )
+    loss_model = dist_utils.wrap(loss_model, hf_model, runtime)
     torch.manual_seed(config.seed + runtime.rank)  # but different dropout draws on each rank
     optimizer = make_optimizer(loss_model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config))
