@@ -47,6 +47,18 @@ def _position_losses(
     return loss, torch.where(flagged, -unlike * p / (1 - p), w)
 
 
+def _capped_logits(
+    logits: torch.Tensor, softcap: float | None, acc: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(logits in `acc`, capped if the model caps them, tanh(logits / softcap) or None, logsumexp)."""
+    full = logits.to(acc)
+    capped = None
+    if softcap:  # Gemma 2 caps logits with tanh; the gradient passes through the cap
+        capped = torch.tanh(full / softcap)
+        full = capped * softcap
+    return full, capped, torch.logsumexp(full, dim=-1)
+
+
 def _ce_grad_eager(
     logits: torch.Tensor,
     y: torch.Tensor,
@@ -58,11 +70,7 @@ def _ce_grad_eager(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed CE, d CE / d logits in dtype `out`), with the softmax and sums in `acc`; each position's
     CE times `weights` [chunk], and `unlike` rows unlearned (_position_losses), where given."""
-    full = logits.to(acc)
-    if softcap:  # Gemma 2 caps logits with tanh; the gradient passes through the cap
-        capped = torch.tanh(full / softcap)
-        full = capped * softcap
-    lse = torch.logsumexp(full, dim=-1)
+    full, capped, lse = _capped_logits(logits, softcap, acc)
     loss, row_factor = _position_losses(lse - full.gather(1, y[:, None]).squeeze(1), weights, unlike)
     # Out of place on purpose: compiled, softmax - one-hot and the cast fuse into one pass.
     onehot = torch.arange(full.shape[1], device=y.device)[None, :] == y[:, None]
@@ -97,18 +105,6 @@ def _compiled_or_eager(name: str, eager: Any, *args: Any) -> Any:
         return eager(*args)
 
 
-def _loss_and_grad_logits(
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    softcap: float | None,
-    acc: torch.dtype,
-    out: torch.dtype,
-    weights: torch.Tensor | None = None,
-    unlike: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _compiled_or_eager("fn", _ce_grad_eager, logits, y, softcap, acc, out, weights, unlike)
-
-
 def _ce_unlikelihood_grad_eager(
     logits: torch.Tensor,
     y: torch.Tensor,
@@ -126,11 +122,7 @@ def _ce_unlikelihood_grad_eager(
     p_j sum_c a_c, with a_c = alpha p_c / (1 - p_c). The dense part only rescales each row's softmax, so
     it fuses into the one pass over [chunk, vocab]; the sparse part, a [chunk, M], is returned for the
     caller to apply to the few candidate rows of the head (never scattered into the dense gradient)."""
-    full = logits.to(acc)
-    if softcap:
-        capped = torch.tanh(full / softcap)
-        full = capped * softcap
-    lse = torch.logsumexp(full, dim=-1)
+    full, capped, lse = _capped_logits(logits, softcap, acc)
     ce, row_factor = _position_losses(lse - full.gather(1, y[:, None]).squeeze(1), weights, unlike)
     at_columns = full[:, columns]
     p_candidate = torch.exp(at_columns - lse[:, None]).clamp(max=1 - 1e-6) * candidate
@@ -231,7 +223,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 )
                 sparse = sparse.to(weight.dtype)
             else:
-                loss, grad_low = _loss_and_grad_logits(logits, y, softcap, acc, weight.dtype, w, u)
+                loss, grad_low = _compiled_or_eager(
+                    "fn", _ce_grad_eager, logits, y, softcap, acc, weight.dtype, w, u
+                )
             total += loss
             if need_h:
                 grad_rows = grad_low @ weight
