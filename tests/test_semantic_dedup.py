@@ -249,3 +249,17 @@ def test_cli_semantic_bad_options(cli, tmp_path, args, message):
     src = write_jsonl(tmp_path / "data.jsonl", [rec("One task.")])
     result = cli("data", "dedup", src, "--out", tmp_path / "kept.json", *args)
     assert result.code == 1 and message in result.err and "Traceback" not in result.err
+
+
+def test_bf16_embeddings_make_the_same_decisions(embedder):
+    """The bulk path (bf16 matmuls under autocast) stays within rounding of fp32 and decides alike."""
+    from pacos.data.embed import Embedder
+
+    texts = [t for pair in PARAPHRASES + SAME_WORDS_OTHER_TASK for t in pair]
+    fp32 = embedder.encode(texts)
+    bf16 = Embedder(bf16=True).encode(texts)
+    assert bf16.dtype == fp32.dtype and np.allclose(bf16.norm(dim=-1), 1.0, atol=1e-5)
+    assert not np.array_equal(bf16.numpy(), fp32.numpy())  # the matmuls did run in bf16
+    cos32, cos16 = (fp32[0::2] * fp32[1::2]).sum(-1), (bf16[0::2] * bf16[1::2]).sum(-1)
+    assert (cos32 - cos16).abs().max() < 0.01
+    assert ((cos32 > 0.9) == (cos16 > 0.9)).all()

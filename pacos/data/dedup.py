@@ -254,7 +254,7 @@ def semantic_dedup_records(
     import time
 
     from pacos.data.clean import DUPLICATE_RULE, _dedup_key
-    from pacos.data.embed import MODEL_NAME, embed_records
+    from pacos.data.embed import MODEL_NAME, bulk_embedder, embed_records
 
     fields = check_fields(fields)
     if index not in INDEXES:
@@ -268,6 +268,7 @@ def semantic_dedup_records(
     used = "hnsw" if index == "hnsw" or (index == "auto" and len(unique) > EXACT_LIMIT) else "exact"
 
     started = time.perf_counter()
+    embedder = embedder or bulk_embedder()
     vectors = embed_records([records[i] for i in unique], fields, embedder, show_progress=show_progress)
     embedded = time.perf_counter()
     greedy = greedy_keep_first(vectors, threshold, index=used, block_size=block_size)
@@ -343,6 +344,7 @@ def semantic_dedup_records(
         ),
         "threshold": threshold,
         "model": MODEL_NAME,
+        "embedding_precision": "bf16 matmuls" if getattr(embedder, "bf16", False) else "fp32",
         "fields": list(fields),
         "index": "exact" if used == "exact" else "faiss HNSW (approximate)",
         "exact_duplicates": exact,

@@ -113,9 +113,9 @@ def select_records(
         chosen = ranked[:budget]
     else:
         from pacos.data.dedup import greedy_keep_first
-        from pacos.data.embed import Embedder, embed_records
+        from pacos.data.embed import bulk_embedder, embed_records
 
-        embedder = embedder or Embedder()
+        embedder = embedder or bulk_embedder()
         with contextlib.ExitStack() as stack:
             advance = _progress_bar(stack, len(ranked)) if show_progress and len(ranked) >= 1000 else None
 
