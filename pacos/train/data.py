@@ -43,13 +43,18 @@ class TokenizeReport:
     response_tokens: int = 0
 
 
+def prompt_token_ids(record: Record, tokenizer: Any, template: str) -> list[int]:
+    # A chat template writes its own BOS; a plain template gets the tokenizer's (Gemma and Llama want one).
+    return tokenizer(
+        render_prompt(record, template, tokenizer), add_special_tokens=template != "chat"
+    ).input_ids
+
+
 def tokenize_record(
     record: Record, tokenizer: Any, template: str, max_length: int, truncation: str
 ) -> tuple[Example | None, str]:
     """One training example, or None with the reason it cannot be one ('too_long')."""
-    prompt = render_prompt(record, template, tokenizer)
-    # A chat template writes its own BOS; a plain template gets the tokenizer's (Gemma and Llama want one).
-    prompt_ids = tokenizer(prompt, add_special_tokens=template != "chat").input_ids
+    prompt_ids = prompt_token_ids(record, tokenizer, template)
     response_ids = [*tokenizer(record["output"], add_special_tokens=False).input_ids, tokenizer.eos_token_id]
     if len(prompt_ids) + len(response_ids) > max_length:
         if truncation == "drop" or len(prompt_ids) >= max_length - 1:
@@ -103,9 +108,7 @@ def loop_example(
     separator = re.search(r"\n*$", response[: unit.start()]).group()
     if not separator and not unit.group()[0].isspace() and unit.group().isascii():
         separator = " "
-    prompt_ids = tokenizer(
-        render_prompt(record, template, tokenizer), add_special_tokens=template != "chat"
-    ).input_ids
+    prompt_ids = prompt_token_ids(record, tokenizer, template)
     prefix_ids = tokenizer(response[: unit.end()], add_special_tokens=False).input_ids
     separator_ids = tokenizer(separator, add_special_tokens=False).input_ids if separator else []
     unit_ids = tokenizer(unit.group(), add_special_tokens=False).input_ids
