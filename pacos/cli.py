@@ -605,6 +605,53 @@ def train(
     )
 
 
+@app.command("distill")
+def distill(
+    teacher: Annotated[str | None, typer.Option(help="Teacher model (the student's tokenizer).")] = None,
+    student: Annotated[
+        str | None, typer.Option(help="Student model: embedded name, directory, hub id.")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Training data (its answers feed the cross-entropy).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Recipe YAML with a distill: section.")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where the student and checkpoints go.")] = None,
+    divergence: Annotated[
+        str | None, typer.Option(help="forward_kl, reverse_kl or jsd (with distill.beta).")
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(help="Cache the teacher's top-k logits once instead of running it each step."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint.")] = False,
+    overrides: SetOption = None,
+) -> None:
+    """Token-level knowledge distillation: the student learns the teacher's next-token distributions on
+    the response tokens (`pacos train` with another loss; settings under distill.* in the recipe)."""
+    from pacos.config import load_config
+    from pacos.train.config import TrainConfig
+    from pacos.train.run import train as run_training
+
+    flags = {
+        "distill.teacher": teacher,
+        "model": student,
+        "data": data,
+        "output_dir": output_dir,
+        "distill.divergence": divergence,
+        "distill.top_k": top_k,
+    }
+    extra = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
+    settings = load_config(TrainConfig, config, [*(overrides or []), *extra])
+    if settings.distill is None:
+        raise PacosError("pacos distill needs a teacher: --teacher MODEL or distill.teacher in the recipe")
+    result = run_training(settings, resume=resume)
+    if result.is_main:
+        print(
+            f"distilled {settings.distill.teacher} into {result.output_dir} in {result.steps} steps "
+            f"({result.seconds:.0f} s); final loss {result.final_loss:.4f}"
+        )
+
+
 @app.command("eval")
 def evaluate(
     out: Annotated[Path, typer.Option("--out", help="Where answers, metrics.json and the report go.")],
@@ -858,7 +905,8 @@ def export(
         str,
         typer.Option(
             "--outtype",
-            help="GGUF weights: f16, q8_0 or q4_0 (norms stay f32; q4_0 keeps the embeddings at q8_0).",
+            "--quant",
+            help="GGUF weights: f16, q8_0, q6_k, q4_k_m (llama-quantize's mix) or q4_0 (norms stay f32).",
         ),
     ] = "f16",
     base: Annotated[

@@ -110,6 +110,56 @@ def test_gguf_tensor_types_follow_the_outtype(models, tmp_path):
     assert names["q4_0"]["blk.0.ffn_up.weight"] == "Q4_0" and names["q4_0"]["token_embd.weight"] == "Q8_0"
 
 
+@pytest.fixture(scope="module")
+def wide_llama(tiny_llama, tmp_path_factory) -> Path:
+    """Rows of 256 and 512 values: whole k-quant super-blocks, so q4_k_m writes real Q4_K and Q6_K."""
+    root = tmp_path_factory.mktemp("gguf-wide")
+    return lively(
+        tiny_llama, root / "wide", hidden_size=256, intermediate_size=512, num_hidden_layers=8, head_dim=64
+    )
+
+
+def test_k_quant_mixes_follow_llama_quantize(wide_llama, models, tmp_path):
+    from gguf import GGUFReader
+
+    def types(src: Path, outtype: str) -> dict[str, str]:
+        path = export_gguf(src, tmp_path / f"{src.name}-{outtype}.gguf", outtype=outtype)
+        return {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
+
+    mix = types(wide_llama, "q4_k_m")
+    # llama.cpp's use_more_bits for 8 layers: 0, 3, 6 and 7 get 6 bits in attn_v and ffn_down.
+    for i in range(8):
+        wide = "Q6_K" if i in (0, 3, 6, 7) else "Q4_K"
+        assert (mix[f"blk.{i}.attn_v.weight"], mix[f"blk.{i}.ffn_down.weight"]) == (wide, wide), i
+        assert mix[f"blk.{i}.attn_q.weight"] == mix[f"blk.{i}.ffn_up.weight"] == "Q4_K"
+        assert mix[f"blk.{i}.attn_norm.weight"] == "F32"
+    assert mix["token_embd.weight"] == "Q6_K"  # tied: the embedding is the output head
+    six = types(wide_llama, "q6_k")
+    assert {v for k, v in six.items() if not k.endswith("norm.weight")} == {"Q6_K"}
+    # Rows of 32 (the tiny Gemma): no whole super-block, so llama.cpp's fallbacks Q5_0 and Q8_0.
+    small = types(models["gemma"], "q4_k_m")
+    assert small["blk.0.attn_q.weight"] == "Q5_0" and small["token_embd.weight"] == "Q8_0"
+    # 6 layers: 2 and 5 get more bits.
+    assert [small[f"blk.{i}.ffn_down.weight"] for i in range(6)] == ["Q5_0"] * 2 + ["Q8_0"] + ["Q5_0"] * 2 + [
+        "Q8_0"
+    ]
+
+
+def test_more_bits_keep_more_of_the_logits(wide_llama, tmp_path):
+    from transformers import AutoTokenizer
+
+    ids = torch.tensor([AutoTokenizer.from_pretrained(wide_llama)(TEXT).input_ids])
+    errors = {}
+    for outtype in ("q4_0", "q4_k_m", "q6_k", "q8_0"):
+        original, exported = load_pair(
+            wide_llama, export_gguf(wide_llama, tmp_path / f"{outtype}.gguf", outtype)
+        )
+        with torch.no_grad():
+            want, got = original(ids).logits, exported(ids).logits
+        errors[outtype] = float((want - got).pow(2).mean().sqrt() / want.std())
+    assert errors["q8_0"] < errors["q6_k"] < errors["q4_k_m"] < errors["q4_0"], errors
+
+
 def test_lora_adapter_is_merged_before_export(tiny_llama, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -11,8 +11,10 @@ come from `gguf.get_tensor_name_map`; the weight transforms and metadata follow 
   its q_norm weights, so llama.cpp computes the same attention.
 
 Tied embeddings write no `output.weight` (llama.cpp reuses `token_embd`). Outtypes: f16 (matrices F16,
-norms and biases F32), q8_0 and q4_0 (matrices quantized, the embeddings kept at Q8_0 for q4_0; a matrix
-whose rows are not a whole number of 32-value blocks stays F16, as in llama.cpp).
+norms and biases F32), q8_0 and q4_0 (matrices quantized, the embeddings kept at Q8_0 for q4_0), and the
+k-quant mixes q6_k and q4_k_m with llama-quantize's per-tensor choices (`_choose_qtypes`; the k-quant
+blocks from pacos.export.kquants). A matrix whose rows are not a whole number of 32-value blocks stays
+F16, as in llama.cpp.
 
 The tokenizer comes from the HF tokenizer's tokenizer.json: a byte-fallback BPE (SentencePiece-style:
 Gemma, Llama 2) is written as llama.cpp's "llama" vocabulary, each token scored by its first merge's rank
@@ -36,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from pacos.errors import PacosError, first_line
+from pacos.export import kquants
 from pacos.fileio import atomic_open
 
-OUTTYPES = ("f16", "q8_0", "q4_0")
+OUTTYPES = ("f16", "q8_0", "q6_k", "q4_k_m", "q4_0")
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
@@ -304,25 +307,58 @@ def _plan(arch: str, config: dict[str, Any], weights_dir: Path, writer: Any, n_v
     return tensors + extra
 
 
+def _more_bits(i: int, n: int) -> bool:
+    """llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third in between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
 def _choose_qtypes(tensors: list[_Tensor], outtype: str) -> int:
-    """Set each tensor's output type; return the GGUF file type."""
+    """Set each tensor's output type; return the GGUF file type. q4_k_m and q6_k follow llama-quantize's
+    choices (no importance matrix): q4_k_m gives attn_v and ffn_down of the layers `_more_bits` picks Q6_K,
+    the output head (the tied embedding when there is none) Q6_K, the rest Q4_K; a row that is not a whole
+    number of 256-value super-blocks falls back as llama.cpp does (Q4_K -> Q5_0, Q6_K -> Q8_0)."""
     import gguf
 
     q = gguf.GGMLQuantizationType
+    names = {t.name for t in tensors}
+    head = "output.weight" if "output.weight" in names else "token_embd.weight"
+    layers = {t.name: int(m.group(1)) for t in tensors if (m := re.match(r"blk\.(\d+)\.", t.name))}
+    n_layer = 1 + max(layers.values(), default=0)
     for t in tensors:
         if len(t.shape) == 1:
             t.qtype = q.F32
-        elif outtype == "f16" or t.shape[-1] % 32:  # Q8_0 and Q4_0 blocks are 32 values of a row
+        elif outtype == "f16" or t.shape[-1] % 32:  # every quantized block is at least 32 values of a row
             t.qtype = q.F16
-        elif outtype == "q8_0" or t.name in ("token_embd.weight", "output.weight"):
+        elif outtype == "q8_0" or (outtype == "q4_0" and t.name in ("token_embd.weight", "output.weight")):
             t.qtype = q.Q8_0
-        else:
+        elif outtype == "q4_0":
             t.qtype = q.Q4_0
+        else:
+            more = t.name in layers and _more_bits(layers[t.name], n_layer)
+            more = more and t.name.endswith(("attn_v.weight", "ffn_down.weight"))
+            six = outtype == "q6_k" or t.name == head or more
+            t.qtype = q.Q6_K if six else q.Q4_K
+            if t.shape[-1] % kquants.QK_K:
+                t.qtype = q.Q8_0 if six else q.Q5_0
     return {
         "f16": gguf.LlamaFileType.MOSTLY_F16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K,
+        "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M,
         "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
     }[outtype]
+
+
+def _quantize(data: Any, qtype: Any) -> Any:
+    """Raw bytes of one tensor: k-quants from pacos.export.kquants, the rest from the gguf package."""
+    import gguf
+    from gguf.quants import quantize
+
+    if qtype == gguf.GGMLQuantizationType.Q4_K:
+        return kquants.quantize_q4_k(data)
+    if qtype == gguf.GGMLQuantizationType.Q6_K:
+        return kquants.quantize_q6_k(data)
+    return quantize(data, qtype)
 
 
 # --- tokenizer -------------------------------------------------------------------------------------------
@@ -464,7 +500,7 @@ def _progress(tensors: list[_Tensor]) -> Iterable[_Tensor]:
 def _convert(weights_dir: Path, tokenizer_dir: Path, out: Path, outtype: str, name: str) -> None:
     import gguf
     import numpy as np
-    from gguf.quants import quant_shape_to_byte_shape, quantize
+    from gguf.quants import quant_shape_to_byte_shape
 
     config = _read_json(weights_dir / "config.json")
     hf_arch = (config.get("architectures") or ["(none)"])[0]
@@ -499,6 +535,6 @@ def _convert(weights_dir: Path, tokenizer_dir: Path, out: Path, outtype: str, na
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             for t in _progress(tensors):
-                writer.write_tensor_data(quantize(t.load(), t.qtype))
+                writer.write_tensor_data(_quantize(t.load(), t.qtype))
         finally:
             writer.close()

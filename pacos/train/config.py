@@ -19,6 +19,22 @@ class LoraConfig(BaseModel):
     target_modules: str | list[str] = "all-linear"
 
 
+class DistillConfig(BaseModel):
+    """Token-level distillation from a teacher with the student's tokenizer (pacos/distill)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta: float = Field(0.5, gt=0, lt=1)  # jsd's mixture weight of the teacher
+    temperature: float = Field(1.0, gt=0)
+    alpha: float = Field(0.0, ge=0, le=1)  # weight of the plain cross-entropy on the labels
+    # Run the teacher once and keep its top-k logits per response token (None: the live teacher each step).
+    top_k: int | None = Field(None, gt=0)
+    cache_dir: str | None = None  # default: <output_dir>/teacher-cache
+    chunk_size: int = Field(128, gt=0)  # response tokens per [chunk, vocab] slab of logits
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -71,6 +87,7 @@ class TrainConfig(BaseModel):
     # The EOS target's cross-entropy counts this many times: the one token that decides where an answer ends.
     eos_weight: float = Field(1.0, gt=0)
     loss_chunk_size: int = Field(512, gt=0)  # labelled tokens per LM-head chunk ([chunk, vocab] logits)
+    distill: DistillConfig | None = None  # learn a teacher's distributions instead of (or beside) labels
     seed: int = 42
 
     # Where and how it runs.
@@ -91,4 +108,6 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if self.val_data and self.val_fraction:
             raise ValueError("give val_data or val_fraction, not both")
+        if self.distill and (self.unlikelihood or self.loop_examples or self.eos_weight != 1.0):
+            raise ValueError("distill does not combine with unlikelihood, loop_examples or eos_weight")
         return self

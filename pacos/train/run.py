@@ -287,6 +287,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # Data and model.
     train_records, val_records = load_datasets(config)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    if config.distill:  # a teacher with another vocabulary fails here, before any model loads
+        from pacos.distill.run import check_teacher_tokenizer
+
+        check_teacher_tokenizer(config, tokenizer)
     hf_model = build_model(config, runtime, tokenizer)
     train_examples, report = tokenize_records(
         train_records, tokenizer, config.template, config.max_length, config.truncation
@@ -319,14 +323,19 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     total_steps = plan.total_steps(config.epochs, config.max_steps)
     pad_id = tokenizer.pad_token_id
 
-    loss_model = CausalLMLoss(
-        hf_model,
-        config.loss_chunk_size,
-        config.unlikelihood,
-        config.eos_weight,
-        tokenizer.eos_token_id,
-        config.loop_weight,
-    )
+    if config.distill:
+        from pacos.distill.run import distill_loss
+
+        loss_model = distill_loss(config, hf_model, tokenizer, train_examples, runtime)
+    else:
+        loss_model = CausalLMLoss(
+            hf_model,
+            config.loss_chunk_size,
+            config.unlikelihood,
+            config.eos_weight,
+            tokenizer.eos_token_id,
+            config.loop_weight,
+        )
     loss_model = dist_utils.wrap(loss_model, hf_model, runtime)
     torch.manual_seed(config.seed + runtime.rank)  # but different dropout draws on each rank
     optimizer = make_optimizer(loss_model, config)
