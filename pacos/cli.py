@@ -605,6 +605,22 @@ def train(
     )
 
 
+@app.command("selftrain")
+def selftrain(
+    config: Annotated[Path | None, typer.Option(help="Recipe YAML (recipes/selftrain*.yaml).")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where every round writes.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Iterative self-training: the model answers unlabelled instructions, the good answers are kept, it is
+    retrained on them, round after round until the held-out metric stops improving. A rerun resumes."""
+    from pacos.config import load_config
+    from pacos.selftrain.config import SelfTrainConfig
+    from pacos.selftrain.run import run_selftrain
+
+    extra = [f"output_dir={json.dumps(output_dir)}"] if output_dir else []
+    run_selftrain(load_config(SelfTrainConfig, config, [*(overrides or []), *extra]))
+
+
 @app.command("distill")
 def distill(
     teacher: Annotated[str | None, typer.Option(help="Teacher model (the student's tokenizer).")] = None,
@@ -650,6 +666,31 @@ def distill(
             f"distilled {settings.distill.teacher} into {result.output_dir} in {result.steps} steps "
             f"({result.seconds:.0f} s); final loss {result.final_loss:.4f}"
         )
+
+
+@app.command("compress")
+def compress(
+    model: Annotated[
+        str, typer.Argument(help="Model or LoRA adapter directory (merged first), or embedded name.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the pruned model and prune_report.json.")],
+    drop: Annotated[int, typer.Option(help="How many decoder layers to remove (lowest block influence).")],
+    data: Annotated[str, typer.Option(help="Calibration and evaluation text: records.")] = "seed-tasks",
+    calibration_tokens: Annotated[int, typer.Option(help="Tokens that rank the layers.")] = 8192,
+) -> None:
+    """Layer pruning (ShortGPT): drop the layers that change the hidden state least; report perplexity and
+    next-token agreement with the unpruned model. Heal with `pacos distill --teacher MODEL --student OUT`.
+    (For smaller files without pruning: `pacos export --format gguf --quant q4_k_m`.)"""
+    from pacos.compress.prune import prune
+
+    report = prune(model, out, drop, data, calibration_tokens=calibration_tokens)
+    before, after = report.evaluation["unpruned"], report.evaluation["pruned"]
+    print(
+        f"dropped layers {report.dropped} of {report.layers_before} "
+        f"({1 - report.parameters_after / report.parameters_before:.0%} of the parameters); held-out "
+        f"perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}, next-token agreement with the "
+        f"unpruned model {after['next_token_agreement']:.1%}; model in {out}"
+    )
 
 
 @app.command("eval")

@@ -85,23 +85,29 @@ class AnswerCache:
             self.log = None  # a later put opens it again
 
 
+def prompt_ids(engine: Any, records: list[dict[str, Any]]) -> list[list[int]]:
+    """Each record's prompt in the engine's template, tokenized as in training: a chat template writes
+    its own BOS, a plain template gets the tokenizer's."""
+    from pacos.data.templates import render_prompt
+
+    return [
+        engine.tokenizer(
+            render_prompt(r, engine.template, engine.tokenizer), add_special_tokens=engine.template != "chat"
+        ).input_ids
+        for r in records
+    ]
+
+
 def _local_answers(
     model: str, records: list[dict[str, Any]], decoding: Decoding, template: str | None
 ) -> list[dict[str, Any]]:
-    from pacos.data.templates import render_prompt
     from pacos.infer import Engine, SamplingParams
 
     engine = Engine.load(model, dtype=decoding.dtype, template=template)
     # A whole evaluation set in one batch (up to 48 rows): the weights are read once per decoding step
     # whatever the rows, so more rows give more tokens/s (here, bf16: 24 rows of 256 tokens in about 60 s).
     engine.max_batch_size = max(engine.max_batch_size, min(len(records), 48))
-    # As in training: a chat template writes its own BOS, a plain template gets the tokenizer's.
-    prompts = [
-        engine.tokenizer(
-            render_prompt(r, engine.template, engine.tokenizer), add_special_tokens=engine.template != "chat"
-        ).input_ids
-        for r in records
-    ]
+    prompts = prompt_ids(engine, records)
     params = SamplingParams(
         max_new_tokens=decoding.max_new_tokens,
         temperature=decoding.temperature,
