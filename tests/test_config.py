@@ -39,13 +39,20 @@ def test_errors_name_the_file_and_field(tmp_path):
 TRAINING = sorted(
     p.name
     for p in RECIPES.glob("*.yaml")
-    if p.name not in ("clean.yaml", "quickstart.yaml") and "generate" not in p.name
+    if p.name not in ("clean.yaml", "quickstart.yaml") and not p.name.startswith(("generate", "selftrain"))
 )
 
 
 @pytest.mark.parametrize("recipe", TRAINING)
 def test_training_recipes_load(recipe):
     assert isinstance(load_config(TrainConfig, RECIPES / recipe), TrainConfig)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("selftrain*.yaml")))
+def test_selftrain_recipes_load(recipe):
+    from pacos.selftrain.config import SelfTrainConfig
+
+    assert isinstance(load_config(SelfTrainConfig, RECIPES / recipe), SelfTrainConfig)
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("generate*.yaml")))
