@@ -29,7 +29,7 @@ TRAIN: dict[str, Any] = {
     "loop_examples": 0.5,
     "loop_weight": 1.0,
     "unlikelihood": 1.0,
-    "eos_weight": 2.0,
+    "eos_weight": 3.5,
     "precision": "bf16-mixed",
     "eval_every": 45,
     "save_every": 20,
