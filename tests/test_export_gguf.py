@@ -246,3 +246,28 @@ def test_cli_gguf_errors_are_one_line(cli, tiny_llama, tmp_path):
     )
     assert "unknown --outtype 'q2'" in err
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_gemma_q4_k_m_loads_in_llama_cpp_and_keeps_the_next_token(tmp_path):
+    """Issue #12's bar on the embedded Gemma 3 270M: pacos's Q4_K_M loads in llama.cpp and agrees with the
+    fp32 model on >= 85% of next tokens; its size is llama.cpp's own Q4_K_M's within 5%."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from pacos.data.io import read_records
+    from pacos.data.templates import render_prompt
+    from pacos.models import EMBEDDED_MODELS, load_model, load_tokenizer
+
+    path = export_gguf("gemma-3-270m", tmp_path / "q4_k_m.gguf", outtype="q4_k_m")
+    own = EMBEDDED_MODELS["gemma-3-270m"].gguf()
+    assert abs(path.stat().st_size / own.stat().st_size - 1) < 0.05
+    tokenizer = load_tokenizer("gemma-3-270m")
+    records = read_records("seed-tasks")[:4]
+    ids = tokenizer("\n\n".join(render_prompt(r, "alpaca") + r["output"] for r in records)).input_ids[:300]
+    with torch.no_grad():
+        want = load_model("gemma-3-270m").eval()(torch.tensor([ids])).logits[0].argmax(-1)
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=512, n_threads=2)
+    try:
+        llm.eval(ids)
+        got = torch.tensor(llm.scores[: len(ids)]).argmax(-1)
+    finally:
+        llm.close()
+    assert (got == want).float().mean() >= 0.85
