@@ -1,0 +1,410 @@
+"""`pacos data ...`: validate, convert, clean, mix, split, stats, dedup, select, score."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pacos.cli.app import (
+    DeviceOption,
+    SetOption,
+    TemplateOption,
+    data_app,
+    progress,
+)
+from pacos.errors import PacosError
+from pacos.fileio import write_json
+
+
+@data_app.command("validate")
+def data_validate(
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            help="Files, dataset directories, hub ids or built-in names "
+            "(seed-tasks, seed-tasks-en, seed-tasks-zh)."
+        ),
+    ],
+    no_output: Annotated[
+        bool, typer.Option("--no-output", help="Do not require an 'output' field (prompt-only files).")
+    ] = False,
+) -> None:
+    """Check files against the record schema: one line per problem, exit 1 if any."""
+    from pacos.data.io import Problem, scan
+
+    problems = 0
+    for source in files:
+        count = found = 0
+        try:
+            for item in scan(source, require_output=not no_output):
+                if isinstance(item, Problem):
+                    found += 1
+                    print(item)
+                else:
+                    count += len(item[1])
+        except PacosError as e:  # unreadable as a whole (encoding, unknown type, hub failure): next file
+            found += 1
+            print(e)
+        problems += found
+        if not found:
+            print(f"{source}: {count} records OK")
+    if problems:
+        print(f"{problems} problem(s) found", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
+    out: Annotated[Path, typer.Argument(help="Output path; the format follows its suffix.")],
+    fmt: Annotated[str | None, typer.Option("--format", help="json, jsonl, csv, tsv, parquet or hf.")] = None,
+) -> None:
+    """Convert between formats (and from chats or seed tasks into instruction records)."""
+    from pacos.data.io import read_records, write_records
+
+    records = read_records(source)
+    write_records(records, out, fmt)
+    print(f"wrote {len(records)} records to {out}")
+
+
+@data_app.command("clean")
+def data_clean(
+    source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
+    out: Annotated[Path, typer.Option("--out", help="Cleaned records; the format follows the suffix.")],
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    rejected: Annotated[
+        Path | None,
+        typer.Option(help="Dropped records, each with its rule [default: OUT's name + .rejected.jsonl]."),
+    ] = None,
+    fix: Annotated[
+        bool | None, typer.Option("--fix", help="Repair what fix rules find instead of only flagging it.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of clean settings.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Apply the named cleaning rules; report counts per rule; never lose a record silently."""
+    from rich.table import Table
+
+    from pacos.config import load_config
+    from pacos.data.clean import CleanConfig, clean_records
+    from pacos.data.io import read_records, write_records
+
+    extra = [*(overrides or []), *([f"fix={str(fix).lower()}"] if fix is not None else [])]
+    settings = load_config(CleanConfig, config, extra)
+    records = read_records(source, allow_empty=True)
+    result = clean_records(records, settings, progress=lambda rs: progress(rs, "cleaning"))
+    rejected = rejected or out.with_name(out.name.split(".")[0] + ".rejected.jsonl")
+    write_records(result.kept, out)
+    write_records(result.rejected, rejected, "jsonl")
+    payload = {"input": source, "output": str(out), "rejected": str(rejected), **result.report}
+    if report:
+        write_json(report, payload)
+    table = Table("rule", "action", "count", title=f"pacos data clean: {source}")
+    for rule in result.report["rules"]:
+        table.add_row(rule["name"], rule["action"], str(rule["count"]))
+    from rich.console import Console
+
+    Console().print(table)
+    print(
+        f"kept {len(result.kept)} of {len(records)} records -> {out}; dropped {len(result.rejected)} -> "
+        f"{rejected}" + (f"; report -> {report}" if report else "")
+    )
+
+
+@data_app.command("mix")
+def data_mix(
+    sources: Annotated[
+        list[str], typer.Argument(help="PATH:WEIGHT or NAME=PATH:WEIGHT, e.g. a.json:0.7 b.jsonl:0.3.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Mixed records; the format follows the suffix.")],
+    n: Annotated[
+        int | None, typer.Option("--n", help="Records to draw [default: the most that needs no repeats].")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Draw a weighted mixture of several instruction sets, each record tagged with its source."""
+    from pacos.data.io import read_records, write_records
+    from pacos.data.mix import mix_records, parse_source
+
+    specs = [parse_source(s) for s in sources]
+    mixed, summary = mix_records([(s, read_records(s.path)) for s in specs], n, seed)
+    write_records(mixed, out)
+    if report:
+        write_json(report, summary)
+    for s in summary["sources"]:
+        note = f" ({s['repeated']} repeated: only {s['available']} available)" if s["repeated"] else ""
+        print(f"{s['name']}: {s['drawn']} records (weight {s['weight']:g}){note}")
+    print(f"wrote {len(mixed)} records to {out}")
+
+
+@data_app.command("split")
+def data_split(
+    source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory for train/val/test files.")],
+    val: Annotated[float, typer.Option(help="Fraction for validation.")] = 0.05,
+    test: Annotated[float, typer.Option(help="Fraction for test.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Output format [default: the input's, or jsonl].")
+    ] = None,
+) -> None:
+    """Deterministic train/val/test splits; identical prompts never straddle two splits."""
+    from pacos.data.io import FORMATS, read_records, write_records
+    from pacos.data.split import split_records
+
+    records = read_records(source)
+    splits = split_records(records, val, test, seed)
+    suffix = Path(source).suffix.lower().lstrip(".")
+    fmt = fmt or (suffix if suffix in FORMATS else "jsonl")
+    for name, part in splits.items():
+        if part or name == "train":
+            path = out_dir / (name if fmt == "hf" else f"{name}.{fmt}")
+            write_records(part, path, fmt)
+            print(f"{name}: {len(part)} records -> {path}")
+
+
+@data_app.command("stats")
+def data_stats(
+    source: Annotated[str, typer.Argument(help="Input file, dataset directory, hub id or built-in name.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where stats.json and the PNG plots go.")],
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Tokenizer (directory or hub id) for token lengths.")
+    ] = None,
+    top: Annotated[int, typer.Option(help="How many leading verbs to report.")] = 20,
+    clusters: Annotated[
+        int, typer.Option(help="Map the MiniLM embeddings in 2-D, in this many k-means clusters (0: no map).")
+    ] = 0,
+    map_sample: Annotated[int, typer.Option(help="Embed at most this many records for the map.")] = 5000,
+) -> None:
+    """Counts, lengths, the leading verb/object diversity, score histograms and (--clusters K) a map of the
+    embedding clusters of a dataset, as JSON and PNG plots."""
+    from pacos.data.io import read_records
+    from pacos.data.stats import compute_stats, embedding_map, plot_stats
+    from pacos.models import load_tokenizer
+
+    records = read_records(source, require_output=False)
+    stats = compute_stats(records, load_tokenizer(tokenizer) if tokenizer else None, top=top)
+    if clusters > 0:
+        stats["_map"] = embedding_map(records, clusters, map_sample, show_progress=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot_stats(stats, out_dir)
+    if clusters > 0:
+        stats["clusters"] = {k: v for k, v in stats["_map"].items() if not k.startswith("_")}
+        for c in stats["clusters"]["clusters"]:
+            print(f"cluster {c['cluster']} ({c['size']}): " + " | ".join(c["examples"]))
+    for key, summary in stats.get("scores", {}).items():
+        print(f"scores.{key}: {summary['count']} records, mean {summary['mean']}, min {summary['min']}, "
+              f"max {summary['max']}")  # fmt: skip
+    stats = {k: v for k, v in stats.items() if not k.startswith("_")}
+    write_json(out_dir / "stats.json", stats)
+    verbs = ", ".join(f"{v['verb']} ({v['count']})" for v in stats["top_verbs"][:8])
+    print(
+        f"{stats['records']} records, {stats['with_input_share']:.0%} with input, "
+        f"{stats['distinct_verbs']} distinct leading verbs; top: {verbs}"
+    )
+    print(f"wrote {out_dir / 'stats.json'}, " + ", ".join(str(p) for p in plots))
+
+
+@data_app.command("dedup")
+def data_dedup(
+    files: Annotated[
+        list[str], typer.Argument(help="Files, dataset directories, hub ids or built-in names, in order.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Kept records; the format follows the suffix.")],
+    threshold: Annotated[
+        float, typer.Option(help="Drop a record whose ROUGE-L F1 with an earlier kept one is above this.")
+    ] = 0.7,
+    rejected: Annotated[
+        Path | None,
+        typer.Option(help="Dropped records, each with its twin [default: OUT's name + .rejected.jsonl]."),
+    ] = None,
+    tokenizer: Annotated[
+        str, typer.Option(help="cjk (CJK characters are tokens too) or rouge (rouge_score's; drops CJK).")
+    ] = "cjk",
+    fields: Annotated[
+        str | None,
+        typer.Option(
+            help="What to compare: instruction (Alpaca's rule) or instruction,input "
+            "[default: instruction; instruction,input with --semantic]."
+        ),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    semantic: Annotated[
+        float | None,
+        typer.Option(
+            help="Use MiniLM embedding cosine instead of ROUGE-L: drop a record whose cosine with an earlier "
+            "kept one is above this (e.g. 0.9); exact duplicates always go."
+        ),
+    ] = None,
+    index: Annotated[
+        str, typer.Option(help="--semantic search: auto, exact, or hnsw (approximate; pacos[ann]).")
+    ] = "auto",
+) -> None:
+    """Drop near-duplicates with Alpaca's novelty rule (ROUGE-L F1 > 0.7), or by MiniLM cosine with
+    --semantic, keeping the first of each group."""
+    import time
+
+    from pacos.data.dedup import dedup_records, semantic_dedup_records
+    from pacos.data.io import read_records, write_records
+
+    start = time.perf_counter()
+    records = [r for source in files for r in read_records(source, require_output=False, allow_empty=True)]
+    default_fields = "instruction,input" if semantic is not None else "instruction"
+    chosen = tuple(f.strip() for f in (fields or default_fields).split(",") if f.strip())
+    if semantic is not None:
+        result = semantic_dedup_records(records, semantic, chosen, index=index, show_progress=True)
+    else:
+        result = dedup_records(
+            records, threshold, tokenizer, chosen, progress=lambda rs: progress(rs, "deduplicating")
+        )
+    rejected = rejected or out.with_name(out.name.split(".")[0] + ".rejected.jsonl")
+    write_records(result.kept, out)
+    write_records(result.rejected, rejected, "jsonl")
+    seconds = time.perf_counter() - start
+    if report:
+        paths = {"inputs": files, "output": str(out), "rejected": str(rejected)}
+        write_json(report, {**paths, **result.report, "seconds": round(seconds, 2)})
+    print(
+        f"kept {len(result.kept)} of {len(records)} records -> {out}; dropped {len(result.rejected)} "
+        f"near-duplicates -> {rejected} ({seconds:.1f} s)" + (f"; report -> {report}" if report else "")
+    )
+
+
+@data_app.command("select")
+def data_select(
+    files: Annotated[list[str], typer.Argument(help="Scored files (records with scores), in order.")],
+    by: Annotated[str, typer.Option("--by", help="The score to rank by: record['scores'][BY].")],
+    out: Annotated[Path, typer.Option("--out", help="Selected records; the format follows the suffix.")],
+    top: Annotated[float | None, typer.Option(help="Keep this fraction of the records, best first.")] = None,
+    min_score: Annotated[float | None, typer.Option("--min", help="Keep scores >= this.")] = None,
+    max_score: Annotated[float | None, typer.Option("--max", help="Keep scores <= this.")] = None,
+    lowest: Annotated[
+        bool, typer.Option("--lowest", help="Lower is better (perplexity, say): rank lowest first.")
+    ] = False,
+    diverse: Annotated[
+        float | None,
+        typer.Option(help="Skip a record whose MiniLM cosine with an already selected one is above this."),
+    ] = None,
+    fields: Annotated[str, typer.Option(help="What --diverse embeds.")] = "instruction,input",
+    drop_unscored: Annotated[
+        bool, typer.Option("--drop-unscored", help="Drop records without the score instead of stopping.")
+    ] = False,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Keep the best records by a score (--top 0.2 or --min 4.5), optionally diversity-aware (Deita)."""
+    from pacos.data.dedup import check_fields
+    from pacos.data.io import write_records
+    from pacos.data.select import read_scored, select_records
+
+    scored = read_scored(files, by, drop_unscored)
+    result = select_records(
+        scored.records,
+        scored.scores,
+        top=top,
+        min_score=min_score,
+        max_score=max_score,
+        lowest=lowest,
+        diverse=diverse,
+        fields=check_fields(f.strip() for f in fields.split(",") if f.strip()),
+        show_progress=True,
+    )
+    write_records(result.records, out)
+    summary = {"inputs": files, "output": str(out), "by": by, "unscored_dropped": scored.unscored}
+    if report:
+        write_json(report, {**summary, **result.report})
+    r = result.report
+    low_high = r["kept_score_range"]
+    shown = f"{by} {low_high[0]:g}..{low_high[1]:g}" if low_high else "nothing kept"
+    print(
+        f"kept {r['records_kept']} of {r['records_in']} records ({shown}) -> {out}; "
+        f"{r['skipped_for_diversity']} skipped for diversity, {r['outside_bounds']} outside --min/--max"
+        + (f", {scored.unscored} without the score dropped" if scored.unscored else "")
+    )
+
+
+@data_app.command("score")
+def data_score(
+    files: Annotated[
+        list[str], typer.Argument(help="Files, dataset directories, hub ids or built-in names, in order.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="The records with `scores`; the format follows the suffix.")
+    ],
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="Rate every record 1-5: http(s)://HOST:PORT/v1 (key from $OPENAI_API_KEY), "
+            "local:NAME_OR_PATH (e.g. local:smollm2-135m-instruct) or llama.cpp:FILE.gguf."
+        ),
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="The judge endpoint's model name [default: the only one it serves].")
+    ] = None,
+    signals: Annotated[
+        str | None,
+        typer.Option(help="Cheap signals, comma-separated: len, ppl, ifd (ppl, ifd: --ref-model)."),
+    ] = None,
+    ref_model: Annotated[
+        str | None, typer.Option(help="Reference model for ppl and ifd: embedded name, directory or hub id.")
+    ] = None,
+    template: TemplateOption = None,
+    max_length: Annotated[
+        int, typer.Option(help="Reference model: longest prompt + output (tokens).")
+    ] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Reference model: records per forward pass.")] = 8,
+    device: DeviceOption = "auto",
+    concurrency: Annotated[
+        int, typer.Option(help="Judge requests in flight (endpoint) or rows decoded together (local).")
+    ] = 8,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the append-only judgment and loss caches [default: $PACOS_CACHE/score]."
+        ),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON summary here.")] = None,
+) -> None:
+    """Quality scores on every record (record["scores"]): an LLM judge's 1-5 rating and/or cheap signals.
+
+    Judgments and losses are cached as they arrive: a rerun makes no calls for them, a killed run resumes.
+    """
+    from pacos.data.io import read_records, write_records
+    from pacos.data.scoring import JudgeSettings, RefSettings, RichProgress, parse_signals, score_records
+
+    if batch_size < 1 or concurrency < 1 or max_length < 2:
+        raise PacosError("--batch-size and --concurrency must be >= 1, --max-length >= 2")
+    records = [r for source in files for r in read_records(source)]
+    summary = score_records(
+        records,
+        judge=JudgeSettings(judge, judge_model, concurrency=concurrency) if judge else None,
+        signals=parse_signals(signals),
+        ref=RefSettings(ref_model, template, max_length, batch_size, device) if ref_model else None,
+        cache_dir=cache,
+        progress=RichProgress(),
+    )
+    write_records(records, out)
+    if report:
+        write_json(report, {"inputs": files, "output": str(out), **summary})
+    for key, d in summary["distributions"].items():
+        if d["n"]:
+            print(
+                f"{key}: mean {d['mean']:g}, median {d['median']:g}, p10 {d['p10']:g}, p90 {d['p90']:g} "
+                f"({d['n']} records)"
+            )
+    if judge:
+        j = summary["judge"]
+        ratings = ", ".join(f"{k}: {v}" for k, v in j["ratings"].items())
+        failed = sum(j["failed"].values())
+        print(
+            f"judge {judge}: ratings {ratings}; {j['calls']} calls, {j['cache_hits']} cache hits, "
+            f"{failed} failed, {j['unparseable']} unparseable; read from "
+            + (", ".join(f"{k} {v}" for k, v in j["read_from"].items()) or "nothing")
+        )
+    if "reference" in summary and summary["reference"]["too_long"]:
+        skipped = summary["reference"]["too_long"]
+        print(f"{skipped} records have no ppl/ifd: their prompt alone fills --max-length")
+    print(f"wrote {len(records)} scored records to {out} ({summary['seconds']:.1f} s)")

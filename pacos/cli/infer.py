@@ -1,0 +1,183 @@
+"""`pacos chat`, `serve` and `export`: using a model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pacos.cli.app import (
+    BackendOption,
+    CompileOption,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    QuantizeOption,
+    TemplateOption,
+    app,
+    load_cli_engine,
+)
+from pacos.errors import PacosError
+
+
+@app.command("chat")
+def chat(
+    model: ModelOption,
+    backend: BackendOption = "torch",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    quantize: QuantizeOption = "none",
+    compile: CompileOption = False,
+    template: TemplateOption = None,
+    system: Annotated[str | None, typer.Option(help="A system message for every turn.")] = None,
+    history: Annotated[
+        bool | None,
+        typer.Option("--history/--no-history", help="Keep the conversation [default: for chat models]."),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 512,
+    temperature: Annotated[float, typer.Option(help="0: greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option()] = 0.9,
+    top_k: Annotated[int, typer.Option(help="0: no limit.")] = 40,
+    repetition_penalty: Annotated[float, typer.Option()] = 1.1,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Chat with a model in the terminal; answers stream as they are written."""
+    from pacos.infer.chat import ChatSession, run_chat
+    from pacos.infer.sampling import SamplingParams
+
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template)
+    run_chat(ChatSession(engine, params, system=system, history=history), sys.stdout)
+
+
+@app.command("serve")
+def serve(
+    model: ModelOption,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="PACOS_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 requests."),
+    ] = None,
+    backend: BackendOption = "torch",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    quantize: QuantizeOption = "none",
+    compile: CompileOption = False,
+    template: TemplateOption = None,
+    max_batch_size: Annotated[int, typer.Option(help="Requests decoded together at most.")] = 8,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting at most; more get 429.")] = 64,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The model id clients send and /v1/models lists [default: --model].")
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn's: warning, info (one line per request), debug.")
+    ] = "info",
+) -> None:
+    """OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions) with continuous batching."""
+    import ipaddress
+
+    import uvicorn
+
+    from pacos.infer.scheduler import Scheduler
+    from pacos.serve import create_app
+
+    if max_batch_size < 1 or max_queue < 1:  # every request passes through the queue: 0 would refuse all
+        raise PacosError("--max-batch-size and --max-queue must be >= 1")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if not loopback and not api_key:
+        print(
+            f"pacos: warning: listening on {host} without an API key: anyone who can reach this port can "
+            "use the model (set --api-key or PACOS_API_KEY)",
+            file=sys.stderr,
+        )
+    engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template)
+    scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_waiting=max_queue).start()
+    name = served_model_name or engine.name
+    print(
+        f"loaded {engine.name} ({str(engine.dtype).removeprefix('torch.')} on {engine.device}, template "
+        f"{engine.template}, context {engine.context_length} tokens); serving '{name}' at "
+        f"http://{host}:{port}/v1 (chat page at /, API docs at /docs), batches of up to {max_batch_size}",
+        flush=True,
+    )
+    try:
+        uvicorn.run(
+            create_app(engine, scheduler, api_key=api_key, model_name=name),
+            host=host,
+            port=port,
+            log_level=log_level,
+        )
+    finally:
+        scheduler.stop()
+
+
+@app.command("export")
+def export(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A `pacos train` output directory (LoRA adapter or full model), a Hugging Face model "
+            "directory or an embedded name (gemma-3-270m)."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="hf: the directory to write. gguf: the .gguf file, or an existing directory to put "
+            "MODEL-OUTTYPE.gguf in.",
+        ),
+    ],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="hf: merged Hugging Face safetensors directory. gguf: one llama.cpp GGUF file."
+        ),
+    ] = "hf",
+    outtype: Annotated[
+        str,
+        typer.Option(
+            "--outtype",
+            "--quant",
+            help="GGUF weights: f16, q8_0, q6_k, q4_k_m (llama-quantize's mix) or q4_0 (norms stay f32).",
+        ),
+    ] = "f16",
+    base: Annotated[
+        str | None, typer.Option(help="Base model of a LoRA adapter [default: the one it was trained on].")
+    ] = None,
+) -> None:
+    """Merge a LoRA adapter into its base and save safetensors (hf), or write one GGUF file (gguf).
+
+    GGUF (no llama.cpp needed): Llama/SmolLM2, Qwen2/3 and Gemma 3 text models, tokenizer included.
+    """
+    from pacos.export.gguf import OUTTYPES
+
+    if fmt not in ("hf", "gguf"):
+        raise PacosError(f"unknown export format '{fmt}'; choose hf or gguf")
+    if outtype not in OUTTYPES:
+        raise PacosError(f"unknown --outtype '{outtype}'; choose one of {', '.join(OUTTYPES)}")
+    if fmt == "gguf":
+        from pacos.export.gguf import export_gguf
+
+        path = export_gguf(model, out, outtype, base)
+        size = path.stat().st_size / 2**20
+        print(f"wrote {path} ({outtype}, {size:.1f} MiB; loads with llama.cpp or transformers gguf_file=)")
+        return
+    if outtype != "f16":
+        raise PacosError("--outtype applies to --format gguf only")
+    from pacos.export.merge import export_hf
+
+    path = export_hf(model, out, base)
+    print(f"wrote a standalone model to {path} (loads with AutoModelForCausalLM.from_pretrained)")
