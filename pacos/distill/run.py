@@ -50,8 +50,8 @@ def distill_loss(
     cache = None
     if settings.top_k:
         directory = Path(settings.cache_dir or Path(config.output_dir) / "teacher-cache")
-        cache = TeacherCache(directory, settings.top_k)
-        if runtime.is_main:
+        if runtime.is_main:  # one process fills the cache; the others read it when it is complete
+            cache = TeacherCache(directory, settings.top_k)
 
             def progress(done: int, total: int) -> None:
                 if sys.stderr.isatty() or done == total:
@@ -76,7 +76,8 @@ def distill_loss(
                 flush=True,
             )
         dist_utils.barrier(runtime)
-        cache = TeacherCache(directory, settings.top_k)
+        if not runtime.is_main:
+            cache = TeacherCache(directory, settings.top_k)
         teacher = None  # the cache replaces it: free its memory for the student
     return DistillLoss(
         student,
