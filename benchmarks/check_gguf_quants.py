@@ -31,9 +31,13 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from check_gguf_export import MODEL, agreement, ensure_adapter, llama_all_logits, log, test_text
+from check_gguf_export import MODEL, agreement, ensure_adapter, llama_all_logits, test_text
 
 OUTTYPES = ("f16", "q8_0", "q6_k", "q4_k_m", "q4_0")
+
+
+def log(message: str) -> None:
+    print(f"[check_gguf_quants] {message}", file=sys.stderr, flush=True)
 
 
 def measure(path: Path, reference: torch.Tensor, ids: list[int]) -> dict[str, Any]:
