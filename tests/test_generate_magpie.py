@@ -165,8 +165,9 @@ def test_magpie_against_pacos_serve_with_the_embedded_chat_model(cli, tmp_path, 
     result = cli(
         "generate", "--mode", "magpie", "--teacher", smollm2_server, "--num", "2", "--out", out,
         "--set", "max_tokens=96", "--set", "magpie.instruction_max_tokens=48",
-        "--set", "requests_per_round=4", "--set", "max_requests=16",
+        "--set", "requests_per_round=4", "--set", "max_requests=40",
     )  # fmt: skip
+    # Sampled answers from a 135M model: some run past 96 tokens, so the budget leaves room for misses.
     data = json.loads((out / "data.json").read_text())
     assert result.code == 0, (result.err, lines(out / "rejected.jsonl"))
     assert len(data) == 2
