@@ -272,15 +272,16 @@ def test_evol_against_pacos_serve_with_the_embedded_chat_model(cli, tmp_path, sm
     seeds = write_jsonl(tmp_path / "start.jsonl", start)
     out = tmp_path / "run"
     result = cli(
-        "generate", "--mode", "evol", "--teacher", smollm2_server, "--seeds", seeds, "--rounds", "2",
+        "generate", "--mode", "evol", "--teacher", smollm2_server, "--seeds", seeds, "--rounds", "4",
         "--num", "1", "--out", out, "--set", "max_tokens=96", "--set", "evol.prompt_max_tokens=64",
         "--set", "requests_per_round=2", "--set", "temperature=0.7",
     )  # fmt: skip
+    # Sampled rewrites from a 135M model often fail the elimination rules: 4 rounds leave room for misses.
     assert result.code == 0, result.err
     data = json.loads((out / "data.json").read_text())
     assert len(data) == 1
     meta = data[0]["metadata"]
-    assert meta["model"] == "smollm2-135m-instruct" and meta["round"] in (1, 2)
+    assert meta["model"] == "smollm2-135m-instruct" and meta["round"] in (1, 2, 3, 4)
     assert meta["root_id"] in ("tea", "sea") and 1 <= meta["depth"] <= meta["round"]
     assert meta["operation"] and meta["parent_id"] and data[0]["output"].strip()
     assert cli("data", "validate", out / "data.json").code == 0
