@@ -117,6 +117,17 @@ def test_a_run_killed_in_round_2_resumes_there(recipe, monkeypatch, capsys):
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3]
 
 
+def test_a_new_pool_reuses_round_0_and_relabels(recipe, tmp_path, capsys):
+    one_round = {**recipe, "max_rounds": 1}
+    selftrain_run.run_selftrain(SelfTrainConfig(**one_round))
+    capsys.readouterr()
+    pool = write(tmp_path / "pool2.jsonl", [{"instruction": f"Count to {n}.", "input": ""} for n in range(4)])
+    summary = selftrain_run.run_selftrain(SelfTrainConfig(**{**one_round, "pool": pool}))
+    said = capsys.readouterr().out
+    assert said.count("inputs unchanged: skipped") == 2  # round 0's train and eval: the pool is not theirs
+    assert summary["rounds"][1]["label"]["samples"] == 8  # the new pool's 4 instructions x 2 samples
+
+
 def test_recipe_errors_name_the_field(cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("pool: p.jsonl\nheld_out: h.jsonl\ntrain:\n  data: x.jsonl\n")

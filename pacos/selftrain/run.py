@@ -215,7 +215,8 @@ def run_selftrain(config: SelfTrainConfig) -> dict[str, Any]:
     (out / "inputs").mkdir(exist_ok=True)
     write_records(labelled, out / "inputs" / "labelled.jsonl")
     write_records(pool, out / "inputs" / "pool.jsonl")
-    inputs = {"data": file_digest(out / "inputs"), "held_out": file_digest(held_out),
+    # The pool is an input of labelling only: a new pool reuses round 0 (the labelled data alone).
+    inputs = {"data": file_digest(out / "inputs" / "labelled.jsonl"), "held_out": file_digest(held_out),
               "template": config.template, "train": config.train, "seed": config.seed}  # fmt: skip
 
     rounds: list[dict[str, Any]] = []
@@ -284,7 +285,13 @@ def run_round(
         row["label"] = run_stage(
             round_dir,
             "label",
-            {**inputs, "model": _digest(latest), "label": config.label.model_dump(), "round": k},
+            {
+                **inputs,
+                "pool": file_digest(out / "inputs" / "pool.jsonl"),
+                "model": _digest(latest),
+                "label": config.label.model_dump(),
+                "round": k,
+            },
             lambda d: label(config, str(latest), pool, d, config.seed + k),
         )
         row["keep"] = run_stage(
