@@ -98,6 +98,18 @@ def test_read_verdict_uses_logprobs_only_when_the_reply_starts_with_the_rating()
     assert read_verdict("Score: 4", lp) == (4.0, "text")  # the first token's alternatives are not ratings
     assert read_verdict("4", None) == (4.0, "text")
     assert read_verdict("I cannot judge this.", lp) == (None, "unparseable")
+
+
+def test_a_reply_without_a_rating_is_read_from_its_first_tokens_rating_alternatives():
+    lp = {"I": math.log(0.8), "4": math.log(0.09), " 2": math.log(0.03), "The": math.log(0.05)}
+    assert read_verdict("I'm sorry, but", lp, 0.05) == (
+        pytest.approx((4 * 0.09 + 2 * 0.03) / 0.12),
+        "first_token",
+    )
+    assert read_verdict("I'm sorry, but", lp, 0.2) == (None, "unparseable")  # 0.12 of the mass: too little
+    assert read_verdict("I'm sorry, but", lp, None) == (None, "unparseable")
+    assert read_verdict("I'm sorry, but", None, 0.05) == (None, "unparseable")
+    assert read_verdict("Score: 4", lp, 0.05) == (4.0, "text")  # a written rating wins
     assert parse_rating("10 out of 10") is None and parse_rating("3/5") == 3 and parse_rating("0.5") is None
 
 

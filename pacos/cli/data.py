@@ -360,6 +360,13 @@ def data_score(
     concurrency: Annotated[
         int, typer.Option(help="Judge requests in flight (endpoint) or rows decoded together (local).")
     ] = 8,
+    first_token_mass: Annotated[
+        float,
+        typer.Option(
+            help="A reply with no rating is read from its first token's rating alternatives when they hold "
+            "this much probability (0: such a reply stays unparseable)."
+        ),
+    ] = 0.05,
     cache: Annotated[
         Path | None,
         typer.Option(
@@ -377,10 +384,16 @@ def data_score(
 
     if batch_size < 1 or concurrency < 1 or max_length < 2:
         raise PacosError("--batch-size and --concurrency must be >= 1, --max-length >= 2")
+    if not 0 <= first_token_mass <= 1:
+        raise PacosError(f"--first-token-mass is a probability between 0 and 1, got {first_token_mass:g}")
     records = [r for source in files for r in read_records(source)]
     summary = score_records(
         records,
-        judge=JudgeSettings(judge, judge_model, concurrency=concurrency) if judge else None,
+        judge=JudgeSettings(
+            judge, judge_model, concurrency=concurrency, first_token_min_mass=first_token_mass
+        )
+        if judge
+        else None,
         signals=parse_signals(signals),
         ref=RefSettings(ref_model, template, max_length, batch_size, device) if ref_model else None,
         cache_dir=cache,

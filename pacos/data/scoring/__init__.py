@@ -7,7 +7,9 @@ Two kinds of score, both stored as numbers under `record["scores"]` (how each wa
   rates the output's helpfulness and accuracy for the instruction from 1 to 5, AlpaGasus-style, with our
   own prompt (a Chinese one for Chinese records). Where the judge returns logprobs and its reply starts
   with a rating digit, the score is the expected rating over the tokens "1".."5" (their probabilities
-  renormalised); otherwise the digit it wrote. A reply with no rating is recorded as unparseable.
+  renormalised); otherwise the digit it wrote. A reply with no rating (small judges often start "I'm
+  sorry, ...") is read from the rating tokens among its first token's alternatives when they hold at least
+  `first_token_min_mass` of the probability ("first_token"), else recorded as unparseable.
   Every judgment is appended to a cache as soon as it arrives, keyed by the judge's identity, the
   prompt text and the decoding settings: a rerun makes no calls for what is there, and a killed run
   continues where it stopped.

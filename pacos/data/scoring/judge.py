@@ -75,29 +75,43 @@ def parse_rating(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _rating_mass(logprobs: dict[str, float] | None) -> dict[str, float]:
+    """Probability of each rating token "1".."5" among the first token's alternatives (" 4" adds to "4")."""
+    mass = dict.fromkeys(RATINGS, 0.0)
+    for token, value in (logprobs or {}).items():
+        digit = token.strip()
+        if digit in mass and value > -math.inf:
+            mass[digit] += math.exp(value)
+    return mass
+
+
 def expected_rating(logprobs: dict[str, float] | None) -> float | None:
     """Sum of r * P(r) over the rating tokens "1".."5" among the first token's top alternatives, with
     their probabilities renormalised to sum to 1 (variants such as " 4" add to "4"); None when none is
     there."""
-    if not logprobs:
-        return None
-    mass = dict.fromkeys(RATINGS, 0.0)
-    for token, value in logprobs.items():
-        digit = token.strip()
-        if digit in mass and value > -math.inf:
-            mass[digit] += math.exp(value)
+    mass = _rating_mass(logprobs)
     total = sum(mass.values())
     if total <= 0:
         return None
     return sum(int(d) * p for d, p in mass.items()) / total
 
 
-def read_verdict(text: str, logprobs: dict[str, float] | None) -> tuple[float | None, str]:
+def read_verdict(
+    text: str, logprobs: dict[str, float] | None, first_token_min_mass: float | None = None
+) -> tuple[float | None, str]:
     """(score, how): "logprobs" when the reply starts with a rating digit and its logprobs are there,
     "text" for the digit written, "unparseable" when there is none. A reply that starts with other words
-    ("Score: 4") is read from its text: the first token's alternatives are then not ratings."""
+    ("Score: 4") is read from its text: the first token's alternatives are then not ratings.
+
+    With `first_token_min_mass`, a reply that wrote no rating at all ("I'm sorry, ...", common with small
+    judges) is read as "first_token": the expected rating over the rating tokens among its first token's
+    alternatives, i.e. what the judge would say if its reply had to start with a rating, as long as those
+    tokens hold at least that much probability together."""
     written = parse_rating(text)
     if written is None:
+        mass = _rating_mass(logprobs)
+        if first_token_min_mass is not None and sum(mass.values()) >= first_token_min_mass > 0:
+            return expected_rating(logprobs), "first_token"
         return None, "unparseable"
     if text.lstrip().startswith(str(written)):
         soft = expected_rating(logprobs)
@@ -114,6 +128,9 @@ class JudgeSettings:
     top_logprobs: int | None = None  # None: 20 for local judges, 5 (OpenAI's completions limit) otherwise
     concurrency: int = 8
     api: str = "auto"
+    # A reply with no rating is read from its first token's rating alternatives when they hold this much
+    # probability (None: such a reply stays unparseable). Reading only: cached judgments stay valid.
+    first_token_min_mass: float | None = 0.05
 
     @property
     def logprobs(self) -> int:
@@ -136,8 +153,10 @@ def judgment_key(identity: str, prompt: str, decoding: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
 
 
-def _verdict_info(record: Record, verdict: dict[str, Any], judge_name: str, tally: Tally) -> None:
-    score, how = read_verdict(verdict["text"], verdict.get("logprobs"))
+def _verdict_info(
+    record: Record, verdict: dict[str, Any], judge_name: str, tally: Tally, min_mass: float | None
+) -> None:
+    score, how = read_verdict(verdict["text"], verdict.get("logprobs"), min_mass)
     tally.read_from[how] += 1
     info: dict[str, Any] = {"judge_model": judge_name, "judge_from": how}
     if score is None:
@@ -199,7 +218,7 @@ def judge_records(
         verdict = cache.get(key)
         if verdict is not None:
             tally.cache_hits += 1
-            _verdict_info(records[i], verdict, name, tally)
+            _verdict_info(records[i], verdict, name, tally, settings.first_token_min_mass)
         else:
             todo.setdefault(key, []).append(i)
     if not todo:
@@ -235,7 +254,7 @@ def judge_records(
             verdict = {"text": reply.text, "logprobs": reply.first_token_logprobs}
             cache.put(reply.request_id, verdict)
             for i in indices:
-                _verdict_info(records[i], verdict, name, tally)
+                _verdict_info(records[i], verdict, name, tally, settings.first_token_min_mass)
         failed = sum(tally.failed.values())
         info = f"calls {tally.calls} · cached {tally.cache_hits}" + (f" · failed {failed}" if failed else "")
         progress.advance(len(indices), info)
