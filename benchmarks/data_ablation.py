@@ -9,7 +9,8 @@ steps, same seed), then evaluate all on the same held-out set with `pacos eval`'
   diverse  the same, Deita-style: best first, skipping a record whose MiniLM cosine with one already
            chosen exceeds `--diverse` (`pacos data select --diverse`);
   evol     Evol-Instruct rewrites of the random sample (`pacos generate --mode evol`, the same teacher),
-           their first `--budget` accepted evolutions.
+           with the sample's records whose evolutions failed filling the budget (WizardLM, too, trains on
+           the evolved data and the data it grew from).
 
 Every step is a stage that is skipped when its inputs did not change and resumed when it was killed, so
 a rerun continues where the last one stopped. Progress goes to stderr; stdout is one JSON document (also
@@ -58,28 +59,35 @@ def build_arm(arm: str, args: argparse.Namespace, out: Path, stage_dir: Path) ->
     from pacos.data.io import read_records, write_records
 
     data = stage_dir / "train.jsonl"
-    pool = read_records(args.pool)
-    fraction = f"{args.budget / len(pool):.6f}"
     if arm == "random":
         scored = read_records(str(out / "scored.jsonl"))  # the pool with its judge scores, in order
         write_records(random.Random(args.seed).sample(scored, args.budget), data)
     elif arm in ("top", "diverse"):
         extra = ["--diverse", str(args.diverse)] if arm == "diverse" else []
+        judged = sum(_mean_judge([r]) is not None for r in read_records(str(out / "scored.jsonl")))
+        fraction = f"{(args.budget + 0.25) / judged:.6f}"  # of the judged records (the rest are dropped)
+        report = str(stage_dir / "select.json")
         pacos("data", "select", str(out / "scored.jsonl"), "--by", "judge", "--top", fraction,
-              *extra, "--out", str(data), "--report", str(stage_dir / "select.json"))  # fmt: skip
+              "--drop-unscored", *extra, "--out", str(data), "--report", report)  # fmt: skip
     else:  # evol: the random arm's records are the starting set
-        start = out / "arm-random" / "train.jsonl"
+        start = out / "arm-random" / "data" / "train.jsonl"
         pacos("generate", "--mode", "evol", "--teacher", args.teacher, "--seeds", str(start),
               "--rounds", str(args.evol_rounds), "--num", str(args.budget), "--out", str(stage_dir / "run"),
               "--set", f"max_tokens={args.max_tokens}", "--set", "client.concurrency=16",
               "--set", f"max_requests={args.evol_max_requests}")  # fmt: skip
-        evolved = read_records(str(stage_dir / "run" / "data.json"))[: args.budget]
-        write_records(evolved, stage_dir / "evolved.jsonl")
+        accepted = stage_dir / "run" / "data.json"  # an empty list when no evolution passed
+        evolved = json.loads(accepted.read_text(encoding="utf-8"))[: args.budget] if accepted.exists() else []
+        # WizardLM trains on the evolved data and the data it grew from: the sample's records whose
+        # evolutions failed fill the budget, so every arm trains on the same number of records.
+        parents = {r["metadata"]["root_id"] for r in evolved}
+        originals = [r for r in read_records(str(start)) if r.get("id") not in parents]
+        write_records(evolved + originals[: args.budget - len(evolved)], stage_dir / "evolved.jsonl")
         # Rated by the same judge, so the table compares the data's judged quality across arms.
         pacos("data", "score", str(stage_dir / "evolved.jsonl"), "--judge", args.judge, "--signals", "len",
               "--concurrency", "16", "--out", str(data))  # fmt: skip
     records = read_records(str(data))
-    return {"records": len(records), "mean_output_words": _mean_words(records, "output"),
+    evolved = sum(1 for r in records if (r.get("metadata") or {}).get("operation"))
+    return {"records": len(records), "evolved": evolved, "mean_output_words": _mean_words(records, "output"),
             "mean_instruction_words": _mean_words(records, "instruction"),
             "mean_judge": _mean_judge(records)}  # fmt: skip
 
