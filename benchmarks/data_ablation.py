@@ -153,8 +153,9 @@ def table(results: dict[str, Any]) -> str:
     ]
     for arm, row in results["arms"].items():
         data, ev = row["data"], row.get("eval") or {}
+        same = f" (= {row['same_data_as']})" if row.get("same_data_as") else ""
         lines.append(
-            f"| {arm} | {data['records']} | {fmt(data['mean_judge'], '{:.2f}')} "
+            f"| {arm}{same} | {data['records']} | {fmt(data['mean_judge'], '{:.2f}')} "
             f"| {fmt(ev.get('eos_rate'), '{:.1%}')} ({fmt(ev.get('eos_rate_en'), '{:.0%}')} / "
             f"{fmt(ev.get('eos_rate_zh'), '{:.0%}')}) | {fmt(ev.get('embedding_similarity'))} "
             f"({fmt(ev.get('embedding_similarity_en'))} / {fmt(ev.get('embedding_similarity_zh'))}) "
@@ -215,6 +216,7 @@ def main() -> None:
     }
     inputs = {"pool": file_digest(Path(args.pool)), "scored": file_digest(scored), "budget": args.budget,
               "seed": args.seed, "held_out": file_digest(held_out)}  # fmt: skip
+    trained_on: dict[str, str] = {}  # training data digest -> the arm that trained on it
     for arm in args.arms.split(","):
         arm_dir = out / f"arm-{arm}"
         settings = {
@@ -226,6 +228,12 @@ def main() -> None:
         data = run_stage(arm_dir, "data", settings, lambda d, arm=arm: build_arm(arm, args, out, d))
         log(f"{arm}: {data}")
         train_file = arm_dir / "data" / "train.jsonl"
+        same = trained_on.get(file_digest(train_file))
+        if same:  # training is deterministic for a seed: the same records make the same model
+            log(f"{arm}: the same records as {same}; its model and numbers stand for both")
+            results["arms"][arm] = {**results["arms"][same], "data": data, "same_data_as": same}
+            continue
+        trained_on[file_digest(train_file)] = arm
         model_dir = arm_dir / "model"
         trained = run_stage(
             arm_dir,
