@@ -10,7 +10,7 @@ steps, same seed), then evaluate all on the same held-out set with `pacos eval`'
            chosen exceeds `--diverse` (`pacos data select --diverse`);
   evol     Evol-Instruct rewrites of the random sample (`pacos generate --mode evol`, the same teacher),
            with the sample's records whose evolutions failed filling the budget (WizardLM, too, trains on
-           the evolved data and the data it grew from).
+           the evolved data and the data it grew from); "evol3" evolves for 3 rounds (failed items retried).
 
 Every step is a stage that is skipped when its inputs did not change and resumed when it was killed, so
 a rerun continues where the last one stopped. Progress goes to stderr; stdout is one JSON document (also
@@ -55,6 +55,11 @@ def count_records(path: Path) -> int:
     return len(read_records(str(path), require_output=False))
 
 
+def evol_rounds(arm: str, args: argparse.Namespace) -> int:
+    """Arm "evol" evolves for --evol-rounds rounds, arm "evol3" for 3."""
+    return int(arm[4:]) if arm[4:].isdigit() else args.evol_rounds
+
+
 def build_arm(arm: str, args: argparse.Namespace, out: Path, stage_dir: Path) -> dict[str, Any]:
     from pacos.data.io import read_records, write_records
 
@@ -69,10 +74,11 @@ def build_arm(arm: str, args: argparse.Namespace, out: Path, stage_dir: Path) ->
         report = str(stage_dir / "select.json")
         pacos("data", "select", str(out / "scored.jsonl"), "--by", "judge", "--top", fraction,
               "--drop-unscored", *extra, "--out", str(data), "--report", report)  # fmt: skip
-    else:  # evol: the random arm's records are the starting set
+    else:  # evol or evolN (N rounds): the random arm's records are the starting set
         start = out / "arm-random" / "data" / "train.jsonl"
+        rounds = str(evol_rounds(arm, args))
         pacos("generate", "--mode", "evol", "--teacher", args.teacher, "--seeds", str(start),
-              "--rounds", str(args.evol_rounds), "--num", str(args.budget), "--out", str(stage_dir / "run"),
+              "--rounds", rounds, "--num", str(args.budget), "--out", str(stage_dir / "run"),
               "--set", f"max_tokens={args.max_tokens}", "--set", "client.concurrency=16",
               "--set", f"max_requests={args.evol_max_requests}")  # fmt: skip
         accepted = stage_dir / "run" / "data.json"  # an empty list when no evolution passed
@@ -223,7 +229,9 @@ def main() -> None:
             **inputs,
             "arm": arm,
             "diverse": args.diverse if arm == "diverse" else None,
-            "evol": [args.teacher, args.evol_rounds, args.max_tokens] if arm == "evol" else None,
+            "evol": [args.teacher, evol_rounds(arm, args), args.max_tokens]
+            if arm.startswith("evol")
+            else None,
         }
         data = run_stage(arm_dir, "data", settings, lambda d, arm=arm: build_arm(arm, args, out, d))
         log(f"{arm}: {data}")
