@@ -4,7 +4,7 @@ From one pool of generated records (e.g. `pacos generate --mode magpie`), build 
 `--budget` records each and train Gemma 3 270M on each with the quickstart's training settings (same
 steps, same seed), then evaluate all on the same held-out set with `pacos eval`'s metrics:
 
-  random   a seeded random sample of the pool;
+  random   a seeded random sample of the pool ("random1": another sample, to see how much samples differ);
   top      the records an LLM judge rated best (`pacos data score --judge`, `pacos data select --top`);
   diverse  the same, Deita-style: best first, skipping a record whose MiniLM cosine with one already
            chosen exceeds `--diverse` (`pacos data select --diverse`);
@@ -64,9 +64,10 @@ def build_arm(arm: str, args: argparse.Namespace, out: Path, stage_dir: Path) ->
     from pacos.data.io import read_records, write_records
 
     data = stage_dir / "train.jsonl"
-    if arm == "random":
+    if arm.startswith("random"):  # "random1": another sample (seed + 1), to see how much samples differ
         scored = read_records(str(out / "scored.jsonl"))  # the pool with its judge scores, in order
-        write_records(random.Random(args.seed).sample(scored, args.budget), data)
+        seed = args.seed + (int(arm[6:]) if arm[6:].isdigit() else 0)
+        write_records(random.Random(seed).sample(scored, args.budget), data)
     elif arm in ("top", "diverse"):
         extra = ["--diverse", str(args.diverse)] if arm == "diverse" else []
         judged = sum(_mean_judge([r]) is not None for r in read_records(str(out / "scored.jsonl")))
