@@ -3,9 +3,13 @@
 1. `pacos compress`: drop 6 of its 30 decoder layers by block influence (calibration: the first half of
    the seed tasks); held-out text: the second half, never trained on.
 2. Heal with `pacos distill` (recipes/heal-pruned.yaml: forward KL, full fine-tuning, training data the
-   first half) twice, with the same steps: the live teacher each step, and the cached top-64 teacher.
+   first half) with the same steps in three modes: the live teacher each step, the cached top-64
+   teacher, and on-policy (GKD, lambda 0.5: on half the steps the student answers the prompts itself).
    Reported per mode: wall time (the cache fill included), training tokens/s, and on the held-out text
-   the perplexity, next-token agreement with the unpruned model and KL(unpruned || model) per token.
+   the perplexity, next-token agreement with the unpruned model and KL(unpruned || model) per token;
+   and on the model's own greedy answers to the held-out prompts (what a user sees, and what on-policy
+   training targets) the KL(unpruned || model) per answer token, how often the unpruned model would have
+   written the same token, and how many answers end with EOS.
 3. Decoding speed in the pacos engine (fp32, batch 1, greedy, 128 new tokens, EOS ignored), unpruned vs
    pruned, median of 3 timed runs after a warm-up.
 
@@ -57,10 +61,40 @@ def decode_speed(spec: str, new_tokens: int = 128) -> float:
     return round(statistics.median(rates), 1)
 
 
+def on_own_answers(reference: Any, model: Any, tokenizer: Any, records: list[dict], new_tokens: int = 96):
+    """The model's greedy answers to the records' prompts, scored token by token by the reference."""
+    from pacos.distill.losses import divergence_sum
+    from pacos.distill.on_policy import student_examples
+    from pacos.train.data import IGNORE, tokenize_records
+
+    examples = tokenize_records(records, tokenizer, "alpaca", 512, "drop")[0]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    kl = agree = tokens = ended = 0.0
+    for i in range(0, len(examples), 16):
+        for answer in student_examples(model, examples[i : i + 16], eos, pad, new_tokens, 512, 0.0, 0):
+            x = torch.tensor([answer.input_ids])
+            labelled = torch.tensor(answer.targets) != IGNORE
+            with torch.no_grad():
+                want = reference(input_ids=x, use_cache=False).logits[0][labelled].float()
+                logits = model(input_ids=x, use_cache=False).logits[0][labelled].float()
+            kl += float(divergence_sum(logits, want, "forward_kl"))
+            agree += float((want.argmax(-1) == torch.tensor(answer.targets)[labelled]).sum())
+            tokens += int(labelled.sum())
+            ended += answer.input_ids[-1] == eos
+    return {
+        "own_answers_kl_from_reference": round(kl / tokens, 4),
+        "own_answers_reference_agreement": round(agree / tokens, 4),
+        "own_answers_ending_in_eos": round(ended / len(examples), 4),
+        "own_answers_tokens": int(tokens),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/pacos-bench-distill"))
+    parser.add_argument("--modes", default="live,cached_top64,on_policy", help="healing modes to run")
+    parser.add_argument("--prompts", type=int, default=48, help="held-out prompts for the own-answer metrics")
     args = parser.parse_args()
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -92,12 +126,28 @@ def main() -> None:
         tokenizer = load_tokenizer(MODEL)
         held_out = text_ids(tokenizer, records[half:], "alpaca", 4096, 512)
         reference = load_model(MODEL, dtype=torch.float32).eval()
+        prompts = records[half:][: args.prompts]
+        report["prune"]["unpruned"].update(on_own_answers(reference, reference, tokenizer, prompts))
+        report["prune"]["pruned"].update(
+            on_own_answers(
+                reference, load_model(str(out / "pruned"), dtype=torch.float32).eval(), tokenizer, prompts
+            )
+        )
+        log(f"pruned on its own answers: {json.dumps(report['prune']['pruned'])}")
 
         recipe = yaml.safe_load(Path("recipes/heal-pruned.yaml").read_text())
-        for mode, top_k in (("live", None), ("cached_top64", 64)):
+        modes = {"live": (None, 0.0), "cached_top64": (64, 0.0), "on_policy": (None, 0.5)}
+        chosen = args.modes.split(",")
+        for mode in chosen:
+            top_k, on_policy = modes[mode]
             recipe.update(model=str(out / "pruned"), data=str(train_file), max_steps=args.steps)
             recipe["output_dir"] = str(out / f"healed-{mode}")
-            recipe["distill"] = {**recipe["distill"], "teacher": MODEL, "top_k": top_k}
+            recipe["distill"] = {
+                **recipe["distill"],
+                "teacher": MODEL,
+                "top_k": top_k,
+                "on_policy": on_policy,
+            }
             recipe["tensorboard"] = False
             start = time.perf_counter()
             result = train(TrainConfig(**recipe))
@@ -108,12 +158,13 @@ def main() -> None:
                 "train_tokens_per_second": round(result.tokens_per_second, 1),
                 "final_train_loss": round(result.final_loss, 4),
                 **compare(reference, healed, held_out),
+                **on_own_answers(reference, healed, tokenizer, prompts),
             }
             log(f"{mode}: {json.dumps(report[mode])}")
 
         unpruned = report["prune"]["unpruned"]
         before = report["prune"]["pruned"]
-        for mode in ("live", "cached_top64"):
+        for mode in chosen:
             after = report[mode]
             lost = unpruned["next_token_agreement"] - before["next_token_agreement"]
             report[mode]["recovered_share_of_lost_agreement"] = round(

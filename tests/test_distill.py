@@ -229,3 +229,132 @@ def test_pacos_distill_brings_the_student_closer_to_the_teacher(cli, tiny_llama,
         kl_before = DistillLoss(before, teacher, None, before.config.vocab_size)(*args)[0].item()
         kl_after = DistillLoss(after, teacher, None, after.config.vocab_size)(*args)[0].item()
     assert kl_after < 0.7 * kl_before, (kl_before, kl_after)
+
+
+def test_a_complete_teacher_cache_needs_no_teacher(cli, tiny_llama, teacher_dir, tmp_path):
+    import shutil
+
+    teacher = shutil.copytree(teacher_dir, tmp_path / "teacher")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    cache = tmp_path / "cache"
+    args = ["distill", "--teacher", teacher, "--student", tiny_llama, "--data", data, "--top-k", "8"]
+    args += ["--set", "max_steps=2", "--set", "tensorboard=false", "--set", f'distill.cache_dir="{cache}"']
+    assert cli(*args, "--output-dir", tmp_path / "a").code == 0
+    for weights in teacher.glob("*.safetensors"):
+        weights.unlink()  # the teacher's weights are gone: only its cached logits and tokenizer are left
+    result = cli(*args, "--output-dir", tmp_path / "b")
+    assert result.code == 0, result.err
+    assert "3 examples (0 new)" in result.err
+
+
+# -- on-policy (GKD) ------------------------------------------------------------------------------------
+
+
+def test_student_examples_are_the_students_own_greedy_answers(tiny_llama):
+    from pacos.distill.on_policy import prompt_length, student_examples
+
+    tok = load_tokenizer(str(tiny_llama))
+    examples, _ = tokenize_records(RECORDS, tok, "alpaca", 512, "drop")
+    model = load_model(str(tiny_llama))
+    eos = tok.eos_token_id
+    answers = student_examples(model, examples, eos, tok.pad_token_id, 6, 512, 0.0, seed=0)
+    for example, answer in zip(examples, answers):
+        p = prompt_length(example)
+        assert answer.input_ids[:p] == example.input_ids[:p]  # the same prompt, left padding stripped
+        # Each answer is what the model generates for its prompt alone (the batch's padding changes nothing).
+        alone = model.generate(
+            torch.tensor([example.input_ids[:p]]), max_new_tokens=6, do_sample=False, pad_token_id=eos
+        )[0, p:].tolist()
+        if eos in alone:
+            alone = alone[: alone.index(eos) + 1]
+        assert answer.input_ids[p:] == alone
+        # Targets follow the data's convention: response tokens (and EOS) shifted by one, nothing else.
+        assert answer.targets == [-100] * (p - 1) + alone + [-100]
+        assert len(answer.targets) == len(answer.input_ids)
+
+
+def test_on_policy_answers_leave_the_random_state_and_train_mode_alone(tiny_llama):
+    from pacos.distill.on_policy import student_examples
+
+    tok = load_tokenizer(str(tiny_llama))
+    examples, _ = tokenize_records(RECORDS, tok, "alpaca", 512, "drop")
+    model = load_model(str(tiny_llama)).train()
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    first = student_examples(model, examples, tok.eos_token_id, tok.pad_token_id, 8, 512, 1.0, seed=7)
+    assert torch.equal(torch.rand(3), want) and model.training
+    again = student_examples(model, examples, tok.eos_token_id, tok.pad_token_id, 8, 512, 1.0, seed=7)
+    other = student_examples(model, examples, tok.eos_token_id, tok.pad_token_id, 8, 512, 1.0, seed=8)
+    assert [e.input_ids for e in again] == [e.input_ids for e in first]  # the seed decides the sample
+    assert [e.input_ids for e in other] != [e.input_ids for e in first]
+
+
+def test_on_policy_distillation_trains_on_the_students_answers_and_resumes_exactly(
+    tiny_llama, teacher_dir, tmp_path, monkeypatch
+):
+    from pacos.train import run as run_module
+    from pacos.train.config import TrainConfig
+    from pacos.train.metrics import read_metrics
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS * 4))
+
+    def settings(out: Path) -> TrainConfig:
+        return TrainConfig(
+            model=str(tiny_llama),
+            data=str(data),
+            output_dir=str(out),
+            max_steps=6,
+            batch_size=2,
+            lr=3e-3,
+            save_every=3,
+            tensorboard=False,
+            distill={"teacher": str(teacher_dir), "on_policy": 0.5, "on_policy_max_tokens": 8},
+        )
+
+    seen: list[list[list[int]]] = []
+    real_batches = run_module.micro_batches
+
+    def recording(examples, indices, *args):
+        seen.append([examples[i].input_ids for i in indices])
+        return real_batches(examples, indices, *args)
+
+    monkeypatch.setattr(run_module, "micro_batches", recording)
+    run_module.train(settings(tmp_path / "straight"))
+    rows = [r for r in read_metrics(tmp_path / "straight" / "metrics.jsonl") if "loss" in r]
+    flags = [r["on_policy"] for r in rows]
+    assert set(flags) == {0, 1}  # lambda 0.5: both kinds of step in 6
+    tok = load_tokenizer(str(tiny_llama))
+    dataset = {tuple(e.input_ids) for e in tokenize_records(RECORDS, tok, "alpaca", 512, "drop")[0]}
+    for flag, step in zip(flags, seen):
+        # Off-policy steps learn on the data's answers; on-policy steps (almost surely) on others.
+        assert all(tuple(ids) in dataset for ids in step) == (flag == 0)
+
+    real_log = run_module.MetricsLog.log
+
+    def die_at_step_5(self, record):
+        if record["step"] == 5:
+            raise KeyboardInterrupt  # killed after the step-3 checkpoint
+        real_log(self, record)
+
+    monkeypatch.setattr(run_module.MetricsLog, "log", die_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_module.train(settings(tmp_path / "crashed"))
+    monkeypatch.setattr(run_module.MetricsLog, "log", real_log)
+    run_module.train(settings(tmp_path / "crashed"), resume=True)
+    again = [r for r in read_metrics(tmp_path / "crashed" / "metrics.jsonl") if "loss" in r]
+    assert [r["on_policy"] for r in again] == flags
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in rows], abs=1e-5)
+
+
+def test_on_policy_with_a_cached_teacher_is_refused_in_one_line(cli, tiny_llama, teacher_dir, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    result = cli(
+        "distill", "--teacher", teacher_dir, "--student", tiny_llama, "--data", data,
+        "--output-dir", tmp_path / "out", "--top-k", "8", "--on-policy", "0.5",
+    )  # fmt: skip
+    assert result.code == 1 and result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert "on_policy" in result.err and "top_k" in result.err

@@ -99,6 +99,13 @@ def distill(
         int | None,
         typer.Option(help="Cache the teacher's top-k logits once instead of running it each step."),
     ] = None,
+    on_policy: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of steps (GKD's lambda) on which the student answers the prompts itself and "
+            "learns the teacher's distributions on its own tokens (live teacher only)."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint.")] = False,
     overrides: SetOption = None,
 ) -> None:
@@ -115,6 +122,7 @@ def distill(
         "output_dir": output_dir,
         "distill.divergence": divergence,
         "distill.top_k": top_k,
+        "distill.on_policy": on_policy,
     }
     extra = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
     settings = load_config(TrainConfig, config, [*(overrides or []), *extra])

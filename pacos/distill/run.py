@@ -36,49 +36,72 @@ def check_teacher_tokenizer(config: TrainConfig, tokenizer: Any) -> Any:
     return teacher_tok
 
 
+def _load_teacher(config: TrainConfig, runtime: dist_utils.Runtime) -> Any:
+    assert config.distill is not None
+    teacher = load_model(config.distill.teacher, runtime.param_dtype, config.trust_remote_code)
+    teacher.requires_grad_(False)
+    return teacher.to(runtime.device).eval()
+
+
+def _fill_cache(
+    config: TrainConfig, cache: TeacherCache, student: Any, tokenizer: Any, examples: list[Example], runtime
+) -> None:
+    """Run the teacher over the examples the cache lacks (none: the teacher is never loaded)."""
+    k = cache.k
+    if cache.missing(examples) or cache.shared_vocab is None:
+        teacher = _load_teacher(config, runtime)
+        teacher_tok = load_tokenizer(config.distill.teacher, config.trust_remote_code)
+        shared = check_same_vocabulary(tokenizer, teacher_tok, _rows(student), _rows(teacher))
+
+        def progress(done: int, total: int) -> None:
+            if sys.stderr.isatty() or done == total:
+                print(
+                    f"\r[distill] teacher top-{k}: {done}/{total} examples",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        with torch.autocast(
+            runtime.device.type,
+            runtime.autocast_dtype or torch.float32,
+            enabled=runtime.autocast_dtype is not None,
+        ):
+            ran = cache_teacher(teacher, examples, cache, tokenizer.pad_token_id, 4, shared, progress)
+        if ran:
+            print(file=sys.stderr)
+        del teacher  # the cache replaces it: free its memory for the student
+    else:
+        ran = 0
+    print(
+        f"[distill] teacher cache {cache.directory}: {len(cache.entries)} examples ({ran} new)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def distill_loss(
     config: TrainConfig, student: Any, tokenizer: Any, examples: list[Example], runtime: dist_utils.Runtime
 ) -> DistillLoss:
     settings = config.distill
     assert settings is not None
-    teacher_tok = check_teacher_tokenizer(config, tokenizer)
-    teacher = load_model(settings.teacher, runtime.param_dtype, config.trust_remote_code)
-    teacher.requires_grad_(False)
-    teacher.to(runtime.device).eval()
-    shared = check_same_vocabulary(tokenizer, teacher_tok, _rows(student), _rows(teacher))
-
-    cache = None
-    if settings.top_k:
+    if not settings.top_k:
+        teacher = _load_teacher(config, runtime)
+        shared = check_same_vocabulary(
+            tokenizer, check_teacher_tokenizer(config, tokenizer), _rows(student), _rows(teacher)
+        )
+        cache = None
+    else:
+        teacher = None
         directory = Path(settings.cache_dir or Path(config.output_dir) / "teacher-cache")
         if runtime.is_main:  # one process fills the cache; the others read it when it is complete
-            cache = TeacherCache(directory, settings.top_k)
-
-            def progress(done: int, total: int) -> None:
-                if sys.stderr.isatty() or done == total:
-                    print(
-                        f"\r[distill] teacher top-{settings.top_k}: {done}/{total} examples",
-                        end="",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-
-            with torch.autocast(
-                runtime.device.type,
-                runtime.autocast_dtype or torch.float32,
-                enabled=runtime.autocast_dtype is not None,
-            ):
-                ran = cache_teacher(teacher, examples, cache, tokenizer.pad_token_id, 4, shared, progress)
-            if ran:
-                print(file=sys.stderr)
-            print(
-                f"[distill] teacher cache {directory}: {len(cache.entries)} examples ({ran} new)",
-                file=sys.stderr,
-                flush=True,
+            _fill_cache(
+                config, TeacherCache(directory, settings.top_k), student, tokenizer, examples, runtime
             )
         dist_utils.barrier(runtime)
-        if not runtime.is_main:
-            cache = TeacherCache(directory, settings.top_k)
-        teacher = None  # the cache replaces it: free its memory for the student
+        cache = TeacherCache(directory, settings.top_k)
+        shared = cache.shared_vocab
+        assert shared is not None
     return DistillLoss(
         student,
         teacher,

@@ -100,9 +100,11 @@ class TeacherCache:
     def __init__(self, directory: str | Path, k: int):
         self.directory, self.k = Path(directory), k
         self.entries: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.shared_vocab: int | None = None  # the ids compared, known once the teacher has run
         meta = self.directory / "cache.json"
         if meta.exists():
             saved = json.loads(meta.read_text())
+            self.shared_vocab = saved.get("shared_vocab")
             if saved.get("k") != k:
                 raise PacosError(
                     f"{meta}: cached with k={saved.get('k')}, asked for k={k}; use another cache_dir"
@@ -115,9 +117,18 @@ class TeacherCache:
     def __contains__(self, key: str) -> bool:
         return key in self.entries
 
-    def write_shard(self, rows: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    def missing(self, examples: list[Example]) -> int:
+        return sum(example_key(e.input_ids) not in self.entries for e in examples)
+
+    def write_meta(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "cache.json").write_text(json.dumps({"k": self.k}))
+        meta = {"k": self.k, **({"shared_vocab": self.shared_vocab} if self.shared_vocab else {})}
+        tmp = self.directory / "cache.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, self.directory / "cache.json")
+
+    def write_shard(self, rows: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.write_meta()
         shard = self.directory / f"shard-{len(list(self.directory.glob('shard-*.npz'))):05d}.npz"
         arrays = {
             f"{key}.{name}": a
@@ -163,6 +174,8 @@ def cache_teacher(
             todo.append(e)
             seen.add(key)
     teacher.eval()
+    cache.shared_vocab = shared_vocab
+    cache.write_meta()
     pending: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]

@@ -33,6 +33,20 @@ class DistillConfig(BaseModel):
     top_k: int | None = Field(None, gt=0)
     cache_dir: str | None = None  # default: <output_dir>/teacher-cache
     chunk_size: int = Field(128, gt=0)  # response tokens per [chunk, vocab] slab of logits
+    # GKD's lambda: the share of steps on which the student answers the prompts itself and learns the
+    # teacher's distributions on its own tokens (needs the live teacher: its answers are new every step).
+    on_policy: float = Field(0.0, ge=0, le=1)
+    on_policy_max_tokens: int = Field(128, gt=0)
+    on_policy_temperature: float = Field(0.9, ge=0)  # 0: greedy
+
+    @model_validator(mode="after")
+    def _on_policy_needs_the_live_teacher(self) -> DistillConfig:
+        if self.on_policy and self.top_k:
+            raise ValueError(
+                "on_policy answers are new every step, so the teacher must run live: drop top_k "
+                "(or set on_policy 0 to use the cache)"
+            )
+        return self
 
 
 class TrainConfig(BaseModel):

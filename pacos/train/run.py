@@ -291,6 +291,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         from pacos.distill.run import check_teacher_tokenizer
 
         check_teacher_tokenizer(config, tokenizer)
+        if config.distill.on_policy and runtime.strategy == "fsdp":
+            raise PacosError("distill.on_policy cannot generate from an FSDP-sharded student; use ddp")
     hf_model = build_model(config, runtime, tokenizer)
     train_examples, report = tokenize_records(
         train_records, tokenizer, config.template, config.max_length, config.truncation
@@ -336,6 +338,11 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             tokenizer.eos_token_id,
             config.loop_weight,
         )
+    on_policy = None
+    if config.distill and config.distill.on_policy:
+        from pacos.distill.on_policy import OnPolicy
+
+        on_policy = OnPolicy(hf_model, config.distill, tokenizer, config.max_length, config.seed, runtime)
     loss_model = dist_utils.wrap(loss_model, hf_model, runtime)
     torch.manual_seed(config.seed + runtime.rank)  # but different dropout draws on each rank
     optimizer = make_optimizer(loss_model, config)
@@ -372,12 +379,12 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     for step in range(state["step"], total_steps):
         # One optimizer step: its micro-batches, loss normalised by the step's labelled tokens on all ranks.
+        step_examples = [train_examples[i] for i in plan.step_indices(step, runtime.rank)]
+        answered_by_student = False
+        if on_policy is not None:  # GKD: on some steps the student writes the answers it learns on
+            step_examples, answered_by_student = on_policy(step, step_examples)
         batches = micro_batches(
-            train_examples,
-            plan.step_indices(step, runtime.rank),
-            config.micro_batch_size,
-            pad_id,
-            config.packing,
+            step_examples, list(range(len(step_examples))), config.micro_batch_size, pad_id, config.packing
         )
         labelled = dist_utils.all_reduce_sum(sum(b.labelled for b in batches), runtime)
         step_loss = accumulate_gradients(loss_model, batches, labelled, runtime)
@@ -407,6 +414,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             "tokens_per_second": round(tokens_all / state["seconds"], 1),
             "padding_efficiency": round(state["real_tokens"] / max(1, state["padded_tokens"]), 4),
         }
+        if on_policy is not None:
+            record["on_policy"] = int(answered_by_student)
         if grad_norm is not None:
             record["grad_norm"] = round(
                 float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm), 4

@@ -1,0 +1,124 @@
+"""On-policy distillation (GKD): on a share of the steps the student answers the step's prompts itself and
+learns the teacher's distributions on its own tokens instead of on the dataset's answers.
+
+Off-policy distillation trains on sequences the student would not write, so at inference it meets
+prefixes of its own making that it never saw the teacher correct (the train/inference mismatch GKD and
+MiniLLM set out to fix). Which steps are on-policy, and what the student samples there, are drawn from the
+seed and the step number alone, so a resumed run repeats them exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any
+
+import torch
+from torch import nn
+
+from pacos.train import attention as packed_attention
+from pacos.train.data import IGNORE, Example
+
+
+def prompt_length(example: Example) -> int:
+    """Tokens before the first response token (targets are shifted: targets[p - 1] is response[0])."""
+    first = next(t for t, y in enumerate(example.targets) if y != IGNORE)
+    return first + 1
+
+
+def is_on_policy_step(seed: int, step: int, fraction: float) -> bool:
+    return fraction > 0 and random.Random(f"on-policy-{seed}-{step}").random() < fraction
+
+
+@torch.no_grad()
+def student_examples(
+    model: nn.Module,
+    examples: list[Example],
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    max_length: int,
+    temperature: float,
+    seed: int,
+    autocast: Any = None,
+) -> list[Example]:
+    """The examples with their responses replaced by the student's own answers to their prompts.
+
+    An answer that ends with EOS keeps it as a target (as in the data); one cut at `max_new_tokens` or at
+    `max_length` has none. `temperature` 0 is greedy. The global random state is left as it was.
+    """
+    prompts = [e.input_ids[: prompt_length(e)] for e in examples]
+    budget = min(max_new_tokens, max_length - max(len(p) for p in prompts))
+    if budget < 1:
+        return examples  # no room to answer: these steps stay off-policy
+    width = max(len(p) for p in prompts)
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    was_training = model.training
+    model.eval()  # no dropout, and the KV cache on even with activation checkpointing
+    # Training's packed attention takes one unmasked row; generation needs masks and a KV cache.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    packed = base.config._attn_implementation == packed_attention.NAME
+    if packed:
+        base.set_attn_implementation("sdpa")
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), autocast or contextlib.nullcontext():
+            torch.manual_seed(seed)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=budget,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                use_cache=True,
+            )
+    finally:
+        model.train(was_training)
+        if packed:
+            base.set_attn_implementation(packed_attention.NAME)
+    answers = []
+    for prompt, row in zip(prompts, out[:, width:].tolist()):
+        response = row[: row.index(eos_id) + 1] if eos_id in row else row
+        if not response:
+            response = [eos_id]
+        answers.append(
+            Example(prompt + response, [IGNORE] * (len(prompt) - 1) + response + [IGNORE], unlike=None)
+        )
+    return answers
+
+
+class OnPolicy:
+    """Replaces a step's examples by the student's answers on the steps `is_on_policy_step` picks."""
+
+    def __init__(
+        self, model: nn.Module, settings: Any, tokenizer: Any, max_length: int, seed: int, runtime: Any
+    ):
+        self.model, self.settings, self.max_length = model, settings, max_length
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.seed, self.runtime = seed, runtime
+
+    def __call__(self, step: int, examples: list[Example]) -> tuple[list[Example], bool]:
+        if not is_on_policy_step(self.seed, step, self.settings.on_policy):
+            return examples, False
+        answers = student_examples(
+            self.model,
+            examples,
+            self.eos_id,
+            self.pad_id,
+            self.settings.on_policy_max_tokens,
+            self.max_length,
+            self.settings.on_policy_temperature,
+            seed=self.seed * 1_000_003 + step * 101 + self.runtime.rank,
+            autocast=torch.autocast(
+                self.runtime.device.type,
+                self.runtime.autocast_dtype or torch.float32,
+                enabled=self.runtime.autocast_dtype is not None,
+            ),
+        )
+        return answers, True
