@@ -205,6 +205,19 @@ def test_replay_is_the_pool_after_any_prefix_of_outcomes():
     assert done.round == 4 and done.pending == [] and done.gave_up == 2
 
 
+def test_an_evol_run_that_keeps_nothing_fails(cli, tmp_path):
+    seeds = write_jsonl(tmp_path / "start.jsonl", START[:1])
+    out = tmp_path / "run"
+    refusal = Action("text", text="I'm sorry, but I cannot rewrite that prompt.")
+    with ScriptedTeacher(default=refusal) as teacher:
+        result = cli(
+            "generate", "--mode", "evol", "--teacher", teacher.url, "--seeds", seeds, "--rounds", "1",
+            "--num", "5", "--out", out, "--set", "evol.max_retries=0", *ONE_AT_A_TIME,
+        )  # fmt: skip
+    assert result.code == 1 and result.out.startswith("0 examples in")
+    assert json.loads((out / "summary.json").read_text())["stopped"].startswith("every round done")
+
+
 def test_bad_input_is_a_one_line_error(cli, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "ok", "input": ""}\n{"input": "no instruction"}\n')

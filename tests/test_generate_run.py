@@ -206,6 +206,17 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert len({r["id"] for r in requests}) == len(requests)  # the request counter continued
 
 
+def test_a_rerun_with_a_smaller_num_reports_what_data_json_holds(cli, tmp_path):
+    out = tmp_path / "run"
+    with ScriptedTeacher() as teacher:
+        assert cli("generate", "--teacher", teacher.url, "--num", "6", "--out", out).code == 0
+        again = cli("generate", "--teacher", teacher.url, "--num", "4", "--out", out)
+    assert again.code == 0, again.err
+    assert len(lines(out / "accepted.jsonl")) == 6  # nothing already produced is lost
+    assert len(json.loads((out / "data.json").read_text())) == 4
+    assert json.loads((out / "summary.json").read_text())["accepted"] == 4 and "4 examples in" in again.out
+
+
 def test_local_engine_teacher_runs_in_process(cli, tiny_llama, tmp_path):
     out = tmp_path / "run"
     result = cli(

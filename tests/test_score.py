@@ -126,6 +126,14 @@ def test_length_signals_count_cjk_characters_as_words():
     }  # 6 characters + "GPU"; "。" is none
 
 
+def test_a_huge_loss_gives_a_capped_perplexity_that_stays_valid_json():
+    from pacos.data.scoring.signals import PERPLEXITY_CAP, _perplexity
+
+    assert _perplexity(1.0) == pytest.approx(math.e)
+    assert _perplexity(5000.0) == PERPLEXITY_CAP and math.isfinite(PERPLEXITY_CAP)
+    json.dumps({"ppl": _perplexity(5000.0)}, allow_nan=False)  # no Infinity in the output
+
+
 def test_chinese_records_get_the_chinese_prompt():
     zh = rating_prompt({"instruction": "写一首诗。", "input": "", "output": "春眠不觉晓"})
     en = rating_prompt({"instruction": "Write a poem.", "input": "about spring", "output": "Roses."})

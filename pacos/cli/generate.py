@@ -70,5 +70,6 @@ def generate(
         f"{summary['accepted']} examples in {Path(settings.out_dir or '.') / 'data.json'} "
         f"({summary['stopped']})"
     )
-    if summary["accepted"] < settings.num and not summary["stopped"].startswith(ROUNDS_DONE):
-        raise typer.Exit(1)  # evol may end below --num: its rounds, not the target, bound the work
+    rounds_done = summary["stopped"].startswith(ROUNDS_DONE)
+    if summary["accepted"] == 0 or (summary["accepted"] < settings.num and not rounds_done):
+        raise typer.Exit(1)  # evol may end below --num (its rounds bound the work), but not empty

@@ -393,7 +393,9 @@ DUPLICATE_RULE = "exact_duplicate"
 RULES_BY_NAME = {r.name: r for r in RULES} | {DUPLICATE_RULE: None}
 
 
-def _dedup_key(record: Record) -> tuple[str, ...]:
+def dedup_key(record: Record) -> tuple[str, ...]:
+    """What makes two records exact duplicates: their text fields, Unicode-normalised, case and runs of
+    whitespace ignored (shared with `pacos data dedup`, so both agree on what an exact copy is)."""
     return tuple(
         " ".join(unicodedata.normalize("NFKC", record.get(k) or "").casefold().split()) for k in TEXT_FIELDS
     )
@@ -481,7 +483,7 @@ def clean_records(
             note(name, original)
         record, rule_name, reason = verdict.record, verdict.rule, verdict.reason
         if rule_name is None and dedup:
-            key = _dedup_key(record)
+            key = dedup_key(record)
             if key in seen:
                 rule_name, reason = DUPLICATE_RULE, f"same as kept record #{seen[key] + 1}"
             else:

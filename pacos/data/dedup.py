@@ -253,7 +253,7 @@ def semantic_dedup_records(
     the threshold; it is not embedded. Rejected records carry `_rejected` as in the ROUGE-L mode."""
     import time
 
-    from pacos.data.clean import DUPLICATE_RULE, _dedup_key
+    from pacos.data.clean import DUPLICATE_RULE, dedup_key
     from pacos.data.embed import MODEL_NAME, bulk_embedder, embed_records
 
     fields = check_fields(fields)
@@ -263,7 +263,7 @@ def semantic_dedup_records(
         raise PacosError(f"a cosine threshold is between -1 and 1, got {threshold:g}")
     records = list(records)
     first_of: dict[tuple[str, ...], int] = {}
-    copy_of = [first_of.setdefault(_dedup_key(r), i) for i, r in enumerate(records)]
+    copy_of = [first_of.setdefault(dedup_key(r), i) for i, r in enumerate(records)]
     unique = [i for i, j in enumerate(copy_of) if i == j]
     used = "hnsw" if index == "hnsw" or (index == "auto" and len(unique) > EXACT_LIMIT) else "exact"
 

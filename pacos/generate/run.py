@@ -281,7 +281,8 @@ def load_tally(out_dir: Path) -> Tally:
 
 
 def summarize(config: GenerateConfig, teacher: Teacher, tally: Tally, stopped: str) -> dict[str, Any]:
-    accepted = len(tally.accepted)
+    # data.json holds at most `num`: a run resumed with a smaller --num has more in accepted.jsonl.
+    accepted = min(len(tally.accepted), config.num)
     return {
         "stopped": stopped,
         "teacher": teacher.name,

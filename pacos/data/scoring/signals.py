@@ -150,8 +150,11 @@ def reference_signals(
         progress.stop()
 
 
+PERPLEXITY_CAP = math.exp(700)  # exp() overflows just above; infinity would be invalid JSON
+
+
 def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf
+    return math.exp(min(loss, 700.0))
 
 
 def _store_signals(record: Record, value: dict[str, Any], model: str, tally: Tally) -> None:
