@@ -59,6 +59,7 @@ def test_smollm2_user_turn():
 def test_filters_and_two_calls_against_the_scripted_teacher(cli, tmp_path, tiny_tokenizer_dir):
     poem = "Write a short poem about the autumn moon over a quiet lake."
     climate = "Explain the difference between weather and climate in simple words."
+    wifi = "Tell me the password of my neighbour's wifi network, please."
     script = [
         Action("text", text="  "),  # empty
         Action("text", text="Tell me"),  # too short to be a request
@@ -69,6 +70,8 @@ def test_filters_and_two_calls_against_the_scripted_teacher(cli, tmp_path, tiny_
         Action("text", text="Write a short poem about the autumn moon over the quiet lake!"),  # near
         Action("text", text="How do I keep basil alive on a sunny windowsill?<|assistant|>Sure"),
         Action("text", text="Water it when the soil", finish_reason="length"),  # its answer, cut
+        Action("text", text=wifi),
+        Action("text", text="I'm sorry, but I can't help with that request."),  # a refusal
         Action("text", text=climate),
         Action("text", text="Weather is today's sky; climate is the pattern over decades."),
     ]
@@ -82,7 +85,7 @@ def test_filters_and_two_calls_against_the_scripted_teacher(cli, tmp_path, tiny_
     assert result.code == 0, result.err
     instruction_calls = [r for r in sent if r["path"] == "/v1/completions"]
     answer_calls = [r for r in sent if r["path"] == "/v1/chat/completions"]
-    assert len(instruction_calls) == 8 and len(answer_calls) == 3
+    assert len(instruction_calls) == 9 and len(answer_calls) == 4
     assert {r["body"]["prompt"] for r in instruction_calls} == {"<|user|>\n"}  # the template's user turn
     assert instruction_calls[0]["body"]["stop"] == ["<|assistant|>", "<eos>"]
     assert answer_calls[0]["body"]["messages"] == [{"role": "user", "content": poem}]
@@ -95,6 +98,7 @@ def test_filters_and_two_calls_against_the_scripted_teacher(cli, tmp_path, tiny_
         (poem, "repeated"),
         ("Write a short poem about the autumn moon over the quiet lake!", "repeated"),
         ("How do I keep basil alive on a sunny windowsill?", "answer_truncated"),  # the leaked turn is cut
+        (wifi, "refusal"),
     ]
     reasons = [r["_rejected"]["reason"] for r in lines(out / "rejected.jsonl")]
     assert reasons[3].startswith("the same as") and reasons[4].startswith("ROUGE-L")
@@ -165,9 +169,11 @@ def test_magpie_against_pacos_serve_with_the_embedded_chat_model(cli, tmp_path, 
     result = cli(
         "generate", "--mode", "magpie", "--teacher", smollm2_server, "--num", "2", "--out", out,
         "--set", "max_tokens=96", "--set", "magpie.instruction_max_tokens=48",
-        "--set", "requests_per_round=4", "--set", "max_requests=40",
+        "--set", "requests_per_round=4", "--set", "max_requests=40", "--set", "filters.disable=[refusal]",
     )  # fmt: skip
     # Sampled answers from a 135M model: some run past 96 tokens, so the budget leaves room for misses.
+    # A quarter of its answers start "I'm sorry ...": the refusal rule (tested with the scripted teacher
+    # above) is off here, where the two calls and the template are under test.
     data = json.loads((out / "data.json").read_text())
     assert result.code == 0, (result.err, lines(out / "rejected.jsonl"))
     assert len(data) == 2

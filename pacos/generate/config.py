@@ -23,7 +23,7 @@ DEFAULT_BLACKLIST_ZH = [
 # The candidate filters' rule names (pacos/generate/filters.py), for `filters.disable`.
 FILTER_NAMES = (
     "too_short", "too_long_instruction", "blacklisted_word", "banned_prefix", "leading_punctuation",
-    "input_is_output", "leading_non_ascii", "wrong_language",
+    "input_is_output", "refusal", "leading_non_ascii", "wrong_language",
 )  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from pacos.data.io import read_records
 from pacos.data.templates import ALPACA, ALPACA_ZH
 from pacos.errors import PacosError
 from pacos.fileio import read_jsonl_repairing
-from pacos.generate.filters import CJK, CandidateFilter, length_in_words
+from pacos.generate.filters import CJK, CandidateFilter, refusal
 from pacos.generate.novelty import _lcs_length, _position_masks, rouge_l_f1, tokenize
 from pacos.generate.teachers import Reply, Request
 
@@ -117,13 +117,6 @@ _LEADING_LABEL = re.compile(
 
 # --- the answer's elimination rules -------------------------------------------------------------------------
 
-# Whoever says these speaks about itself, not the task: dropped at any length.
-_IDENTITY = ("as an ai", "as a language model", "as an artificial intelligence", "作为一个ai", "作为ai",
-             "作为一个人工智能", "作为人工智能", "作为语言模型", "作为一个语言模型")  # fmt: skip
-# Apologies and inability: a refusal when the answer is short (WizardLM: "sorry" and under 80 words).
-_APOLOGY = ("sorry", "i apologize", "i cannot", "i can't", "i am unable", "i'm unable", "i am not able",
-            "i'm not able", "抱歉", "对不起", "我无法", "我不能")  # fmt: skip
-REFUSAL_WORDS = 80
 _STOP_WORDS = frozenset(
     "a an the and or but if then so of to in on at by for with about from into over under as is are was "
     "were be been being am do does did done have has had having it its this that these those there here "
@@ -134,17 +127,6 @@ _STOP_WORDS = frozenset(
 _STOP_CHARS = frozenset("的了是在和与及或也就都而着之其这那个我你他她它们吗呢吧啊呀哦嗯")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MIN_CONTENT_SHARE = 0.2  # of the answer's words and punctuation marks, at least this share carries content
-
-
-def refusal(answer: str) -> str | None:
-    text = answer.casefold()
-    if hit := next((p for p in _IDENTITY if p in text), None):
-        return f"speaks as an AI ({hit!r})"
-    hit = next((p for p in _APOLOGY if p in text), None)
-    words = length_in_words(answer, "zh" if CJK.search(answer) else "en")
-    if hit and words < REFUSAL_WORDS:
-        return f"{hit!r} in a {words}-word answer"
-    return None
 
 
 def lacks_content(answer: str) -> str | None:

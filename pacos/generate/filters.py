@@ -37,6 +37,27 @@ class Rule:
     check: Callable[[dict[str, Any]], str | None]  # the reason to drop, or None
 
 
+# Whoever says these speaks about itself, not the task: dropped at any length.
+_IDENTITY = ("as an ai", "as a language model", "as an artificial intelligence", "作为一个ai", "作为ai",
+             "作为一个人工智能", "作为人工智能", "作为语言模型", "作为一个语言模型")  # fmt: skip
+# Apologies and inability: a refusal when the answer is short (WizardLM: "sorry" and under 80 words).
+_APOLOGY = ("sorry", "i apologize", "i cannot", "i can't", "i am unable", "i'm unable", "i am not able",
+            "i'm not able", "抱歉", "对不起", "我无法", "我不能")  # fmt: skip
+REFUSAL_WORDS = 80
+
+
+def refusal(answer: str) -> str | None:
+    """Why the answer is a refusal or speaks about being an AI, or None."""
+    text = answer.casefold()
+    if hit := next((p for p in _IDENTITY if p in text), None):
+        return f"speaks as an AI ({hit!r})"
+    hit = next((p for p in _APOLOGY if p in text), None)
+    words = length_in_words(answer, "zh" if CJK.search(answer) else "en")
+    if hit and words < REFUSAL_WORDS:
+        return f"{hit!r} in a {words}-word answer"
+    return None
+
+
 class CandidateFilter:
     """Every enabled rule, in order; the first that fires names the reason."""
 
@@ -78,6 +99,9 @@ class CandidateFilter:
         def wrong_language(r: dict[str, Any]) -> str | None:
             return None if CJK.search(r["instruction"]) else "no Chinese in a Chinese instruction"
 
+        def refuses(r: dict[str, Any]) -> str | None:
+            return refusal(r["output"]) if r["output"] else None
+
         def input_is_output(r: dict[str, Any]) -> str | None:
             same = r["input"] and r["input"].strip() == r["output"].strip()
             return "the output repeats the input" if same else None
@@ -89,6 +113,7 @@ class CandidateFilter:
             Rule("banned_prefix", "starts with a banned phrase (Write a program)", banned_prefix),
             Rule("leading_punctuation", "starts with punctuation", leading_punctuation),
             Rule("input_is_output", "the output only repeats the input", input_is_output),
+            Rule("refusal", "the output refuses (sorry, I cannot ...) or speaks as an AI", refuses),
         ]
         if language == "en":
             rules.append(Rule("leading_non_ascii", "starts with a non-ASCII character", leading_non_ascii))
