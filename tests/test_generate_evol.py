@@ -206,6 +206,31 @@ def test_replay_is_the_pool_after_any_prefix_of_outcomes():
     assert done.round == 4 and done.pending == [] and done.gave_up == 2
 
 
+def test_two_items_that_evolve_into_one_prompt_keep_one(cli, tmp_path):
+    seeds = write_jsonl(tmp_path / "start.jsonl", START)
+    same = "Explain why the sea looks blue on a sunny day, with two examples from physics."
+
+    def teacher_reply(prompt: str, rng) -> str:
+        if "#Given Prompt#" in prompt and "diary" in prompt:
+            return f"  {START[0]['instruction'].upper()}  "  # c's evolution is a's starting prompt
+        if "#Given Prompt#" in prompt or "#Created Prompt#" in prompt:
+            return same
+        return "Water absorbs red light, so the light it scatters back looks blue; a deep pool shows it."
+
+    out = tmp_path / "run"
+    with ScriptedTeacher(default=Action("custom", respond=teacher_reply)) as teacher:
+        result = cli(
+            "generate", "--mode", "evol", "--teacher", teacher.url, "--seeds", seeds, "--rounds", "1",
+            "--num", "5", "--out", out, "--set", "evol.max_retries=0", *ONE_AT_A_TIME,
+        )  # fmt: skip
+    assert result.code == 0, result.err
+    assert [r["instruction"] for r in json.loads((out / "data.json").read_text())] == [same]
+    assert [(r["_rejected"]["parent_id"], r["_rejected"]["rule"]) for r in lines(out / "rejected.jsonl")] == [
+        ("b", "duplicate"),
+        ("c", "duplicate"),
+    ]
+
+
 def test_bad_input_is_a_one_line_error(cli, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "ok", "input": ""}\n{"input": "no instruction"}\n')

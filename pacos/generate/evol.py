@@ -6,9 +6,11 @@ breadth: a new, rarer prompt of the same domain), then asks for the answer to th
 call. Elimination rules drop a failed evolution: a prompt with no new information (the same as its
 parent, or fewer than `evol.min_new_words` words outside their longest common subsequence), a prompt
 that copies the request's own labels ("#Given Prompt#", "rewritten prompt", 给定提示 ...), a cut-off or
-empty prompt, `pacos generate`'s instruction filters, and an answer that is a refusal, mostly punctuation
-and stop words, empty or cut off. A successful evolution replaces its parent in the next round's pool; a
-failed item goes back into the pool as it was, until it has failed `evol.max_retries` + 1 times.
+empty prompt, a prompt that is already in the data (`duplicate`: another item's evolution or a starting
+prompt, case and spacing ignored), `pacos generate`'s instruction filters, and an answer that is a refusal,
+mostly punctuation and stop words, empty or cut off. A successful evolution replaces its parent in the
+next round's pool; a failed item goes back into the pool as it was, until it has failed
+`evol.max_retries` + 1 times.
 
 The prompts are our own, in English and Chinese, chosen by each record's language. Evolved records have
 the whole prompt as their instruction (a former input is part of it) and their lineage in `metadata`:
@@ -24,6 +26,7 @@ from __future__ import annotations
 import random
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,6 +244,7 @@ class EvolState:
     start: list[Item]
     failed: set[tuple[int, str]]  # (round, parent id) of every failed evolution
     filters: dict[str, CandidateFilter]  # by the record's language
+    seen: set[str]  # every starting and accepted prompt, normalised: two items may not evolve into one
 
     @classmethod
     def load(cls, generator: Generator) -> EvolState:
@@ -251,7 +255,14 @@ class EvolState:
             if "round" in why and "parent_id" in why:
                 failed.add((why["round"], why["parent_id"]))
         filters = {lang: CandidateFilter(c.model_copy(update={"language": lang})) for lang in ("en", "zh")}
-        return cls(load_start(c), failed, filters)
+        start = load_start(c)
+        seen = {_normal(prompt_of(i.record)) for i in start}
+        seen |= {_normal(r["instruction"]) for r in generator.tally.accepted}
+        return cls(start, failed, filters, seen)
+
+
+def _normal(prompt: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", prompt).casefold().split())
 
 
 # --- one batch of evolutions ------------------------------------------------------------------------------
@@ -368,7 +379,7 @@ async def evol_round(generator: Generator) -> bool:
         metas.append({"step": "evolve", "round": pool.round, "parent_id": item.id, "operation": e.operation})
         batch.append(e)
     replies = await g.send(requests, metas)
-    survivors = []
+    survivors, batch_prompts = [], set()
     for reply, e in zip(replies, batch, strict=True):
         if reply.error is not None:
             continue  # no outcome: the item stays pending and is tried again
@@ -376,12 +387,15 @@ async def evol_round(generator: Generator) -> bool:
         e.evolved, rule, reason, e.rouge_l, e.new_words = check_prompt(
             reply.text, e.parent, reply, c.evol.min_new_words, tokenizer
         )
+        if rule is None and (_normal(e.evolved) in state.seen or _normal(e.evolved) in batch_prompts):
+            rule, reason = "duplicate", "another item's prompt (or one in the starting set)"
         if rule is None:
             rule, reason = state.filters[e.language].check_instruction(e.evolved)
         if rule:
             fail(e, {"instruction": e.evolved}, rule, reason or rule, reply.request_id)
         else:
             survivors.append(e)
+            batch_prompts.add(_normal(e.evolved))
     if not survivors:
         return any(r.error is None for r in replies)
 
@@ -427,4 +441,5 @@ async def evol_round(generator: Generator) -> bool:
         }
         g.accepted_log.write(accepted)
         tally.accepted.append(accepted)
+        state.seen.add(_normal(e.evolved))
     return any(r.error is None for r in replies)

@@ -184,7 +184,9 @@ def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: P
         f"base model {base_model}: held-out answers (greedy, {settings.max_new_tokens} new tokens), "
         "loss, verifiable instructions",
     )
-    evaluate_model(base_model, out / "base", **common)
+    # The base's answers go to the shared answer cache ($PACOS_CACHE/eval, keyed by the weights' content):
+    # the same base on the same held-out set is answered once per machine, not once per run directory.
+    evaluate_model(base_model, out / "base", **{**common, "cache_path": None})
     _say(
         "eval",
         "tuned model: the same"
