@@ -37,7 +37,7 @@ def dataset_loss(
         "data": data,
         "template": chosen,
         "loss": loss,
-        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "perplexity": math.exp(min(loss, 700.0)),  # capped: infinity would be invalid JSON
         "examples": len(examples),
         "dropped_too_long": report.dropped_too_long,
         "response_tokens": report.response_tokens,
