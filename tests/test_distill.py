@@ -358,3 +358,23 @@ def test_on_policy_with_a_cached_teacher_is_refused_in_one_line(cli, tiny_llama,
     )  # fmt: skip
     assert result.code == 1 and result.err.count("\n") == 1 and "Traceback" not in result.err
     assert "on_policy" in result.err and "top_k" in result.err
+
+
+def test_on_policy_under_fsdp_is_refused_before_any_model_loads(
+    tiny_llama, teacher_dir, tmp_path, monkeypatch
+):
+    from pacos.errors import PacosError
+    from pacos.train import run as run_module
+    from pacos.train.config import TrainConfig
+    from pacos.train.distributed import Runtime
+
+    fsdp = Runtime(0, 0, 2, torch.device("cpu"), "fsdp", None, torch.float32)
+    monkeypatch.setattr(run_module.dist_utils, "setup", lambda *args: fsdp)
+    monkeypatch.setattr(run_module, "build_model", lambda *args: pytest.fail("a model was loaded"))
+    settings = TrainConfig(
+        model=str(tiny_llama),
+        output_dir=str(tmp_path / "out"),
+        distill={"teacher": str(teacher_dir), "on_policy": 1},
+    )
+    with pytest.raises(PacosError, match="FSDP"):
+        run_module.train(settings)
