@@ -378,3 +378,38 @@ def test_on_policy_under_fsdp_is_refused_before_any_model_loads(
     )
     with pytest.raises(PacosError, match="FSDP"):
         run_module.train(settings)
+
+
+def test_each_on_policy_answer_gets_its_own_room_under_max_length(tiny_llama):
+    from pacos.distill.on_policy import prompt_length, student_examples
+
+    tok = load_tokenizer(str(tiny_llama))
+    examples, _ = tokenize_records(RECORDS, tok, "alpaca", 512, "drop")
+    lengths = [prompt_length(e) for e in examples]
+    max_length = max(lengths) + 1  # the longest prompt has room for one token, the others for more
+    model = load_model(str(tiny_llama))
+    eos = tok.eos_token_id
+    answers = student_examples(model, examples, eos, tok.pad_token_id, 6, max_length, 0.0, 0, batch_size=2)
+    for example, answer, p in zip(examples, answers, lengths):
+        alone = model.generate(
+            torch.tensor([example.input_ids[:p]]), max_new_tokens=6, do_sample=False, pad_token_id=eos
+        )[0, p:].tolist()
+        alone = alone[: alone.index(eos) + 1] if eos in alone else alone
+        assert answer.input_ids[p:] == alone[: max_length - p] and len(answer.input_ids) <= max_length
+    assert (
+        min(lengths) + 6 <= max_length
+        or len(answers[lengths.index(min(lengths))].input_ids) > min(lengths) + 1
+    )
+
+
+def test_on_policy_steps_drop_the_cross_entropy_on_the_students_own_samples(tiny_llama, teacher_dir):
+    _, batch, student, teacher = batch_and_models(tiny_llama, teacher_dir, True)
+    vocab = student.config.vocab_size
+    args = (batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets)
+    mixed = DistillLoss(student, teacher, None, vocab, alpha=0.5)
+    pure = DistillLoss(student, teacher, None, vocab, alpha=0.0)
+    with torch.no_grad():
+        off_policy, want = mixed(*args)[0].item(), pure(*args)[0].item()
+        mixed.own_answers = True
+        on_policy = mixed(*args)[0].item()
+    assert on_policy == pytest.approx(want) and off_policy != pytest.approx(want)

@@ -170,6 +170,8 @@ def test_answer_and_prompt_rules():
     assert refusal("As an AI language model, " + "word " * 200)
     assert refusal("Sorry to hear that. " + "Here is a long and useful plan. " * 20) is None  # a long answer
     assert refusal("The capital of France is Paris.") is None
+    assert refusal("I can\u2019t help with that.")  # a typographic apostrophe
+    assert refusal("The Wi-Fi cannot reach the garden, so move the router.") is None  # not "I cannot"
     assert (
         lacks_content("!!! ... ?") and lacks_content("the of and , it is so") and lacks_content("的了吗？！")
     )

@@ -41,20 +41,18 @@ def student_examples(
     temperature: float,
     seed: int,
     autocast: Any = None,
+    batch_size: int = 8,
 ) -> list[Example]:
-    """The examples with their responses replaced by the student's own answers to their prompts.
+    """The examples with their responses replaced by the student's own answers to their prompts,
+    generated `batch_size` prompts at a time.
 
     An answer that ends with EOS keeps it as a target (as in the data); one cut at `max_new_tokens` or at
-    `max_length` has none. `temperature` 0 is greedy. The global random state is left as it was.
+    `max_length` has none. `temperature` 0 is greedy; the model's own generation defaults (repetition
+    penalty, top-k ...) are not applied, so samples come from its plain distribution. The CPU and CUDA
+    random states are left as they were.
     """
     prompts = [e.input_ids[: prompt_length(e)] for e in examples]
-    budget = min(max_new_tokens, max_length - max(len(p) for p in prompts))
-    if budget < 1:
-        return examples  # no room to answer: these steps stay off-policy
-    width = max(len(p) for p in prompts)
     device = next(model.parameters()).device
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     was_training = model.training
     model.eval()  # no dropout, and the KV cache on even with activation checkpointing
     # Training's packed attention takes one unmasked row; generation needs masks and a KV cache.
@@ -63,30 +61,40 @@ def student_examples(
     if packed:
         base.set_attn_implementation("sdpa")
     devices = [device] if device.type == "cuda" else []
+    rows: list[list[int]] = []
     try:
         with torch.random.fork_rng(devices=devices), autocast or contextlib.nullcontext():
             torch.manual_seed(seed)
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=budget,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=None,
-                top_k=None,
-                eos_token_id=eos_id,
-                pad_token_id=pad_id,
-                use_cache=True,
-            )
+            for i in range(0, len(prompts), batch_size):
+                chunk = prompts[i : i + batch_size]
+                width = max(len(p) for p in chunk)
+                out = model.generate(
+                    input_ids=torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device),
+                    attention_mask=torch.tensor(
+                        [[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device
+                    ),
+                    max_new_tokens=max(1, min(max_new_tokens, max_length - min(len(p) for p in chunk))),
+                    do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None,
+                    top_p=None,
+                    top_k=None,
+                    min_p=None,
+                    typical_p=None,
+                    repetition_penalty=None,
+                    no_repeat_ngram_size=None,
+                    eos_token_id=eos_id,
+                    pad_token_id=pad_id,
+                    use_cache=True,
+                )
+                rows += out[:, width:].tolist()
     finally:
         model.train(was_training)
         if packed:
             base.set_attn_implementation(packed_attention.NAME)
     answers = []
-    for prompt, row in zip(prompts, out[:, width:].tolist()):
+    for prompt, row in zip(prompts, rows):
         response = row[: row.index(eos_id) + 1] if eos_id in row else row
-        if not response:
-            response = [eos_id]
+        response = response[: max_length - len(prompt)] or [eos_id]  # each row's own room
         answers.append(
             Example(prompt + response, [IGNORE] * (len(prompt) - 1) + response + [IGNORE], unlike=None)
         )
@@ -96,15 +104,18 @@ def student_examples(
 class OnPolicy:
     """Replaces a step's examples by the student's answers on the steps `is_on_policy_step` picks."""
 
-    def __init__(
-        self, model: nn.Module, settings: Any, tokenizer: Any, max_length: int, seed: int, runtime: Any
-    ):
-        self.model, self.settings, self.max_length = model, settings, max_length
+    def __init__(self, model: nn.Module, loss: Any, config: Any, tokenizer: Any, runtime: Any):
+        self.model, self.loss, self.settings = model, loss, config.distill
+        self.max_length, self.batch_size, self.seed = config.max_length, config.micro_batch_size, config.seed
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.seed, self.runtime = seed, runtime
+        self.runtime = runtime
 
     def __call__(self, step: int, examples: list[Example]) -> tuple[list[Example], bool]:
-        if not is_on_policy_step(self.seed, step, self.settings.on_policy):
+        on = is_on_policy_step(self.seed, step, self.settings.on_policy)
+        # The cross-entropy (alpha) is for the data's answers: on the student's own samples it would only
+        # reward repeating them, so on-policy steps learn the teacher's distributions alone (as GKD).
+        self.loss.own_answers = on
+        if not on:
             return examples, False
         answers = student_examples(
             self.model,
@@ -120,5 +131,6 @@ class OnPolicy:
                 self.runtime.autocast_dtype or torch.float32,
                 enabled=self.runtime.autocast_dtype is not None,
             ),
+            batch_size=self.batch_size,
         )
         return answers, True

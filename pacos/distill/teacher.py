@@ -227,16 +227,18 @@ class DistillLoss(nn.Module):
         self.cache, self.shared_vocab = cache, shared_vocab
         self.divergence, self.beta, self.temperature, self.alpha = divergence, beta, temperature, alpha
         self.chunk_size = chunk_size
+        self.own_answers = False  # set by on-policy steps: the labels are the student's samples
 
     def _chunk(
         self, hidden: torch.Tensor, teacher: torch.Tensor | TopK, targets: torch.Tensor
     ) -> torch.Tensor:
         logits = _head_logits(self.model, hidden).float()
-        loss = (1.0 - self.alpha) * divergence_sum(
+        alpha = 0.0 if self.own_answers else self.alpha
+        loss = (1.0 - alpha) * divergence_sum(
             logits[:, : self.shared_vocab], teacher, self.divergence, self.beta, self.temperature
         )
-        if self.alpha:
-            loss = loss + self.alpha * nn.functional.cross_entropy(logits, targets, reduction="sum")
+        if alpha:
+            loss = loss + alpha * nn.functional.cross_entropy(logits, targets, reduction="sum")
         return loss
 
     def forward(self, input_ids, position_ids, attention_mask, targets, unlike=None):

@@ -304,12 +304,12 @@ def check_prompt(text: str, parent: str, reply: Reply, min_new_words: int, token
     return evolved, None, None, score, new_words
 
 
-def check_answer(answer: str, reply: Reply) -> tuple[str | None, str | None]:
+def check_answer(answer: str, reply: Reply, refusals: bool = True) -> tuple[str | None, str | None]:
     if reply.finish_reason == "length":
         return "answer_truncated", "the token limit cut the answer"
     if not answer.strip():
         return "empty_answer", "no answer"
-    if reason := refusal(answer):
+    if refusals and (reason := refusal(answer)):  # off with filters.disable=[refusal], as in every mode
         return "refusal", reason
     if reason := lacks_content(answer):
         return "no_content", reason
@@ -411,7 +411,7 @@ async def evol_round(generator: Generator) -> bool:
         if answer.error is not None or len(tally.accepted) >= c.num:
             continue
         record = {"instruction": e.evolved, "input": "", "output": answer.text.strip()}
-        rule, reason = check_answer(answer.text, answer)
+        rule, reason = check_answer(answer.text, answer, "refusal" not in c.filters.disable)
         if rule is None:
             record, rule, reason = state.filters[e.language](record)
         if rule:

@@ -46,12 +46,21 @@ _APOLOGY = ("sorry", "i apologize", "i cannot", "i can't", "i am unable", "i'm u
 REFUSAL_WORDS = 80
 
 
+def _phrases(phrases: tuple[str, ...]) -> re.Pattern[str]:
+    # Latin phrases as whole words ("Wi-Fi cannot" holds no "I cannot"); Chinese ones as substrings.
+    return re.compile("|".join(re.escape(p) if CJK.search(p) else rf"\b{re.escape(p)}\b" for p in phrases))
+
+
+_IDENTITY_RE, _APOLOGY_RE = _phrases(_IDENTITY), _phrases(_APOLOGY)
+
+
 def refusal(answer: str) -> str | None:
     """Why the answer is a refusal or speaks about being an AI, or None."""
-    text = answer.casefold()
-    if hit := next((p for p in _IDENTITY if p in text), None):
-        return f"speaks as an AI ({hit!r})"
-    hit = next((p for p in _APOLOGY if p in text), None)
+    text = answer.casefold().replace("\u2019", "'")  # I can’t = I can't
+    if found := _IDENTITY_RE.search(text):
+        return f"speaks as an AI ({found.group(0)!r})"
+    found = _APOLOGY_RE.search(text)
+    hit = found.group(0) if found else None
     words = length_in_words(answer, "zh" if CJK.search(answer) else "en")
     if hit and words < REFUSAL_WORDS:
         return f"{hit!r} in a {words}-word answer"

@@ -177,16 +177,16 @@ def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: P
         "decoding": Decoding(max_new_tokens=settings.max_new_tokens, dtype=settings.dtype),
         "template": config.train.template,
         "embeddings": settings.embeddings,
-        "cache_path": out / "cache" / "answers.jsonl",
     }
     _say(
         "eval",
         f"base model {base_model}: held-out answers (greedy, {settings.max_new_tokens} new tokens), "
         "loss, verifiable instructions",
     )
-    # The base's answers go to the shared answer cache ($PACOS_CACHE/eval, keyed by the weights' content):
-    # the same base on the same held-out set is answered once per machine, not once per run directory.
-    evaluate_model(base_model, out / "base", **{**common, "cache_path": None})
+    # Answers go to the shared answer cache ($PACOS_CACHE/eval, keyed by the weights' content): the same
+    # base on the same held-out set is answered once per machine, not once per run directory (and the
+    # judge reads the base's answers from there).
+    evaluate_model(base_model, out / "base", **common)
     _say(
         "eval",
         "tuned model: the same"

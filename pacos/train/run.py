@@ -342,7 +342,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if config.distill and config.distill.on_policy:
         from pacos.distill.on_policy import OnPolicy
 
-        on_policy = OnPolicy(hf_model, config.distill, tokenizer, config.max_length, config.seed, runtime)
+        on_policy = OnPolicy(hf_model, loss_model, config, tokenizer, runtime)
     loss_model = dist_utils.wrap(loss_model, hf_model, runtime)
     torch.manual_seed(config.seed + runtime.rank)  # but different dropout draws on each rank
     optimizer = make_optimizer(loss_model, config)
