@@ -396,10 +396,7 @@ def test_each_on_policy_answer_gets_its_own_room_under_max_length(tiny_llama):
         )[0, p:].tolist()
         alone = alone[: alone.index(eos) + 1] if eos in alone else alone
         assert answer.input_ids[p:] == alone[: max_length - p] and len(answer.input_ids) <= max_length
-    assert (
-        min(lengths) + 6 <= max_length
-        or len(answers[lengths.index(min(lengths))].input_ids) > min(lengths) + 1
-    )
+    assert max_length - min(lengths) >= 6  # the shortest prompt's row really had room for all 6 tokens
 
 
 def test_on_policy_steps_drop_the_cross_entropy_on_the_students_own_samples(tiny_llama, teacher_dir):
