@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -140,12 +139,6 @@ def test_bad_training_settings_are_one_line_errors(cli, tiny_llama, tmp_path):
     assert "Traceback" not in result.err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_process_run_under_torchrun_matches_one_process(tiny_gemma, tmp_path, strategy):
     args = [
@@ -183,12 +176,9 @@ def test_two_process_run_under_torchrun_matches_one_process(tiny_gemma, tmp_path
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",  # torchrun binds a free port itself: no window for another process to take it
             "--nproc_per_node",
             "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
             "-m",
             "pacos",
             *args,
