@@ -410,3 +410,20 @@ def test_on_policy_steps_drop_the_cross_entropy_on_the_students_own_samples(tiny
         mixed.own_answers = True
         on_policy = mixed(*args)[0].item()
     assert on_policy == pytest.approx(want) and off_policy != pytest.approx(want)
+
+
+def test_a_cache_built_for_wider_models_is_refused_for_a_narrower_student(
+    cli, tiny_llama, teacher_dir, tmp_path
+):
+    wide_teacher = padded_copy(teacher_dir, tmp_path / "wide-teacher", 64, 5)
+    wide_student = padded_copy(tiny_llama, tmp_path / "wide-student", 64, 6)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    cache = tmp_path / "cache"
+    args = ["distill", "--teacher", wide_teacher, "--data", data, "--top-k", "8", "--set", "max_steps=1"]
+    args += ["--set", "tensorboard=false", "--set", f'distill.cache_dir="{cache}"']
+    assert cli(*args, "--student", wide_student, "--output-dir", tmp_path / "a").code == 0
+    result = cli(*args, "--student", tiny_llama, "--output-dir", tmp_path / "b")
+    last = result.err.strip().splitlines()[-1]  # after the progress lines, one error line
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "built for 324 ids, the student has 260 output rows; use another distill.cache_dir" in last

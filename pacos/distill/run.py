@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pacos.distill.teacher import DistillLoss, TeacherCache, cache_teacher, check_same_vocabulary
+from pacos.errors import PacosError
 from pacos.models import load_model, load_tokenizer
 from pacos.train import distributed as dist_utils
 from pacos.train.config import TrainConfig
@@ -101,7 +102,11 @@ def distill_loss(
         dist_utils.barrier(runtime)
         cache = TeacherCache(directory, settings.top_k)
         shared = cache.shared_vocab
-        assert shared is not None
+        if shared is None or shared > _rows(student):
+            raise PacosError(
+                f"teacher cache {directory}: built for {shared} ids, the student has {_rows(student)} "
+                "output rows; use another distill.cache_dir"
+            )
     return DistillLoss(
         student,
         teacher,
