@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pacos.train import attention as packed_attention
+from pacos.train import distributed as dist_utils
 from pacos.train.data import IGNORE, Example
 
 
@@ -126,11 +127,7 @@ class OnPolicy:
             self.max_length,
             self.settings.on_policy_temperature,
             seed=self.seed * 1_000_003 + step * 101 + self.runtime.rank,
-            autocast=torch.autocast(
-                self.runtime.device.type,
-                self.runtime.autocast_dtype or torch.float32,
-                enabled=self.runtime.autocast_dtype is not None,
-            ),
+            autocast=dist_utils.autocast(self.runtime),
             batch_size=self.batch_size,
         )
         return answers, True

@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pacos.distill.teacher import DistillLoss, TeacherCache, cache_teacher, check_same_vocabulary
 from pacos.errors import PacosError
 from pacos.models import load_model, load_tokenizer
@@ -63,11 +61,7 @@ def _fill_cache(
                     flush=True,
                 )
 
-        with torch.autocast(
-            runtime.device.type,
-            runtime.autocast_dtype or torch.float32,
-            enabled=runtime.autocast_dtype is not None,
-        ):
+        with dist_utils.autocast(runtime):
             ran = cache_teacher(teacher, examples, cache, tokenizer.pad_token_id, 4, shared, progress)
         if ran:
             print(file=sys.stderr)

@@ -45,6 +45,15 @@ def _pick_device(kind: str, local_rank: int) -> torch.device:
     return torch.device(kind)
 
 
+def autocast(runtime: Runtime) -> torch.autocast:
+    """The run's mixed-precision context (bf16 on GPUs and native-bf16 CPUs, a no-op for fp32)."""
+    return torch.autocast(
+        runtime.device.type,
+        runtime.autocast_dtype or torch.float32,
+        enabled=runtime.autocast_dtype is not None,
+    )
+
+
 def setup(device: str = "auto", precision: str = "auto", strategy: str = "auto") -> Runtime:
     """Start the process group when launched by torchrun/accelerate; pick device and precision."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -170,11 +170,7 @@ def accumulate_gradients(
         batch = batch.to(runtime.device)
         with (
             dist_utils.no_gradient_sync(loss_model, skip=i < len(batches) - 1),
-            torch.autocast(
-                runtime.device.type,
-                runtime.autocast_dtype or torch.float32,
-                enabled=runtime.autocast_dtype is not None,
-            ),
+            dist_utils.autocast(runtime),
         ):
             loss_sum, _ = loss_model(
                 batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets, batch.unlike
@@ -200,11 +196,7 @@ def evaluate(
     total = count = 0.0
     for batch in micro_batches(examples, shard, config.micro_batch_size, pad_id, config.packing):
         batch = batch.to(runtime.device)
-        with torch.autocast(
-            runtime.device.type,
-            runtime.autocast_dtype or torch.float32,
-            enabled=runtime.autocast_dtype is not None,
-        ):
+        with dist_utils.autocast(runtime):
             loss_sum, n = loss_model(batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets)
         total, count = total + float(loss_sum), count + float(n)
     loss_model.train()
