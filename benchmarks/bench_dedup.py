@@ -157,7 +157,7 @@ def run_reference(pool: list[str], stream: list[str], k: int = 5) -> tuple[list,
 
 
 def run_pacos(pool: list[str], stream: list[str], k: int = 5) -> tuple[list, float, float]:
-    from pacos.generate.novelty import NoveltyFilter
+    from pacos.text.rouge import NoveltyFilter
 
     start = time.perf_counter()
     novelty = NoveltyFilter(0.7, "rouge", top_k=k)
@@ -225,7 +225,7 @@ def _rss_mb() -> float:
 
 def big_pool_child(cache: Path, size: int) -> None:
     """In a child process: RSS growth and time to build a pool of `size` items, and check latency."""
-    from pacos.generate.novelty import NoveltyFilter
+    from pacos.text.rouge import NoveltyFilter
 
     corpus = real_instructions(cache)
     vocabulary = " ".join(corpus[:2000]).split()

@@ -47,9 +47,9 @@ def log(message: str) -> None:
 
 
 def decode_speed(spec: str, new_tokens: int = 128) -> float:
-    from pacos.infer import Engine, SamplingParams
+    from pacos.infer import SamplingParams, TorchEngine
 
-    engine = Engine.load(spec, dtype="float32")
+    engine = TorchEngine.load(spec, dtype="float32")
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     engine.generate([PROMPTS[0]], params)  # warm-up
     rates = []
@@ -63,9 +63,9 @@ def decode_speed(spec: str, new_tokens: int = 128) -> float:
 
 def on_own_answers(reference: Any, model: Any, tokenizer: Any, records: list[dict], new_tokens: int = 96):
     """The model's greedy answers to the records' prompts, scored token by token by the reference."""
-    from pacos.distill.losses import divergence_sum
-    from pacos.distill.on_policy import student_examples
     from pacos.train.data import IGNORE, tokenize_records
+    from pacos.train.divergences import divergence_sum
+    from pacos.train.on_policy import student_examples
 
     examples = tokenize_records(records, tokenizer, "alpaca", 512, "drop")[0]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

@@ -128,11 +128,11 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
             return rows
 
     elif kind == "pacos":
-        from pacos.infer import Engine, SamplingParams
+        from pacos.infer import SamplingParams, TorchEngine
 
         base = {"fp32": "float32", "bf16": "bfloat16", "bf16-json": "bfloat16"}.get(variant, "float32")
         quantize = "int8" if variant.startswith("int8") else "none"
-        engine = Engine.load(MODEL, dtype=base, quantize=quantize, template="alpaca")
+        engine = TorchEngine.load(MODEL, dtype=base, quantize=quantize, template="alpaca")
         compile_seconds = round(engine.compile(), 1) if variant.endswith("compiled") else None
         schema = JSON_SCHEMA if variant.endswith("json") else None
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True, json_schema=schema)

@@ -174,7 +174,7 @@ def run(adapter_arg: Path, out_dir: Path, text_tokens: int) -> dict[str, Any]:
 
     from pacos.data.templates import render_prompt
     from pacos.export.gguf import export_gguf
-    from pacos.infer import Engine, SamplingParams
+    from pacos.infer import SamplingParams, TorchEngine
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -188,7 +188,7 @@ def run(adapter_arg: Path, out_dir: Path, text_tokens: int) -> dict[str, Any]:
 
     # 1. The pacos engine: LoRA merged in fp32; its tokenizer gives every backend's input ids.
     t = time.perf_counter()
-    engine = Engine.load(str(adapter), dtype="float32")
+    engine = TorchEngine.load(str(adapter), dtype="float32")
     lap("engine_load", t)
     prompts = [render_prompt(p, "alpaca") for p in PROMPTS]
     prompt_ids = [engine.encode(p) for p in prompts]

@@ -65,10 +65,10 @@ def measure(path: Path, reference: torch.Tensor, ids: list[int]) -> dict[str, An
 
 def run(model_spec: str, out_dir: Path, text_tokens: int) -> dict[str, Any]:
     from pacos.export.gguf import export_gguf
-    from pacos.infer import Engine
+    from pacos.infer import TorchEngine
     from pacos.models import EMBEDDED_MODELS
 
-    engine = Engine.load(model_spec, dtype="float32")
+    engine = TorchEngine.load(model_spec, dtype="float32")
     text, ids = test_text(engine, text_tokens)
     with torch.inference_mode():
         reference = engine.model(input_ids=torch.tensor([ids])).logits[0].float()

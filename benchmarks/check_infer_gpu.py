@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from pacos.data.io import read_records
 from pacos.data.templates import render_prompt
-from pacos.infer import Engine, SamplingParams
+from pacos.infer import SamplingParams, TorchEngine
 from pacos.infer.engine import Decoder
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -35,7 +35,7 @@ with torch.no_grad():  # sharper logits than the default init, so greedy has few
         if p.ndim == 2:
             p.normal_(0, 0.05)
 model = model.to("cuda").eval()
-eng = Engine(model, tok, "alpaca", name="random-gemma")
+eng = TorchEngine(model, tok, "alpaca", name="random-gemma")
 recs = read_records("seed-tasks")[::23][:8]
 prompts = [eng.encode(render_prompt(r, "alpaca")) for r in recs]
 out = {

@@ -100,7 +100,7 @@ def build_arm(arm: str, args: argparse.Namespace, out: Path, stage_dir: Path) ->
 
 
 def _mean_words(records: list[dict[str, Any]], field: str) -> float:
-    from pacos.data.scoring import count_words
+    from pacos.score import count_words
 
     return round(sum(count_words(r.get(field) or "") for r in records) / max(1, len(records)), 1)
 
@@ -113,7 +113,7 @@ def _mean_judge(records: list[dict[str, Any]]) -> float | None:
 
 
 def train_arm(args: argparse.Namespace, data: Path, held_out: Path, out: Path) -> dict[str, Any]:
-    from pacos.quickstart.config import TRAIN
+    from pacos.pipeline.quickstart_config import TRAIN
     from pacos.train.checkpoint import list_checkpoints
     from pacos.train.config import TrainConfig
     from pacos.train.run import train
@@ -128,8 +128,8 @@ def train_arm(args: argparse.Namespace, data: Path, held_out: Path, out: Path) -
 
 
 def evaluate_arm(args: argparse.Namespace, model: Path, held_out: Path, out: Path) -> dict[str, Any]:
-    from pacos.evaluate.answers import Decoding
     from pacos.evaluate.run import evaluate_model
+    from pacos.llm.answers import Decoding
 
     metrics = evaluate_model(
         str(model), out, prompts=str(held_out), data=str(held_out), ifeval=True, ifeval_per_language=6,
@@ -194,7 +194,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pacos.data.io import read_records, write_records
-    from pacos.quickstart.stages import file_digest, run_stage
+    from pacos.pipeline.stages import file_digest, run_stage
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -127,3 +127,29 @@ class AppendLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+class KeyedCache:
+    """JSON values by key on disk (append-only JSON Lines), so an interrupted or repeated evaluation never
+    computes the same answer twice; a line cut short by a kill is dropped when the file is read. Lines
+    are `{"key": ..., "answer": ...}`: the field name of the answer caches written before the move."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.values = {row["key"]: row["answer"] for row in read_jsonl_repairing(self.path)}
+        self.log: AppendLog | None = None
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        if self.log is None:
+            self.log = AppendLog(self.path)
+        self.log.write({"key": key, "answer": value})
+        self.values[key] = value
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None  # a later put opens it again

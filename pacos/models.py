@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pacos.errors import PacosError, first_line
 
@@ -197,3 +200,54 @@ def ensure_pad_token(tokenizer: Any, model: Any = None) -> None:
         with torch.no_grad():  # the new row starts at the mean embedding, not at random
             emb = model.get_input_embeddings().weight
             emb[old:] = emb[:old].mean(0, keepdim=True)
+
+
+def model_identity(model: str, served_model: str | None = None) -> str:
+    """What a cached answer belongs to: an endpoint and its model name, or the content of local files."""
+    if model.startswith(("http://", "https://")):
+        return f"{model.rstrip('/')}#{served_model or ''}"
+    path = Path(model)
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".yaml", ".model")
+        )
+        digest = hashlib.sha256("".join(p.name + content_key(p) for p in files).encode())
+        return f"dir:{digest.hexdigest()[:16]}"
+    if path.is_file():
+        return f"file:{content_key(path)}"
+    if model in EMBEDDED_MODELS:
+        return f"embedded:{model}:{content_key(EMBEDDED_MODELS[model].gguf())}"
+    return f"hub:{model}"
+
+
+# --- LoRA adapters: merged in fp32 on the de-quantized base, never into a quantized one (merging into a
+# 4-bit base loses quality: transformers #31293). The base is the run's pacos_train.yaml `model` (an
+# embedded name is re-resolved even if the conversion cache was cleared), else the adapter's own
+# `base_model_name_or_path`.
+
+
+def base_model_of(adapter_dir: Path) -> str:
+    recipe = adapter_dir / "pacos_train.yaml"
+    if recipe.exists():
+        model = (yaml.safe_load(recipe.read_text()) or {}).get("model")
+        if model:
+            return str(model)
+    try:
+        return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, KeyError, ValueError):
+        raise PacosError(f"{adapter_dir}: adapter_config.json names no base model; pass --base") from None
+
+
+def merged_model(model_dir: Path, base: str | None = None) -> Any:
+    """An adapter merged into its base, in fp32 on the de-quantized base."""
+    import torch
+    from peft import PeftModel
+
+    base_spec = base or base_model_of(model_dir)
+    try:
+        merged = PeftModel.from_pretrained(load_model(base_spec, dtype=torch.float32), str(model_dir))
+    except PacosError:
+        raise
+    except Exception as e:  # a base of another shape, a broken adapter file
+        raise PacosError(f"{model_dir}: cannot apply this adapter to '{base_spec}': {e}") from None
+    return merged.merge_and_unload()

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from pacos.infer.engine import Engine, Event
+from pacos.infer import Event, TorchEngine
 from pacos.infer.sampling import SamplingParams
 from pacos.infer.scheduler import QueueFull, Scheduler
 from pacos.serve import create_app
@@ -41,12 +41,12 @@ Model output with **bold**, *italic* and `inline <b>code</b>`:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_llama: Path) -> Engine:
-    return Engine.load(str(tiny_llama), dtype="float32", device="cpu")
+def engine(tiny_llama: Path) -> TorchEngine:
+    return TorchEngine.load(str(tiny_llama), dtype="float32", device="cpu")
 
 
 @pytest.fixture(scope="module")
-def server(engine: Engine):
+def server(engine: TorchEngine):
     scheduler = Scheduler(engine, max_batch_size=4, max_waiting=16).start()
     step = scheduler.decoder.step
 
@@ -115,7 +115,7 @@ def health(port: int) -> dict[str, Any]:
     return call(port, "GET", "/health", key=None)[2]
 
 
-def reference(engine: Engine, messages: list[dict[str, str]], **params: Any) -> str:
+def reference(engine: TorchEngine, messages: list[dict[str, str]], **params: Any) -> str:
     ids = engine.encode_chat(messages)
     return engine.generate([ids], SamplingParams(stop=engine.chat_stops(), **params))[0].text
 

@@ -7,7 +7,7 @@ import pytest
 from pacos.config import apply_overrides, load_config
 from pacos.data.clean import CleanConfig
 from pacos.errors import PacosError
-from pacos.quickstart.config import QUICKSTART, TRAIN, QuickstartConfig
+from pacos.pipeline.quickstart_config import QUICKSTART, TRAIN, QuickstartConfig
 from pacos.train.config import TrainConfig
 
 RECIPES = Path(__file__).parent.parent / "recipes"
@@ -50,7 +50,7 @@ def test_training_recipes_load(recipe):
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("selftrain*.yaml")))
 def test_selftrain_recipes_load(recipe):
-    from pacos.selftrain.config import SelfTrainConfig
+    from pacos.pipeline.selftrain_config import SelfTrainConfig
 
     assert isinstance(load_config(SelfTrainConfig, RECIPES / recipe), SelfTrainConfig)
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from pacos.errors import PacosError
+from pacos.infer import TorchEngine
 from pacos.infer.constrain import ANY_OBJECT
-from pacos.infer.engine import Engine
 from pacos.infer.sampling import SamplingParams
 
 SCHEMA: dict[str, Any] = {
@@ -68,8 +68,8 @@ def violations(value: Any, schema: dict[str, Any], where: str = "$") -> list[str
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_llama: Path) -> Engine:
-    return Engine.load(str(tiny_llama), dtype="float32", device="cpu")
+def engine(tiny_llama: Path) -> TorchEngine:
+    return TorchEngine.load(str(tiny_llama), dtype="float32", device="cpu")
 
 
 def test_sampled_answers_of_a_random_model_all_validate(engine):

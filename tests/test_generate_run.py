@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pacos.generate.limits import RateLimiter, load_prices, price_for
-from pacos.generate.teachers import _retry_after
+from pacos.llm.client import _retry_after
+from pacos.llm.limits import RateLimiter, load_prices, price_for
 from tests.scripted_teacher import CLI_ENV, Action, ScriptedTeacher, kill_when_accepted, new_task
 
 FAST_RETRIES = ["--set", "client.backoff_base=0.01", "--set", "client.backoff_max=0.05"]
@@ -248,8 +248,8 @@ def test_rate_limiter_holds_requests_and_tokens_per_minute(monkeypatch):
         sleeps.append(seconds)
         clock[0] += seconds
 
-    monkeypatch.setattr("pacos.generate.limits.time.monotonic", lambda: clock[0])
-    monkeypatch.setattr("pacos.generate.limits.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("pacos.llm.limits.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("pacos.llm.limits.asyncio.sleep", fake_sleep)
 
     async def scenario() -> None:
         limiter = RateLimiter(requests_per_minute=2, tokens_per_minute=None)

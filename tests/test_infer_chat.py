@@ -8,7 +8,7 @@ import pytest
 
 from pacos.data.templates import ALPACA
 from pacos.errors import PacosError
-from pacos.infer import Engine, SamplingParams
+from pacos.infer import SamplingParams, TorchEngine
 from pacos.infer.chat import ChatSession, read_message, run_chat
 from pacos.infer.prompting import alpaca_conversation, chat_prompt
 
@@ -62,8 +62,8 @@ def test_bad_messages_are_named(messages, error):
 
 
 def test_template_follows_the_model(tiny_llama, tiny_chat_model):
-    assert Engine.load(str(tiny_llama), dtype="float32").template == "alpaca"
-    chat = Engine.load(str(tiny_chat_model), dtype="float32")
+    assert TorchEngine.load(str(tiny_llama), dtype="float32").template == "alpaca"
+    chat = TorchEngine.load(str(tiny_chat_model), dtype="float32")
     assert chat.template == "chat"
     ids = chat.encode_chat(
         [
@@ -83,7 +83,7 @@ def test_read_message_joins_continued_lines_and_blocks():
 
 
 def test_chat_models_keep_history_and_drop_the_oldest_turns(tiny_chat_model):
-    engine = Engine.load(str(tiny_chat_model), dtype="float32")
+    engine = TorchEngine.load(str(tiny_chat_model), dtype="float32")
     session = ChatSession(engine, SamplingParams(max_new_tokens=4, ignore_eos=True))
     assert session.keep_history
     first, tokens, _ = session.answer("hello", lambda text: None)
@@ -102,7 +102,7 @@ def test_chat_models_keep_history_and_drop_the_oldest_turns(tiny_chat_model):
 
 
 def test_run_chat_commands_without_a_terminal(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     session = ChatSession(engine, SamplingParams(max_new_tokens=3, ignore_eos=True))
     lines = iter(["hello", "/what", "/reset", "/help", "/exit", "never read"])
     out = io.StringIO()

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pacos.errors import PacosError
-from pacos.infer import Engine, SamplingParams
+from pacos.infer import SamplingParams, TorchEngine
 from pacos.infer.detokenize import TextStream
 from pacos.infer.engine import Decoder
 from pacos.infer.sampling import apply_repetition_penalty, filter_top_k_top_p
@@ -25,7 +25,7 @@ GREEDY = SamplingParams(max_new_tokens=24, ignore_eos=True)
 @pytest.fixture(scope="module", params=["llama", "gemma3"])
 def tiny(request, tiny_llama, tiny_gemma):
     path = tiny_llama if request.param == "llama" else tiny_gemma
-    return Engine.load(str(path), dtype="float32"), AutoModelForCausalLM.from_pretrained(path).eval()
+    return TorchEngine.load(str(path), dtype="float32"), AutoModelForCausalLM.from_pretrained(path).eval()
 
 
 def hf_greedy(model, ids: list[int], n: int) -> list[int]:
@@ -76,7 +76,7 @@ def test_rows_joining_and_leaving_a_running_batch_keep_their_answers(tiny):
 
 
 def test_stream_matches_generate_and_stop_strings_never_leak(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     prompt = PROMPTS[0]
     full = engine.generate([prompt], GREEDY)[0]
     events = list(engine.stream(prompt, GREEDY))
@@ -97,7 +97,7 @@ def test_stream_matches_generate_and_stop_strings_never_leak(tiny_llama):
 
 
 def test_eos_ends_the_answer_and_is_not_shown(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     sampled = SamplingParams(max_new_tokens=24, temperature=2.0, seed=1, ignore_eos=True)
     tokens = engine.generate([PROMPTS[0]], sampled)[0].token_ids
     first_new = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])
@@ -109,7 +109,7 @@ def test_eos_ends_the_answer_and_is_not_shown(tiny_llama):
 
 
 def test_limits_max_new_tokens_zero_and_context_end(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     none = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=0))[0]
     assert (none.text, none.finish_reason, none.completion_tokens) == ("", "length", 0)
     prompt_len = len(engine.encode(PROMPTS[0]))
@@ -121,7 +121,7 @@ def test_limits_max_new_tokens_zero_and_context_end(tiny_llama):
 
 
 def test_seeded_sampling_is_reproducible_whatever_the_batch(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     params = SamplingParams(max_new_tokens=16, temperature=1.5, top_k=50, top_p=0.95, seed=7, ignore_eos=True)
     alone = engine.generate([PROMPTS[0]], params)[0].token_ids
     in_batch = engine.generate([PROMPTS[0], PROMPTS[1], PROMPTS[0]], [params, GREEDY, params])
@@ -145,7 +145,7 @@ def test_filters_and_repetition_penalty():
 
 
 def test_repetition_penalty_changes_a_repetitive_answer(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     plain = engine.generate([PROMPTS[2]], GREEDY)[0].token_ids
     assert len(set(plain)) < len(plain) / 2  # the tiny model repeats itself
     params = SamplingParams(max_new_tokens=24, repetition_penalty=5.0, ignore_eos=True)
@@ -154,7 +154,7 @@ def test_repetition_penalty_changes_a_repetitive_answer(tiny_llama):
 
 
 def test_logprobs_are_the_models(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     result = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=4, logprobs=3, ignore_eos=True))[0]
     ids = engine.encode(PROMPTS[0]) + result.token_ids
@@ -194,19 +194,19 @@ def test_int8_weights_keep_the_model(tiny_llama):
     linear = torch.nn.Linear(64, 32)
     x = torch.randn(3, 64)
     assert torch.allclose(Int8Linear(linear)(x), linear(x), atol=0.03)
-    exact = Engine.load(str(tiny_llama), dtype="float32")
-    quantized = Engine.load(str(tiny_llama), dtype="float32", quantize="int8")
+    exact = TorchEngine.load(str(tiny_llama), dtype="float32")
+    quantized = TorchEngine.load(str(tiny_llama), dtype="float32", quantize="int8")
     assert not any(isinstance(m, torch.nn.Linear) for m in quantized.model.modules())
     ids = torch.tensor([exact.encode(PROMPTS[0])])
     with torch.no_grad():
         a, b = exact.model(ids).logits, quantized.model(ids).logits
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
     with pytest.raises(PacosError, match="quantize 'int4'"):
-        Engine.load(str(tiny_llama), quantize="int4")
+        TorchEngine.load(str(tiny_llama), quantize="int4")
 
 
 def test_scheduler_batches_concurrent_requests_and_survives_failures(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     expected = [engine.generate([p], GREEDY)[0].token_ids for p in PROMPTS]
     scheduler = Scheduler(engine, max_batch_size=3, max_waiting=8).start()
     sizes = []
@@ -252,7 +252,7 @@ def test_scheduler_batches_concurrent_requests_and_survives_failures(tiny_llama)
 
 
 def test_scheduler_refuses_when_the_queue_is_full(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     scheduler = Scheduler(engine, max_batch_size=1, max_waiting=1)  # not started: nothing leaves the queue
     scheduler.submit([1, 5], GREEDY, lambda e: None)
     with pytest.raises(QueueFull, match="busy"):
@@ -260,7 +260,7 @@ def test_scheduler_refuses_when_the_queue_is_full(tiny_llama):
 
 
 def test_compiled_decode_gives_the_eager_tokens_and_falls_back_when_it_fails(tiny_llama, caplog):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     expected = [c.token_ids for c in engine.generate(PROMPTS[:2], GREEDY)]
     engine.compile()
     assert engine.compiled_step is not None
@@ -275,7 +275,7 @@ def test_compiled_decode_gives_the_eager_tokens_and_falls_back_when_it_fails(tin
 
 
 def test_a_failing_event_handler_cancels_only_its_own_request(tiny_llama):
-    engine = Engine.load(str(tiny_llama), dtype="float32")
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     expected = engine.generate([PROMPTS[1]], GREEDY)[0].token_ids
     got: list[int] = []
 

@@ -8,8 +8,7 @@ import pytest
 
 from pacos.errors import PacosError
 from pacos.export.gguf import export_gguf
-from pacos.infer import Engine, SamplingParams
-from pacos.infer.loading import load_engine
+from pacos.infer import SamplingParams, TorchEngine, load_engine
 from tests.test_export_gguf import lively
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
@@ -19,7 +18,7 @@ def test_llama_cpp_backend_answers_like_the_torch_engine(tiny_llama, tmp_path):
     pytest.importorskip("llama_cpp")
     source = lively(tiny_llama, tmp_path / "model")
     gguf = export_gguf(source, tmp_path / "model.gguf", "f16")
-    torch_engine = Engine.load(str(source), dtype="float32")
+    torch_engine = TorchEngine.load(str(source), dtype="float32")
     cpp = load_engine(str(gguf), backend="llama.cpp")
     assert (cpp.template, cpp.max_batch_size) == ("alpaca", 1)
     assert cpp.encode(PROMPT) == torch_engine.encode(PROMPT)

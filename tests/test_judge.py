@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from pacos.evaluate.answers import AnswerCache
 from pacos.evaluate.judge import (
     PairJudgment,
     alpaca_eval_annotations,
@@ -16,10 +15,11 @@ from pacos.evaluate.judge import (
     length_controlled_win_rate,
     win_rates,
 )
-from pacos.generate.teachers import Reply, Request, Teacher
+from pacos.fileio import KeyedCache
+from pacos.llm.client import LLM, Reply, Request
 
 
-class ScriptedJudge(Teacher):
+class ScriptedJudge(LLM):
     """Prefers the longer answer, or always the first shown (position bias), and counts its calls."""
 
     name, model, chat, batch_size = "scripted", "judge", True, 8
@@ -50,7 +50,7 @@ LONG = ["Hi there, friend!", "Apple, a sweet fruit.", "One, two, three.", "Hello
 
 def test_both_orders_and_soft_preferences_from_logprobs(tmp_path):
     judge = ScriptedJudge("longer")
-    cache = AnswerCache(tmp_path / "judgments.jsonl")
+    cache = KeyedCache(tmp_path / "judgments.jsonl")
     judgments, calls = judge_pairs(judge, INSTRUCTIONS, SHORT, LONG, cache)
     assert calls == 8 and judge.calls == 8  # two orders per pair
     for j in judgments:  # model 2 (longer) preferred in both orders
@@ -61,7 +61,7 @@ def test_both_orders_and_soft_preferences_from_logprobs(tmp_path):
     uncalibrated = win_rates(judgments, [len(a) for a in SHORT], [len(a) for a in LONG], calibrate=False)
     assert uncalibrated["soft_win_rate"] == pytest.approx(75) and rates["soft_win_rate"] > 70
     # An immediate rerun asks nothing.
-    again, calls = judge_pairs(judge, INSTRUCTIONS, SHORT, LONG, AnswerCache(tmp_path / "judgments.jsonl"))
+    again, calls = judge_pairs(judge, INSTRUCTIONS, SHORT, LONG, KeyedCache(tmp_path / "judgments.jsonl"))
     assert calls == 0 and judge.calls == 8 and [j.soft for j in again] == [j.soft for j in judgments]
 
 

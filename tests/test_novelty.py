@@ -14,7 +14,7 @@ from rouge_score import rouge_scorer
 
 from pacos.data.seeds import load_seed_tasks
 from pacos.errors import PacosError
-from pacos.generate.novelty import NoveltyFilter, rouge_l_f1, tokenize
+from pacos.text.rouge import NoveltyFilter, rouge_l_f1, tokenize
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3]")

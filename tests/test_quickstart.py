@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pacos.errors import PacosError
-from pacos.quickstart.stages import run_stage
+from pacos.pipeline.stages import run_stage
 from tests.scripted_teacher import Action, ScriptedTeacher
 
 STAGES = ("data", "generate", "mix", "model", "eval")

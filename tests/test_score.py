@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pacos.data.scoring import (
+from pacos.score import (
     JudgeSettings,
     expected_rating,
     judgment_key,
@@ -127,7 +127,7 @@ def test_length_signals_count_cjk_characters_as_words():
 
 
 def test_a_huge_loss_gives_a_capped_perplexity_that_stays_valid_json():
-    from pacos.data.scoring.signals import PERPLEXITY_CAP, _perplexity
+    from pacos.score.signals import PERPLEXITY_CAP, _perplexity
 
     assert _perplexity(1.0) == pytest.approx(math.e)
     assert _perplexity(5000.0) == PERPLEXITY_CAP and math.isfinite(PERPLEXITY_CAP)

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from pacos.selftrain import run as selftrain_run
-from pacos.selftrain.config import SelfTrainConfig
+
+from pacos.pipeline.selftrain_config import SelfTrainConfig
 
 
 def write(path: Path, rows: list[dict]) -> str:

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
-from pacos.infer.engine import Engine
+from pacos.infer import TorchEngine
 from pacos.infer.sampling import SamplingParams
 from pacos.infer.scheduler import Scheduler
 from pacos.serve import create_app
@@ -53,12 +53,12 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_llama: Path) -> Engine:
-    return Engine.load(str(tiny_llama), dtype="float32", device="cpu")
+def engine(tiny_llama: Path) -> TorchEngine:
+    return TorchEngine.load(str(tiny_llama), dtype="float32", device="cpu")
 
 
 @pytest.fixture(scope="module")
-def server(engine: Engine):
+def server(engine: TorchEngine):
     scheduler = Scheduler(engine, max_batch_size=8, max_waiting=64).start()
     served = Served(create_app(engine, scheduler, api_key=API_KEY, model_name=MODEL))
     yield SimpleNamespace(port=served.port, scheduler=scheduler, engine=engine)
@@ -112,7 +112,7 @@ def assert_error(status: int, body: Any, expected: int, param: str | None = None
         assert body["error"]["code"] == code, body
 
 
-def reference(engine: Engine, prompt: str | list[int], **params: Any):
+def reference(engine: TorchEngine, prompt: str | list[int], **params: Any):
     return engine.generate([prompt], SamplingParams(**params))[0]
 
 

@@ -53,7 +53,7 @@ TemplateOption = Annotated[str | None, typer.Option(help="Prompt format [default
 def load_cli_engine(
     model: str, backend: str, dtype: str, device: str, quantize: str, compile: bool, template: str | None
 ) -> Any:
-    from pacos.infer.loading import load_engine
+    from pacos.infer import load_engine
 
     if compile:
         print(

@@ -380,7 +380,7 @@ def data_score(
     Judgments and losses are cached as they arrive: a rerun makes no calls for them, a killed run resumes.
     """
     from pacos.data.io import read_records, write_records
-    from pacos.data.scoring import JudgeSettings, RefSettings, RichProgress, parse_signals, score_records
+    from pacos.score import JudgeSettings, RefSettings, RichProgress, parse_signals, score_records
 
     if batch_size < 1 or concurrency < 1 or max_length < 2:
         raise PacosError("--batch-size and --concurrency must be >= 1, --max-length >= 2")

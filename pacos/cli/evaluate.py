@@ -77,9 +77,9 @@ def evaluate(
     per instruction). Every run writes report.md and a self-contained report.html; --compare DIR --compare
     DIR renders earlier runs side by side.
     """
-    from pacos.evaluate.answers import Decoding
     from pacos.evaluate.report import load_run, write_report
     from pacos.evaluate.run import JudgeSettings, evaluate_model
+    from pacos.llm.answers import Decoding
 
     if compare:
         if model or prompts or data or ifeval:

@@ -177,7 +177,7 @@ def export(
         return
     if outtype != "f16":
         raise PacosError("--outtype applies to --format gguf only")
-    from pacos.export.merge import export_hf
+    from pacos.export.hf import export_hf
 
     path = export_hf(model, out, base)
     print(f"wrote a standalone model to {path} (loads with AutoModelForCausalLM.from_pretrained)")

@@ -29,8 +29,8 @@ def quickstart(
 
     Rerun it after a kill or a change: finished stages whose inputs did not change are skipped."""
     from pacos.config import load_config
-    from pacos.quickstart.config import QUICKSTART, QuickstartConfig
-    from pacos.quickstart.run import run_quickstart
+    from pacos.pipeline.quickstart import run_quickstart
+    from pacos.pipeline.quickstart_config import QUICKSTART, QuickstartConfig
 
     settings = load_config(QuickstartConfig, config, overrides, defaults=QUICKSTART)
     run_quickstart(settings, out_dir)

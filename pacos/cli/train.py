@@ -74,8 +74,8 @@ def selftrain(
     """Iterative self-training: the model answers unlabelled instructions, the good answers are kept, it is
     retrained on them, round after round until the held-out metric stops improving. A rerun resumes."""
     from pacos.config import load_config
-    from pacos.selftrain.config import SelfTrainConfig
-    from pacos.selftrain.run import run_selftrain
+    from pacos.pipeline.selftrain import run_selftrain
+    from pacos.pipeline.selftrain_config import SelfTrainConfig
 
     extra = [f"output_dir={json.dumps(output_dir)}"] if output_dir else []
     run_selftrain(load_config(SelfTrainConfig, config, [*(overrides or []), *extra]))

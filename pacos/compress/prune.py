@@ -110,7 +110,7 @@ def drop_layers(model: Any, dropped: list[int]) -> Any:
 def compare(reference: Any, model: Any, sequences: list[list[int]]) -> dict[str, float]:
     """Perplexity of `model` on the sequences, its next-token argmax agreement with `reference` and the
     mean KL(reference || model) per token."""
-    from pacos.distill.losses import divergence_sum
+    from pacos.train.divergences import divergence_sum
 
     nll = agree = kl = n = 0.0
     for ids in sequences:
@@ -141,8 +141,7 @@ def prune(
 ) -> PruneReport:
     """Drop `drop` layers of `model_spec` by block influence; save to `out` with prune_report.json."""
     from pacos.data.io import read_records
-    from pacos.export.merge import merged_model
-    from pacos.models import load_model, load_tokenizer
+    from pacos.models import load_model, load_tokenizer, merged_model
 
     path = Path(model_spec)
     load = (

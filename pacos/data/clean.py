@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from pacos.config import known_names
 from pacos.data.records import Record
+from pacos.text.cjk import HAN
 
 TEXT_FIELDS = ("instruction", "input", "output")
 
@@ -304,7 +305,7 @@ def expected_arithmetic(text: str) -> float | None:
     # Only a request that is little more than the expression: this keeps dates, ranges and phone
     # numbers inside longer questions out of reach.
     rest = _ASK.sub(" ", _PERCENT.sub(" ", _EXPR.sub(" ", text)))
-    if len(re.findall(r"[A-Za-z]+", rest)) + len(re.findall(r"[\u4e00-\u9fff]", rest)) / 2 > 6:
+    if len(re.findall(r"[A-Za-z]+", rest)) + len(HAN.findall(rest)) / 2 > 6:
         return None
     if re.search(r"\d+\s*[/-]\s*\d+\s*[/-]\s*\d+|\b0\d", expressions[0] if expressions else ""):
         return None  # dates and zero-padded codes, not arithmetic

@@ -24,7 +24,7 @@ import numpy as np
 
 from pacos.data.records import Record
 from pacos.errors import PacosError
-from pacos.generate.novelty import NoveltyFilter
+from pacos.text.rouge import NoveltyFilter
 
 RULE = "near_duplicate"
 COMPARABLE_FIELDS = ("instruction", "input", "output")

@@ -103,7 +103,7 @@ def record_text(record: Record, fields: Sequence[str]) -> str:
 
 def bulk_embedder() -> Embedder:
     """The embedder for bulk work: bf16 matmuls where the CPU runs them natively, else fp32."""
-    from pacos.infer.engine import cpu_has_fast_bf16
+    from pacos.device import cpu_has_fast_bf16
 
     return Embedder(bf16=cpu_has_fast_bf16())
 

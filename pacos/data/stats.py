@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pacos.data.records import Record
+from pacos.text.cjk import HAN, HAN_CHARS
 
 _QUESTION_WORDS = {
     "what", "how", "why", "who", "whom", "whose", "which", "when", "where", "is", "are", "was", "were",
@@ -98,19 +99,18 @@ _ZH_VERBS = sorted(
 )  # fmt: skip
 _ZH_SKIP = ("请", "帮我", "帮忙", "你能", "能否", "可以")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|[^\sA-Za-z]")
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 def verb_object(instruction: str) -> tuple[str, str | None]:
     """(verb, object) of an instruction by the heuristic above; verb is '(question)' or '(other)'."""
     text = instruction.strip()
-    if _CJK.match(text):
+    if HAN.match(text):
         for prefix in _ZH_SKIP:
             text = text.removeprefix(prefix)
         for verb in _ZH_VERBS:
             if text.startswith(verb):
                 # The object is the head noun closing the first clause: 写一首关于春天的诗 -> 诗.
-                clause = re.match(r"[\u4e00-\u9fff]*", text[len(verb) :]).group(0)
+                clause = re.match(f"[{HAN_CHARS}]*", text[len(verb) :]).group(0)
                 obj = clause[-2:].lstrip("的这那段首篇个份些种条句")
                 return verb, obj or None
         return (
@@ -169,7 +169,7 @@ def compute_stats(records: list[Record], tokenizer: Any = None, top: int = 20) -
         "with_input": sum(1 for r in records if r.get("input")),
         "with_input_share": round(sum(1 for r in records if r.get("input")) / max(len(records), 1), 4),
         "chinese_share": round(
-            sum(1 for r in records if _CJK.search(r["instruction"])) / max(len(records), 1), 4
+            sum(1 for r in records if HAN.search(r["instruction"])) / max(len(records), 1), 4
         ),
         "unique_instructions": len({r["instruction"].strip() for r in records}),
         "chars": {f: _summary(v) for f, v in chars.items()},

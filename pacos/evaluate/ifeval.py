@@ -19,15 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pacos.errors import PacosError
+from pacos.text.cjk import CJK, HAN, count_words
 
 PROMPTS_FILE = Path(__file__).with_name("ifeval_prompts.jsonl")
 LANGUAGES = ("en", "zh")
 
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK = f"\u3040-\u30ff{_HAN}\uac00-\ud7af"
-CJK = re.compile(f"[{_CJK}]")
-HAN = re.compile(f"[{_HAN}]")
-_CJK_OR_SPACE = re.compile(rf"[{_CJK}\s]+")
 _WORDISH = re.compile(r"\w")
 _LATIN = re.compile(r"[A-Za-z]")
 # A sentence ends at . ! ? (followed by a space or the end) or at Chinese 。！？ (followed by anything).
@@ -60,13 +56,6 @@ def _within(n: int, at_least: int | None, at_most: int | None, exactly: int | No
         and (at_most is None or n <= at_most)
         and (exactly is None or n == exactly)
     )
-
-
-def count_words(text: str) -> int:
-    """Latin words as words, each CJK character as a word (Chinese has no spaces); bare punctuation is
-    no word."""
-    latin = sum(1 for piece in _CJK_OR_SPACE.split(text) if _WORDISH.search(piece))
-    return len(CJK.findall(text)) + latin
 
 
 def count_sentences(text: str) -> int:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from pacos.evaluate.answers import AnswerCache
-from pacos.generate.teachers import Request, Teacher
+from pacos.fileio import KeyedCache
+from pacos.llm.client import LLM, Request
 
 PROMPT_VERSION = "pacos-judge-1"
 LABELS = ("A", "B")
@@ -195,7 +195,7 @@ def _key(judge: str, instruction: str, first: str, second: str, *extra: Any) -> 
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
-async def _ask(teacher: Teacher, requests: list[Request]) -> list[Any]:
+async def _ask(teacher: LLM, requests: list[Request]) -> list[Any]:
     try:
         resolve = getattr(teacher, "resolve_model", None)  # an endpoint: its served model, when not given
         if resolve is not None:
@@ -206,11 +206,11 @@ async def _ask(teacher: Teacher, requests: list[Request]) -> list[Any]:
 
 
 def judge_pairs(
-    teacher: Teacher | Callable[[], Teacher],
+    teacher: LLM | Callable[[], LLM],
     instructions: list[str],
     answers_1: list[str],
     answers_2: list[str],
-    cache: AnswerCache | None = None,
+    cache: KeyedCache | None = None,
     judge_name: str | None = None,
     references: list[str | None] | None = None,
     max_answer_chars: int | None = None,
@@ -222,7 +222,7 @@ def judge_pairs(
     the judge (MT-Bench's reference-guided judging); `max_answer_chars`: answers cut for the judge;
     `top_logprobs`: label logprobs asked for (5 is OpenAI's completions limit; a local judge can give
     more, so both labels are found more often)."""
-    if judge_name is None and not isinstance(teacher, Teacher):
+    if judge_name is None and not isinstance(teacher, LLM):
         raise ValueError("judge_name is needed with a teacher factory")
     name = judge_name or f"{teacher.name}#{teacher.model}"  # type: ignore[union-attr]
     references = references or [None] * len(instructions)
@@ -258,7 +258,7 @@ def judge_pairs(
             )
             for i, order, instruction, first, second in todo
         ]
-        judge = teacher if isinstance(teacher, Teacher) else teacher()
+        judge = teacher if isinstance(teacher, LLM) else teacher()
         replies = asyncio.run(_ask(judge, requests))
         for (i, order, instruction, first, second), reply in zip(todo, replies, strict=True):
             verdict = {"text": reply.text, "logprobs": reply.first_token_logprobs, "error": reply.error}

@@ -31,7 +31,7 @@ def dataset_loss(
         raise PacosError(f"{data}: no example fits in {max_length} tokens")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = TrainConfig(micro_batch_size=micro_batch_size, max_length=max_length)
-    runtime = Runtime(0, 0, 1, torch.device("cpu"), "single", None, torch.float32)
+    runtime = Runtime()
     loss = evaluate(CausalLMLoss(hf_model), examples, settings, int(pad or 0), runtime)
     return {
         "data": data,

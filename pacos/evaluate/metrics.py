@@ -7,7 +7,6 @@ and again, so the share of an answer's n-grams that repeat an earlier one measur
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
@@ -15,7 +14,8 @@ from typing import Any
 # The one MiniLM loader lives in pacos.data.embed; re-exported here for `pacos eval` and its users.
 from pacos.data.embed import Embedder as Embedder
 from pacos.data.embed import embedding_model_dir as embedding_model_dir
-from pacos.generate.novelty import rouge_l_f1, tokenize
+from pacos.text.cjk import language_of
+from pacos.text.rouge import rouge_l_f1, tokenize
 
 
 def rouge_l(answer: str, reference: str, tokenizer: str = "cjk") -> float:
@@ -68,9 +68,6 @@ def reference_metrics(
     return result
 
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
-
-
 def prompt_language(record: dict[str, Any]) -> str:
     """ "zh" for a prompt with Chinese characters in it, else "en" (the two languages pacos ships)."""
-    return "zh" if _HAN.search(record["instruction"] + (record.get("input") or "")) else "en"
+    return language_of(record["instruction"] + (record.get("input") or ""))

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from pacos.data.io import read_records, write_records
-from pacos.evaluate.answers import AnswerCache, Decoding, answer_records
 from pacos.evaluate.metrics import Embedder, prompt_language, reference_metrics
-from pacos.fileio import write_json
+from pacos.fileio import KeyedCache, write_json
+from pacos.llm.answers import Decoding, answer_records
 from pacos.models import cache_dir
 
 
@@ -33,7 +33,7 @@ def cached_answers(
     **options: Any,
 ) -> tuple[list[dict[str, Any]], int]:
     """`answer_records` through the shared on-disk answer cache ($PACOS_CACHE/eval/answers.jsonl)."""
-    cache = AnswerCache(cache_path or cache_dir() / "eval" / "answers.jsonl")
+    cache = KeyedCache(cache_path or cache_dir() / "eval" / "answers.jsonl")
     try:
         return answer_records(model, records, decoding, cache=cache, **options)
     finally:
@@ -109,8 +109,8 @@ def _judge(
     """Win rates of `model` (model 2) against the baseline (model 1) by the judge, both orders per pair."""
     from pacos.errors import PacosError
     from pacos.evaluate.judge import alpaca_eval_annotations, calibrate_position, judge_pairs, win_rates
-    from pacos.generate.config import TeacherConfig
-    from pacos.generate.teachers import make_teacher
+    from pacos.llm.client import make_llm
+    from pacos.llm.config import ClientConfig
 
     judge, baseline = settings.judge, settings.baseline
     if baseline == "references":
@@ -124,11 +124,11 @@ def _judge(
         baseline_texts = [a["text"] for a in base]
     texts = [a["text"] for a in answers]
     instructions = [r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "") for r in records]
-    cache = AnswerCache(Path(cache_path).with_name("judgments.jsonl") if cache_path else
+    cache = KeyedCache(Path(cache_path).with_name("judgments.jsonl") if cache_path else
                         cache_dir() / "eval" / "judgments.jsonl")  # fmt: skip
     try:
         judgments, calls = judge_pairs(
-            lambda: make_teacher(judge, settings.judge_model, TeacherConfig(dtype=decoding.dtype), None),
+            lambda: make_llm(judge, settings.judge_model, ClientConfig(dtype=decoding.dtype), None),
             instructions, baseline_texts, texts, cache, f"{judge}#{settings.judge_model or ''}",
             max_answer_chars=settings.max_answer_chars,
             top_logprobs=20 if judge.startswith("local:") else 5,  # OpenAI's completions API gives 5 at most

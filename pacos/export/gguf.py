@@ -116,7 +116,7 @@ def _local_model(spec: str, base: str | None, tmp: Path) -> tuple[Path, Path]:
         and any(where.glob("*.safetensors"))
     )
     if not plain:  # a LoRA adapter to merge, a hub id, .bin weights: a merged safetensors copy first
-        from pacos.export.merge import export_hf
+        from pacos.export.hf import export_hf
 
         where = export_hf(spec, tmp / "model", base)
     tokenizer_dir = where

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pacos.config import known_names
+from pacos.llm.config import ClientConfig
 
 # Alpaca's whole-word blacklist: a text model cannot make or perceive these (plurals included).
 DEFAULT_BLACKLIST = [
@@ -25,27 +26,6 @@ FILTER_NAMES = (
     "too_short", "too_long_instruction", "blacklisted_word", "banned_prefix", "leading_punctuation",
     "input_is_output", "refusal", "leading_non_ascii", "wrong_language",
 )  # fmt: skip
-
-
-class TeacherConfig(BaseModel):
-    """How to talk to the teacher. The API key never appears here: it comes from `api_key_env`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # "chat": /v1/chat/completions (chat models); "completions": /v1/completions (base models continue
-    # the list, as Alpaca's text-davinci-003 and Self-Instruct's GPT-3 did). Local teachers pick by model.
-    api: Literal["auto", "chat", "completions"] = "auto"
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = Field(600.0, gt=0)  # seconds for one request (OpenAI's client waits as long)
-    max_retries: int = Field(6, ge=0)
-    backoff_base: float = Field(1.0, ge=0)  # seconds; doubles per attempt, with full jitter
-    backoff_max: float = Field(60.0, ge=0)
-    concurrency: int = Field(8, ge=1)  # requests in flight at once; a local engine: rows decoded together
-    requests_per_minute: float | None = Field(None, gt=0)
-    tokens_per_minute: float | None = Field(None, gt=0)
-    # Local teachers (local:NAME, llama.cpp:FILE): the pacos engine's settings.
-    dtype: str = "auto"
-    quantize: str = "none"
 
 
 class FilterConfig(BaseModel):
@@ -140,7 +120,7 @@ class GenerateConfig(BaseModel):
     budget: float | None = Field(None, gt=0)  # USD; stops cleanly when reached
     prices: str | None = None  # YAML price table; None: recipes/prices.yaml's built-in copy
     seed: int = 0
-    client: TeacherConfig = TeacherConfig()
+    client: ClientConfig = ClientConfig()
     evol: EvolConfig = EvolConfig()
     magpie: MagpieConfig = MagpieConfig()
 

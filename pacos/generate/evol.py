@@ -35,9 +35,10 @@ from pacos.data.io import read_records
 from pacos.data.templates import ALPACA, ALPACA_ZH
 from pacos.errors import PacosError
 from pacos.fileio import read_jsonl_repairing
-from pacos.generate.filters import CJK, CandidateFilter, refusal
-from pacos.generate.novelty import _lcs_length, _position_masks, rouge_l_f1, tokenize
-from pacos.generate.teachers import Reply, Request
+from pacos.generate.filters import CandidateFilter, refusal
+from pacos.llm.client import Reply, Request
+from pacos.text.cjk import CJK, language_of
+from pacos.text.rouge import _lcs_length, _position_masks, rouge_l_f1, tokenize
 
 if TYPE_CHECKING:
     from pacos.generate.run import Generator
@@ -175,10 +176,6 @@ def prompt_of(record: dict[str, Any]) -> str:
     """What is evolved: the instruction, with the input below it (an evolved prompt has both in one)."""
     task_input = (record.get("input") or "").strip()
     return record["instruction"].strip() + (f"\n\n{task_input}" if task_input else "")
-
-
-def language_of(text: str) -> str:
-    return "zh" if CJK.search(text) else "en"
 
 
 def load_start(config: Any) -> list[Item]:

@@ -16,18 +16,10 @@ from typing import Any
 
 from pacos.data.clean import CleanConfig, RecordCleaner
 from pacos.generate.config import DEFAULT_BLACKLIST, DEFAULT_BLACKLIST_ZH, GenerateConfig
+from pacos.text.cjk import CJK, count_words
 
-CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
-_LATIN_WORD = re.compile(r"[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
 _PUNCTUATION = set(string.punctuation) | set("，。、；：？！“”‘’（）《》【】…—·「」『』")
 DEFAULT_PREFIXES = {"en": ["Write a program"], "zh": ["编写一个程序", "写一个程序"]}
-
-
-def length_in_words(text: str, language: str) -> int:
-    """Words for English; for Chinese, characters plus Latin words (Chinese has no spaces)."""
-    if language == "zh":
-        return len(CJK.findall(text)) + len(_LATIN_WORD.findall(text))
-    return len(text.split())
 
 
 @dataclass(frozen=True)
@@ -61,7 +53,7 @@ def refusal(answer: str) -> str | None:
         return f"speaks as an AI ({found.group(0)!r})"
     found = _APOLOGY_RE.search(text)
     hit = found.group(0) if found else None
-    words = length_in_words(answer, "zh" if CJK.search(answer) else "en")
+    words = count_words(answer)
     if hit and words < REFUSAL_WORDS:
         return f"{hit!r} in a {words}-word answer"
     return None
@@ -81,11 +73,11 @@ class CandidateFilter:
         prefixes = f.banned_prefixes if f.banned_prefixes is not None else DEFAULT_PREFIXES[language]
 
         def too_short(r: dict[str, Any]) -> str | None:
-            n = length_in_words(r["instruction"], language)
+            n = count_words(r["instruction"])
             return f"{n} words < {f.min_words}" if n < f.min_words else None
 
         def too_long(r: dict[str, Any]) -> str | None:
-            n = length_in_words(r["instruction"], language)
+            n = count_words(r["instruction"])
             return f"{n} words > {f.max_words}" if n > f.max_words else None
 
         def blacklisted(r: dict[str, Any]) -> str | None:

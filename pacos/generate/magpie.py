@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pacos.errors import PacosError, first_line
-from pacos.generate.teachers import EngineTeacher, Request, Teacher
+from pacos.llm.client import LLM, EngineLLM, Request
 
 if TYPE_CHECKING:
     from pacos.generate.run import Generator
@@ -78,7 +78,7 @@ def user_turn(tokenizer: Any, system: str | None, where: str = "the teacher") ->
     return UserTurn(prefix, list(dict.fromkeys(stops))[:4])  # OpenAI takes four stop strings at most
 
 
-def _view(teacher: Teacher, chat: bool) -> Teacher:
+def _view(teacher: LLM, chat: bool) -> LLM:
     """The same teacher (client, rate limits, engine shared), sending chat messages or raw prompts."""
     if teacher.chat == chat:
         return teacher
@@ -90,8 +90,8 @@ def _view(teacher: Teacher, chat: bool) -> Teacher:
 @dataclass
 class MagpieState:
     turn: UserTurn
-    raw: Teacher  # raw completions: the instructions
-    chat: Teacher  # chat messages: the answers
+    raw: LLM  # raw completions: the instructions
+    chat: LLM  # chat messages: the answers
     system: str | None
 
 
@@ -104,7 +104,7 @@ def load_state(generator: Generator) -> MagpieState:
         from pacos.models import load_tokenizer
 
         tokenizer, where = load_tokenizer(c.magpie.tokenizer), f"tokenizer '{c.magpie.tokenizer}'"
-    elif isinstance(teacher, EngineTeacher):
+    elif isinstance(teacher, EngineLLM):
         tokenizer, where = teacher.engine.tokenizer, f"teacher {teacher.name}"
     else:
         from pacos.models import load_tokenizer

@@ -28,11 +28,11 @@ from pacos.errors import PacosError
 from pacos.fileio import AppendLog, read_jsonl_repairing, write_json
 from pacos.generate.config import GenerateConfig
 from pacos.generate.filters import CandidateFilter
-from pacos.generate.limits import load_prices, price_for
-from pacos.generate.novelty import NoveltyFilter, Verdict
 from pacos.generate.parse import parse_tasks
 from pacos.generate.prompts import continuation_prefix, list_prompt, stop_strings
-from pacos.generate.teachers import OpenAITeacher, Reply, Request, Teacher, make_teacher, reply_record
+from pacos.llm.client import LLM, OpenAILLM, Reply, Request, make_llm, reply_record
+from pacos.llm.limits import load_prices, price_for
+from pacos.text.rouge import NoveltyFilter, Verdict
 
 # Settings that may change between a run and its resumption: they steer how, not what, is generated.
 OPERATIONAL = {"num", "budget", "max_requests", "prices", "out_dir"}
@@ -114,7 +114,7 @@ class Generator:
     """One generation run: state, teacher, filters; `round` makes and judges one batch of requests."""
 
     config: GenerateConfig
-    teacher: Teacher
+    teacher: LLM
     seeds: list[dict[str, Any]]
     tally: Tally
     novelty: NoveltyFilter
@@ -214,7 +214,7 @@ class Generator:
             self.judge_record(record, reply, seed_ids)
 
     async def send(
-        self, requests: list[Request], metas: list[dict[str, Any]], teacher: Teacher | None = None
+        self, requests: list[Request], metas: list[dict[str, Any]], teacher: LLM | None = None
     ) -> list[Reply]:
         """Run requests on the teacher (or another view of it: Magpie's raw completions); log every reply
         (append-only) before anything is judged."""
@@ -280,7 +280,7 @@ def load_tally(out_dir: Path) -> Tally:
     return tally
 
 
-def summarize(config: GenerateConfig, teacher: Teacher, tally: Tally, stopped: str) -> dict[str, Any]:
+def summarize(config: GenerateConfig, teacher: LLM, tally: Tally, stopped: str) -> dict[str, Any]:
     # data.json holds at most `num`: a run resumed with a smaller --num has more in accepted.jsonl.
     accepted = min(len(tally.accepted), config.num)
     return {
@@ -321,14 +321,14 @@ async def _generate(config: GenerateConfig, force: bool, progress: Any) -> dict[
 
         load_start(config)
     prices = load_prices(config.prices)
-    teacher = make_teacher(config.teacher, config.model, config.client, None)
+    teacher = make_llm(config.teacher, config.model, config.client, None)
     try:
-        if isinstance(teacher, OpenAITeacher):
+        if isinstance(teacher, OpenAILLM):
             teacher.price = price_for(await teacher.resolve_model(), prices)
             if config.budget is not None and teacher.price is None:
                 raise PacosError(
                     f"--budget: no price for model '{teacher.model}' in the price table; add it "
-                    "(--set prices=FILE, see pacos/generate/prices.yaml) or drop --budget"
+                    "(--set prices=FILE, see pacos/llm/prices.yaml) or drop --budget"
                 )
         tally = load_tally(out_dir)
         novelty = NoveltyFilter(config.novelty_threshold, config.tokenizer, top_k=config.similar_k)

@@ -18,8 +18,8 @@ import re
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from pacos.generate.novelty import Verdict
-from pacos.generate.teachers import Request
+from pacos.llm.client import Request
+from pacos.text.rouge import Verdict
 
 if TYPE_CHECKING:
     from pacos.generate.run import Generator

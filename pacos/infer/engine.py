@@ -1,4 +1,5 @@
-"""The pacos inference engine: batched generation with a KV cache over any transformers causal LM.
+"""The engine interface: batched generation over a backend that computes logits (pacos.infer.torch_engine,
+pacos.infer.llamacpp).
 
 One decode loop serves `generate` (a list of prompts), `stream` (one prompt, token by token) and the
 server's scheduler (requests join and leave a running batch between steps: continuous batching).
@@ -16,15 +17,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from pacos.errors import PacosError, first_line
+from pacos.errors import PacosError
 from pacos.infer.constrain import JsonGrammars, RowConstraint
 from pacos.infer.detokenize import TextStream
 from pacos.infer.prompting import chat_prompt, turn_stops
@@ -81,37 +80,6 @@ class Sequence:
         except Exception:
             log.exception("a request's event handler failed; cancelling that request")
             self.cancelled = True
-
-
-def auto_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def auto_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the hardware computes it natively (Ampere+ GPUs, CPUs with AMX or AVX512-BF16)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
-
-
-def _left_pad(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
-    if n == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = n
-    return torch.cat([x.new_zeros(shape), x], dim=dim)
 
 
 class Decoder:
@@ -200,78 +168,45 @@ class Decoder:
         s.emit(Event(text, [token], [logprob] if logprob else [], finish, prompt_tokens, len(s.output_ids)))
 
 
-@dataclass
-class KVBatch:
-    """The torch backend's state: a KV cache whose rows share one timeline, and the padding mask."""
-
-    cache: Any
-    mask: torch.Tensor  # [rows, cache length], 1 where a real token sits
-
-
 class Engine:
-    """A loaded model with its tokenizer and prompt format, ready to generate."""
+    """What serve, chat, evaluation and the LLM clients may call on any backend (torch, llama.cpp).
 
-    def __init__(self, model: Any, tokenizer: Any, template: str, name: str = "model") -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.template = template
-        self.name = name
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        self.context_length = int(getattr(config, "max_position_embeddings", None) or 2048)
-        self.eos_ids = eos_token_ids(tokenizer, model)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad if pad is not None else 0)
-        self.max_batch_size = 8
-        self.compiled_step: Any = None  # torch.compile'd forward for decode steps, when asked for
-        self._json_grammars: JsonGrammars | None = None
+    A backend sets the attributes below and computes logits: `prefill` runs new prompts, `decode` one
+    token per row, `join` and `keep` let rows enter and leave a running batch (continuous batching).
+    Everything else (sampling, stop strings, streaming text, logprobs, JSON grammars) is shared here, so
+    both backends answer the same request the same way.
+    """
 
-    def compile(self) -> float:
-        """Compile decode steps with torch.compile (inductor): the dozens of small ops around each matmul
-        become a few fused kernels, which on a CPU is what is left once the weights are int8. Compiles
-        now, on short prompts, both the lone-row and the padded-batch graph; returns the seconds spent
-        (about a minute on 2 cores the first time, seconds once inductor's on-disk cache has them).
-        """
-        start = time.perf_counter()
-        self.compiled_step = torch.compile(self.model.forward, dynamic=True)
-        warm = SamplingParams(max_new_tokens=3, ignore_eos=True)
-        self.generate([[self.pad_id + 1] * 3], warm)
-        self.generate([[self.pad_id + 1] * 3, [self.pad_id + 1] * 5], warm)
-        return time.perf_counter() - start
+    tokenizer: Any
+    template: str  # the prompt format (pacos.data.templates)
+    name: str
+    device: torch.device
+    dtype: Any  # a torch dtype, or "gguf" for llama.cpp (whatever the file holds)
+    context_length: int
+    eos_ids: set[int]
+    pad_id: int
+    max_batch_size: int  # rows decoded together
 
-    @classmethod
-    def load(
-        cls,
-        spec: str,
-        *,
-        dtype: str = "auto",
-        device: str = "auto",
-        quantize: str = "none",
-        compile: bool = False,
-        template: str | None = None,
-        trust_remote_code: bool = False,
-    ) -> Engine:
-        """Anything `pacos train` accepts or writes: embedded name, .gguf, directory, hub id, adapter.
+    # -- the backend: a batch's life is prefill, then decode steps; rows join and leave in between ----
+    def prefill(self, prompts: list[list[int]]) -> tuple[Any, torch.Tensor]:
+        """Run prompts; returns the backend's state for them and next-token logits [rows, vocab]."""
+        raise NotImplementedError
 
-        quantize="int8" stores Linear weights as int8 (weight-only): about 2x faster decoding on CPU.
-        """
-        from pacos.infer.loading import load_for_inference
-        from pacos.infer.quantize import QUANTIZATIONS, quantize_int8
+    def decode(self, state: Any, tokens: list[int]) -> torch.Tensor:
+        """One token per row; the next logits [rows, vocab]."""
+        raise NotImplementedError
 
-        target = auto_device() if device == "auto" else torch.device(device)
-        if dtype != "auto" and dtype not in DTYPES:
-            raise PacosError(f"dtype '{dtype}': choose auto, {', '.join(DTYPES)}")
-        if quantize not in QUANTIZATIONS:
-            raise PacosError(f"quantize '{quantize}': choose {', '.join(QUANTIZATIONS)}")
-        torch_dtype = auto_dtype(target) if dtype == "auto" else DTYPES[dtype]
-        model, tokenizer, chosen = load_for_inference(spec, torch_dtype, target, template, trust_remote_code)
-        if quantize == "int8":
-            quantize_int8(model, torch.float16 if torch_dtype == torch.float16 else torch.bfloat16)
-        engine = cls(model, tokenizer, chosen, name=spec)
-        if compile:
-            engine.compile()
-        return engine
+    def join(self, a: Any, b: Any) -> Any:
+        """One batch state from two."""
+        raise NotImplementedError
+
+    def keep(self, state: Any, rows: list[int]) -> Any:
+        """Only these rows of the batch."""
+        raise NotImplementedError
+
+    def logits_width(self) -> int:
+        """The number of logits per position (the embedding rows, padding included)."""
+        raise NotImplementedError
 
     # -- prompts -------------------------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
@@ -285,76 +220,6 @@ class Engine:
 
     def chat_stops(self) -> list[str]:
         return turn_stops(self.template)
-
-    # -- the model: a batch's life is prefill, then decode steps; rows join and leave in between ------
-    def forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, logits_to_keep: int = 0
-    ) -> torch.Tensor:
-        """Logits [rows, kept positions, vocab] in float32; fills `cache`."""
-        kwargs: dict[str, Any] = {}
-        if not bool(mask.all()):  # padding: say where each row's tokens are; else the plain causal path
-            positions = (mask.cumsum(-1)[:, -ids.shape[1] :] - 1).clamp(min=0)
-            kwargs = {"attention_mask": mask.to(self.device), "position_ids": positions.to(self.device)}
-        kwargs.update(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True)
-        if self.compiled_step is not None and ids.shape[1] == 1:  # prefill stays eager: lengths vary
-            try:
-                return self.compiled_step(**kwargs).logits.float()
-            except Exception as e:  # a model or platform torch.compile cannot handle: carry on eagerly
-                log.warning("torch.compile failed (%s); decoding without it", first_line(e))
-                self.compiled_step = None
-        return self.model(**kwargs, logits_to_keep=logits_to_keep).logits.float()
-
-    def prefill(self, prompts: list[list[int]]) -> tuple[KVBatch, torch.Tensor]:
-        """Run left-padded prompts; returns their state and next-token logits [rows, vocab]."""
-        from transformers import DynamicCache
-
-        length = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, length - len(prompt) :] = torch.tensor(prompt)
-            mask[row, length - len(prompt) :] = 1
-        cache = DynamicCache()  # no config: full-length layers for every layer type, so rows can be joined
-        logits = self.forward(ids, mask, cache, logits_to_keep=1)
-        return KVBatch(cache, mask), logits[:, -1]
-
-    def decode(self, state: KVBatch, tokens: list[int]) -> torch.Tensor:
-        state.mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], dim=1)
-        return self.forward(torch.tensor(tokens)[:, None], state.mask, state.cache)[:, -1]
-
-    def join(self, a: KVBatch, b: KVBatch) -> KVBatch:
-        """One batch from two: the shorter timeline is left-padded to the longer one."""
-        a_len, b_len = a.mask.shape[1], b.mask.shape[1]
-        length = max(a_len, b_len)
-        for mine, theirs in zip(a.cache.layers, b.cache.layers, strict=True):
-            for name in ("keys", "values"):
-                x, y = getattr(mine, name), getattr(theirs, name)
-                if x.shape[-2] != a_len or y.shape[-2] != b_len:
-                    raise PacosError(
-                        "this model's KV cache layout cannot be batched; use one request at a time"
-                    )
-                setattr(
-                    mine,
-                    name,
-                    torch.cat([_left_pad(x, length - a_len, -2), _left_pad(y, length - b_len, -2)]),
-                )
-        a.mask = torch.cat([_left_pad(a.mask, length - a_len, 1), _left_pad(b.mask, length - b_len, 1)])
-        return a
-
-    def keep(self, state: KVBatch, rows: list[int]) -> KVBatch:
-        """Only these rows; columns that are padding in every remaining row go."""
-        index = torch.tensor(rows)
-        mask = state.mask[index]
-        start = int(mask.any(0).int().argmax())
-        state.mask = mask[:, start:]
-        index = index.to(self.device)
-        for layer in state.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[..., start:, :]
-            layer.values = layer.values.index_select(0, index)[..., start:, :]
-        return state
-
-    def logits_width(self) -> int:
-        return int(self.model.get_input_embeddings().num_embeddings)  # int8 heads have no .weight
 
     @property
     def json_grammars(self) -> JsonGrammars:
@@ -435,18 +300,3 @@ class Engine:
                 if event.finish_reason:
                     return
             decoder.step()
-
-
-def eos_token_ids(tokenizer: Any, model: Any) -> set[int]:
-    """Tokens that end an answer: the tokenizer's EOS and the generation config's (<end_of_turn>...)."""
-    ids = set()
-    candidates = [
-        tokenizer.eos_token_id,
-        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-    ]
-    for candidate in candidates:
-        if isinstance(candidate, int):
-            ids.add(candidate)
-        elif isinstance(candidate, list | tuple):
-            ids.update(int(c) for c in candidate)
-    return ids

@@ -36,7 +36,6 @@ def gguf_file(spec: str) -> Path:
 class LlamaCppEngine(Engine):
     def __init__(self, llm: Any, tokenizer: Any, template: str, name: str) -> None:
         self.llm = llm
-        self.model = None
         self.tokenizer = tokenizer
         self.template = template
         self.name = name
@@ -51,7 +50,7 @@ class LlamaCppEngine(Engine):
         self.max_batch_size = 1
 
     @classmethod
-    def load(  # type: ignore[override]
+    def load(
         cls, spec: str, *, template: str | None = None, context_length: int = 8192, threads: int | None = None
     ) -> LlamaCppEngine:
         path = gguf_file(spec)

@@ -42,44 +42,10 @@ def load_for_inference(
 ) -> tuple[Any, Any, str]:
     path = Path(spec)
     if path.is_dir() and (path / "adapter_config.json").exists():
-        from pacos.export.merge import merged_model
+        from pacos.models import merged_model
 
         model = merged_model(path).to(dtype)  # merged in fp32, then cast: no rounding twice
     else:
         model = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     return model.to(device), tokenizer, pick_template(spec, tokenizer, template)
-
-
-BACKENDS = ("torch", "llama.cpp")
-
-
-def load_engine(
-    spec: str,
-    *,
-    backend: str = "torch",
-    dtype: str = "auto",
-    device: str = "auto",
-    quantize: str = "none",
-    compile: bool = False,
-    template: str | None = None,
-    trust_remote_code: bool = False,
-) -> Any:
-    """An Engine for `spec` on the chosen backend (llama.cpp: GGUF files and embedded names only)."""
-    if backend == "llama.cpp":
-        from pacos.infer.llamacpp import LlamaCppEngine
-
-        return LlamaCppEngine.load(spec, template=template)
-    if backend != "torch":
-        raise PacosError(f"backend '{backend}': choose {' or '.join(BACKENDS)}")
-    from pacos.infer.engine import Engine
-
-    return Engine.load(
-        spec,
-        dtype=dtype,
-        device=device,
-        quantize=quantize,
-        compile=compile,
-        template=template,
-        trust_remote_code=trust_remote_code,
-    )

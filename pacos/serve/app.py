@@ -49,7 +49,7 @@ def create_app(
     model_id = model_name or engine.name
     started = int(time.time())
     tokens = TokenText(engine.tokenizer)
-    vocab_size = int(engine.model.get_input_embeddings().num_embeddings)
+    vocab_size = engine.logits_width()
 
     app = FastAPI(
         title="pacos",

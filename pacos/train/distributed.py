@@ -12,18 +12,23 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from pacos.device import pick_device
 from pacos.errors import PacosError
 
+CPU = torch.device("cpu")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class Runtime:
-    rank: int
-    local_rank: int
-    world_size: int
-    device: torch.device
-    strategy: str  # "single", "ddp" or "fsdp"
-    autocast_dtype: torch.dtype | None  # bf16 autocast on GPU, None for plain fp32
-    param_dtype: torch.dtype
+    """Where this process trains; `Runtime()` is one process on the CPU in fp32."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = CPU
+    strategy: str = "single"  # "single", "ddp" or "fsdp"
+    autocast_dtype: torch.dtype | None = None  # bf16 autocast on GPU, None for plain fp32
+    param_dtype: torch.dtype = torch.float32
 
     @property
     def is_main(self) -> bool:
@@ -32,17 +37,6 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def _pick_device(kind: str, local_rank: int) -> torch.device:
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise PacosError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(kind)
 
 
 def autocast(runtime: Runtime) -> torch.autocast:
@@ -59,7 +53,7 @@ def setup(device: str = "auto", precision: str = "auto", strategy: str = "auto")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     if precision == "auto":
@@ -67,7 +61,15 @@ def setup(device: str = "auto", precision: str = "auto", strategy: str = "auto")
     autocast = torch.bfloat16 if precision == "bf16-mixed" else None
     param_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     chosen = "single" if world_size == 1 else ("ddp" if strategy == "auto" else strategy)
-    return Runtime(rank, local_rank, world_size, dev, chosen, autocast, param_dtype)
+    return Runtime(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world_size,
+        device=dev,
+        strategy=chosen,
+        autocast_dtype=autocast,
+        param_dtype=param_dtype,
+    )
 
 
 def _decoder_layer_classes(model: nn.Module) -> tuple[type, ...]:

@@ -280,7 +280,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     train_records, val_records = load_datasets(config)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     if config.distill:  # a teacher with another vocabulary fails here, before any model loads
-        from pacos.distill.run import check_teacher_tokenizer
+        from pacos.train.distill import check_teacher_tokenizer
 
         check_teacher_tokenizer(config, tokenizer)
         if config.distill.on_policy and runtime.strategy == "fsdp":
@@ -318,7 +318,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     pad_id = tokenizer.pad_token_id
 
     if config.distill:
-        from pacos.distill.run import distill_loss
+        from pacos.train.distill import distill_loss
 
         loss_model = distill_loss(config, hf_model, tokenizer, train_examples, runtime)
     else:
@@ -332,7 +332,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         )
     on_policy = None
     if config.distill and config.distill.on_policy:
-        from pacos.distill.on_policy import OnPolicy
+        from pacos.train.on_policy import OnPolicy
 
         on_policy = OnPolicy(hf_model, loss_model, config, tokenizer, runtime)
     loss_model = dist_utils.wrap(loss_model, hf_model, runtime)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacos.errors import PacosError, first_line
-from pacos.generate.config import TeacherConfig
-from pacos.generate.limits import Price, RateLimiter
+from pacos.llm.config import ClientConfig
+from pacos.llm.limits import Price, RateLimiter
 
 
 @dataclass
@@ -53,11 +53,11 @@ class Reply:
     first_token_logprobs: dict[str, float] | None = None  # token text -> logprob, when asked for
 
 
-class TeacherError(PacosError):
+class LLMError(PacosError):
     """Every request would fail (a refused key, an unknown model, a wrong URL): stop, files intact."""
 
 
-class Teacher:
+class LLM:
     """What generation needs: `run` a batch of requests, get a reply for each (never an exception for
     one failed request), and whether prompts travel as chat messages."""
 
@@ -99,8 +99,8 @@ def _first_token_logprobs(logprobs: Any, chat: bool) -> dict[str, float] | None:
         return None
 
 
-class OpenAITeacher(Teacher):
-    def __init__(self, base_url: str, model: str | None, config: TeacherConfig, price: Price | None) -> None:
+class OpenAILLM(LLM):
+    def __init__(self, base_url: str, model: str | None, config: ClientConfig, price: Price | None) -> None:
         import httpx2
 
         self.name = base_url
@@ -131,11 +131,11 @@ class OpenAITeacher(Teacher):
             response.raise_for_status()
             names = [m["id"] for m in response.json()["data"]]
         except (httpx2.HTTPError, ValueError, KeyError, TypeError) as e:
-            raise TeacherError(
+            raise LLMError(
                 f"teacher {self.name}: cannot list its models ({first_line(e)}); pass --model NAME"
             ) from None
         if len(names) != 1:
-            raise TeacherError(
+            raise LLMError(
                 f"teacher {self.name} serves {len(names)} models ({', '.join(names)}): pass --model"
             )
         self.model = names[0]
@@ -216,12 +216,12 @@ class OpenAITeacher(Teacher):
                             break
                         reply.error, reply.detail = "malformed", f"not a completion: {response.text[:200]!r}"
                     elif status in (401, 403):
-                        raise TeacherError(
+                        raise LLMError(
                             f"teacher {self.name} refused the request ({status}): set the key in "
                             f"${self.config.api_key_env}"
                         )
                     elif status == 404:
-                        raise TeacherError(
+                        raise LLMError(
                             f"teacher {self.name}: {url} or model '{self.model}' not found (404): "
                             f"{response.text[:200]}"
                         )
@@ -247,11 +247,11 @@ class OpenAITeacher(Teacher):
         await self.client.aclose()
 
 
-class EngineTeacher(Teacher):
+class EngineLLM(LLM):
     """A model in this process: the pacos engine (batched) or llama.cpp (one request at a time)."""
 
-    def __init__(self, spec: str, backend: str, config: TeacherConfig) -> None:
-        from pacos.infer.loading import load_engine
+    def __init__(self, spec: str, backend: str, config: ClientConfig) -> None:
+        from pacos.infer import load_engine
 
         self.engine = load_engine(spec, backend=backend, dtype=config.dtype, quantize=config.quantize)
         prefix = "local" if backend == "torch" else backend
@@ -302,16 +302,16 @@ class EngineTeacher(Teacher):
         return await asyncio.to_thread(self._generate, requests)
 
 
-def make_teacher(spec: str, model: str | None, config: TeacherConfig, price: Price | None) -> Teacher:
+def make_llm(spec: str, model: str | None, config: ClientConfig, price: Price | None) -> LLM:
     """`http(s)://HOST[:PORT]/v1`, `local:NAME_OR_PATH` or `llama.cpp:FILE.gguf`."""
     if spec.startswith(("http://", "https://")):
         base = spec.rstrip("/")
         if base.count("/") == 2:  # http://host:port with no path: OpenAI-compatible servers live at /v1
             base += "/v1"
-        return OpenAITeacher(base, model, config, price)
+        return OpenAILLM(base, model, config, price)
     kind, sep, target = spec.partition(":")
     if sep and kind in ("local", "llama.cpp") and target:
-        return EngineTeacher(target, "torch" if kind == "local" else "llama.cpp", config)
+        return EngineLLM(target, "torch" if kind == "local" else "llama.cpp", config)
     raise PacosError(
         f"teacher '{spec}': expected http(s)://HOST:PORT/v1 (an OpenAI-compatible server), "
         "local:NAME_OR_PATH (the pacos engine) or llama.cpp:FILE.gguf"

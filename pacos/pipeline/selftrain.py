@@ -25,8 +25,8 @@ from typing import Any
 
 from pacos.data.io import read_records, write_records
 from pacos.fileio import AppendLog, read_jsonl_repairing, write_json
-from pacos.quickstart.stages import file_digest, run_stage
-from pacos.selftrain.config import METRICS, SelfTrainConfig
+from pacos.pipeline.selftrain_config import METRICS, SelfTrainConfig
+from pacos.pipeline.stages import file_digest, run_stage
 
 _LABEL_BATCH = 32  # instructions per engine call: the unit a killed label stage loses
 
@@ -43,14 +43,14 @@ def label(
     config: SelfTrainConfig, model: str, pool: list[dict[str, Any]], out: Path, seed: int
 ) -> dict[str, Any]:
     """Pseudo-labels: `samples` answers per pool instruction, with their mean token log-probability."""
-    from pacos.evaluate.answers import prompt_ids
-    from pacos.infer import Engine, SamplingParams
+    from pacos.infer import SamplingParams, load_engine
+    from pacos.llm.answers import prompt_ids
 
     path = out / "labels.jsonl"
     done = {(r["selftrain"]["index"], r["selftrain"]["sample"]) for r in read_jsonl_repairing(path)}
     todo = [(i, j) for i in range(len(pool)) for j in range(config.label.samples) if (i, j) not in done]
     if todo:
-        engine = Engine.load(model, dtype=config.label.dtype, template=config.template)
+        engine = load_engine(model, dtype=config.label.dtype, template=config.template)
         engine.max_batch_size = max(engine.max_batch_size, min(len(todo), _LABEL_BATCH))
         for start in range(0, len(todo), _LABEL_BATCH):
             chunk = todo[start : start + _LABEL_BATCH]
@@ -121,8 +121,8 @@ def keep(config: SelfTrainConfig, labelled: list[dict[str, Any]], labels: Path, 
         best.append(max(passing, key=lambda r: r["selftrain"]["confidence"]))
     score_key = "confidence"
     if config.keep.judge and best:
-        from pacos.data.scoring import score_records
-        from pacos.data.scoring.judge import JudgeSettings
+        from pacos.score import score_records
+        from pacos.score.judge import JudgeSettings
 
         score_records(
             best, judge=JudgeSettings(config.keep.judge, config.keep.judge_model), cache_dir=out / "judge"
@@ -161,7 +161,7 @@ def train_round(
     from pacos.train.run import train
 
     if (Path(start_model) / "adapter_config.json").exists():  # continuing: a fresh LoRA on the merged model
-        from pacos.export.merge import export_hf
+        from pacos.export.hf import export_hf
 
         merged = out.parent / "start-model"
         if not (merged / "config.json").exists():
@@ -180,8 +180,8 @@ def train_round(
 
 
 def evaluate_round(config: SelfTrainConfig, model: Path, held_out: str, out: Path) -> dict[str, Any]:
-    from pacos.evaluate.answers import Decoding
     from pacos.evaluate.run import evaluate_model
+    from pacos.llm.answers import Decoding
 
     metrics = evaluate_model(
         str(model), out, prompts=held_out, data=held_out, template=config.template,

@@ -6,23 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from pacos.data.records import Record
-from pacos.data.scoring.common import PROMPT_VERSION, NoProgress, Tally, apply_scores
-from pacos.evaluate.answers import AnswerCache, model_identity
-from pacos.generate.filters import CJK
-
-# Words between CJK characters and spaces; one counts only if it holds a letter or digit ("。" is none).
-_NON_CJK_WORD = re.compile(r"[^\s" + CJK.pattern[1:-1] + r"]+")
-
-
-def count_words(text: str) -> int:
-    """Whitespace-separated words, each CJK character counting as one (Chinese has no spaces)."""
-    words = sum(1 for w in _NON_CJK_WORD.findall(text) if any(c.isalnum() for c in w))
-    return len(CJK.findall(text)) + words
+from pacos.fileio import KeyedCache
+from pacos.models import model_identity
+from pacos.score.common import PROMPT_VERSION, NoProgress, Tally, apply_scores
+from pacos.text.cjk import count_words
 
 
 def length_signals(record: Record) -> dict[str, float]:
@@ -77,7 +68,7 @@ def _row_losses(loss_model: Any, examples: list[Any], pad_id: int, device: Any) 
 def reference_signals(
     records: list[Record],
     settings: RefSettings,
-    cache: AnswerCache,
+    cache: KeyedCache,
     tally: Tally,
     progress: NoProgress | None = None,
     ifd: bool = True,

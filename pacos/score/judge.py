@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacos.data.records import Record
-from pacos.data.scoring.common import PROMPT_VERSION, NoProgress, Tally, apply_scores
 from pacos.errors import PacosError
-from pacos.evaluate.answers import AnswerCache, model_identity
-from pacos.generate.filters import CJK
-from pacos.generate.teachers import OpenAITeacher, Reply, Request, Teacher
+from pacos.fileio import KeyedCache
+from pacos.llm.client import LLM, OpenAILLM, Reply, Request
+from pacos.models import model_identity
+from pacos.score.common import PROMPT_VERSION, NoProgress, Tally, apply_scores
+from pacos.text.cjk import language_of
 
 RATINGS = ("1", "2", "3", "4", "5")
 
@@ -56,7 +57,7 @@ _PROMPT_ZH = (
 
 
 def is_chinese(record: Record) -> bool:
-    return bool(CJK.search(record["instruction"] + (record.get("input") or "")))
+    return language_of(record["instruction"] + (record.get("input") or "")) == "zh"
 
 
 def rating_prompt(record: Record) -> str:
@@ -168,17 +169,17 @@ def _verdict_info(
 
 
 async def _ask_all(
-    make_teacher: Callable[[], Teacher],
+    make_llm: Callable[[], LLM],
     requests: list[Request],
     on_reply: Callable[[Reply], None],
 ) -> str:
     """Send every request (endpoints: one task per request, bounded by the client's concurrency, each
     handled the moment it returns; local engines: in batches of the engine's size). Returns the judge's
     model name."""
-    teacher = make_teacher()
+    teacher = make_llm()
     pending: list[asyncio.Task] = []
     try:
-        if isinstance(teacher, OpenAITeacher):
+        if isinstance(teacher, OpenAILLM):
             await teacher.resolve_model()
             pending = [asyncio.ensure_future(teacher.run([r])) for r in requests]
             for done in asyncio.as_completed(pending):
@@ -197,16 +198,16 @@ async def _ask_all(
 def judge_records(
     records: list[Record],
     settings: JudgeSettings,
-    cache: AnswerCache,
+    cache: KeyedCache,
     tally: Tally,
     progress: NoProgress | None = None,
-    make_teacher: Callable[[], Teacher] | None = None,
+    make_llm: Callable[[], LLM] | None = None,
 ) -> None:
     """Rate every record in place (`scores.judge`, `scoring.judge_*`); cached judgments are not asked
     again, and each new one is in the cache the moment it arrives. The judge is made (a local model
     loaded) only when something is left to ask."""
-    from pacos.generate.config import TeacherConfig
-    from pacos.generate.teachers import make_teacher as make
+    from pacos.llm.client import make_llm as make
+    from pacos.llm.config import ClientConfig
 
     progress = progress or NoProgress()
     identity, decoding = settings.identity(), settings.decoding()
@@ -259,13 +260,13 @@ def judge_records(
         info = f"calls {tally.calls} · cached {tally.cache_hits}" + (f" · failed {failed}" if failed else "")
         progress.advance(len(indices), info)
 
-    if make_teacher is None:
-        config = TeacherConfig(concurrency=settings.concurrency, api=settings.api)  # type: ignore[arg-type]
+    if make_llm is None:
+        config = ClientConfig(concurrency=settings.concurrency, api=settings.api)  # type: ignore[arg-type]
 
-        def make_teacher() -> Teacher:
+        def make_llm() -> LLM:
             return make(settings.judge, settings.judge_model, config, None)
 
     try:
-        asyncio.run(_ask_all(make_teacher, requests, on_reply))
+        asyncio.run(_ask_all(make_llm, requests, on_reply))
     finally:
         progress.stop()

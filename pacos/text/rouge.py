@@ -27,29 +27,15 @@ from typing import Any
 import numpy as np
 
 from pacos.errors import PacosError
+from pacos.text.cjk import CJK_CHARS
 
 TOKENIZERS = ("rouge", "cjk")
 
 # rouge_score's default tokenizer lower-cases, turns every run outside [a-z0-9] into a space and keeps
 # the [a-z0-9]+ tokens: that is exactly the maximal [a-z0-9] runs of the lower-cased text.
 _ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
-# Han ideographs (with radicals, iteration marks and the extension planes), kana and hangul: each such
-# character is a token of its own, since these scripts do not separate words with spaces.
-_CJK_CHARS = (
-    "\u1100-\u11ff"  # Hangul Jamo
-    "\u2e80-\u2fdf"  # CJK and Kangxi radicals
-    "\u3005\u3007\u3021-\u3029\u3038-\u303b"  # iteration marks, ideographic zero, Hangzhou numerals
-    "\u3041-\u3096\u309d-\u309f"  # hiragana
-    "\u30a1-\u30fa\u30fc-\u30ff"  # katakana (not the middle dot, which is punctuation)
-    "\u3131-\u318e"  # Hangul compatibility Jamo
-    "\u31f0-\u31ff"  # katakana phonetic extensions
-    "\u3400-\u4dbf\u4e00-\u9fff"  # CJK unified ideographs and extension A
-    "\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff"  # Hangul Jamo extensions, syllables
-    "\uf900-\ufaff"  # compatibility ideographs
-    "\uff66-\uff9d\uffa0-\uffdc"  # half-width katakana and hangul
-    "\U00020000-\U000323af"  # extensions B to H and the compatibility supplement
-)
-_CJK_TOKEN = re.compile(f"[a-z0-9]+|[{_CJK_CHARS}]")
+# Every CJK character (pacos.text.cjk) is a token of its own: these scripts do not separate words.
+_CJK_TOKEN = re.compile(f"[a-z0-9]+|[{CJK_CHARS}]")
 
 # Bounds are compared with this much slack, so that float rounding in a bound can never prune a pool
 # item whose exact score (itself a rounded float) reaches the cut-off.

@@ -13,12 +13,11 @@ import asyncio
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from pacos.errors import PacosError
-from pacos.fileio import AppendLog, read_jsonl_repairing
-from pacos.models import content_key
+from pacos.fileio import KeyedCache
+from pacos.models import model_identity
 
 
 @dataclass(frozen=True)
@@ -32,57 +31,12 @@ class Decoding:
     dtype: str = "float32"
 
 
-def model_identity(model: str, served_model: str | None = None) -> str:
-    """What a cached answer belongs to: an endpoint and its model name, or the content of local files."""
-    if model.startswith(("http://", "https://")):
-        return f"{model.rstrip('/')}#{served_model or ''}"
-    path = Path(model)
-    if path.is_dir():
-        files = sorted(
-            p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".yaml", ".model")
-        )
-        digest = hashlib.sha256("".join(p.name + content_key(p) for p in files).encode())
-        return f"dir:{digest.hexdigest()[:16]}"
-    if path.is_file():
-        return f"file:{content_key(path)}"
-    from pacos.models import EMBEDDED_MODELS
-
-    if model in EMBEDDED_MODELS:
-        return f"embedded:{model}:{content_key(EMBEDDED_MODELS[model].gguf())}"
-    return f"hub:{model}"
-
-
 def _key(identity: str, template: str | None, record: dict[str, Any], decoding: Decoding) -> str:
     settings = asdict(decoding)
     if settings["dtype"] == "float32":
         del settings["dtype"]  # keys written before the dtype setting existed stay valid
     payload = [identity, template, record["instruction"], record.get("input") or "", settings]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
-
-
-class AnswerCache:
-    """Answers on disk (append-only JSON Lines), so an interrupted or repeated evaluation never generates
-    the same answer twice."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.answers = {row["key"]: row["answer"] for row in read_jsonl_repairing(self.path)}
-        self.log: AppendLog | None = None
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.answers.get(key)
-
-    def put(self, key: str, answer: dict[str, Any]) -> None:
-        if self.log is None:
-            self.log = AppendLog(self.path)
-        self.log.write({"key": key, "answer": answer})
-        self.answers[key] = answer
-
-    def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
-            self.log = None  # a later put opens it again
 
 
 def prompt_ids(engine: Any, records: list[dict[str, Any]]) -> list[list[int]]:
@@ -101,9 +55,9 @@ def prompt_ids(engine: Any, records: list[dict[str, Any]]) -> list[list[int]]:
 def _local_answers(
     model: str, records: list[dict[str, Any]], decoding: Decoding, template: str | None
 ) -> list[dict[str, Any]]:
-    from pacos.infer import Engine, SamplingParams
+    from pacos.infer import SamplingParams, load_engine
 
-    engine = Engine.load(model, dtype=decoding.dtype, template=template)
+    engine = load_engine(model, dtype=decoding.dtype, template=template)
     # A whole evaluation set in one batch (up to 48 rows): the weights are read once per decoding step
     # whatever the rows, so more rows give more tokens/s (here, bf16: 24 rows of 256 tokens in about 60 s).
     engine.max_batch_size = max(engine.max_batch_size, min(len(records), 48))
@@ -125,8 +79,8 @@ def _endpoint_answers(
     url: str, served_model: str | None, records: list[dict[str, Any]], decoding: Decoding, template: str
 ) -> list[dict[str, Any]]:
     from pacos.data.templates import render_prompt
-    from pacos.generate.config import TeacherConfig
-    from pacos.generate.teachers import OpenAITeacher, Request
+    from pacos.llm.client import OpenAILLM, Request
+    from pacos.llm.config import ClientConfig
 
     if template == "chat":
         raise PacosError(
@@ -134,7 +88,7 @@ def _endpoint_answers(
         )
 
     async def run() -> list[dict[str, Any]]:
-        teacher = OpenAITeacher(url, served_model, TeacherConfig(api="completions"), None)
+        teacher = OpenAILLM(url, served_model, ClientConfig(api="completions"), None)
         try:
             await teacher.resolve_model()
             requests = [
@@ -171,7 +125,7 @@ def answer_records(
     *,
     served_model: str | None = None,
     template: str | None = None,
-    cache: AnswerCache | None = None,
+    cache: KeyedCache | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Each record's answer {"text", "finish_reason", "completion_tokens"} and how many were generated
     (the rest came from the cache)."""

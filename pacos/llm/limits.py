@@ -55,7 +55,7 @@ class Price:
 
 def load_prices(path: str | None) -> dict[str, Price]:
     """The price table: `models: {NAME: {prompt: USD/1M, completion: USD/1M}}` (recipes/prices.yaml)."""
-    source = Path(path) if path else Path(str(resources.files("pacos.generate") / "prices.yaml"))
+    source = Path(path) if path else Path(str(resources.files("pacos.llm") / "prices.yaml"))
     data = load_yaml(source)
     table = data.get("models") or {}
     if not isinstance(table, dict):

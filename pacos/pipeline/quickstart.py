@@ -25,8 +25,8 @@ from pacos.data.split import split_records
 from pacos.data.stats import compute_stats, plot_stats
 from pacos.errors import PacosError
 from pacos.fileio import write_json
-from pacos.quickstart.config import QuickstartConfig
-from pacos.quickstart.stages import file_digest, run_stage
+from pacos.pipeline.quickstart_config import QuickstartConfig
+from pacos.pipeline.stages import file_digest, run_stage
 
 VERSION = 3  # bump when a stage's code changes what it writes, so old outputs are not reused
 
@@ -150,22 +150,18 @@ def _cpu_precision(precision: str) -> str:
     """bf16 only where it runs natively: a CPU without AMX or AVX512-BF16 emulates it, slower than fp32."""
     import torch
 
-    if precision.startswith("bf16") and not torch.cuda.is_available():
-        cpu = torch.cpu
-        native = (
-            getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-            or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-        )
-        if not native:
-            _say("train", f"this CPU has no native bf16 (AMX, AVX512-BF16): {precision} -> fp32")
-            return "fp32"
+    from pacos.device import cpu_has_fast_bf16
+
+    if precision.startswith("bf16") and not torch.cuda.is_available() and not cpu_has_fast_bf16():
+        _say("train", f"this CPU has no native bf16 (AMX, AVX512-BF16): {precision} -> fp32")
+        return "fp32"
     return precision
 
 
 def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: Path) -> dict[str, Any]:
-    from pacos.evaluate.answers import Decoding
     from pacos.evaluate.report import write_report
     from pacos.evaluate.run import JudgeSettings, evaluate_model
+    from pacos.llm.answers import Decoding
 
     settings = config.eval
     base_model = config.train.model

@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from pacos.data.records import Record
-from pacos.data.scoring.common import NoProgress, RichProgress, Tally, apply_scores
-from pacos.data.scoring.judge import (
+from pacos.errors import PacosError
+from pacos.fileio import KeyedCache
+from pacos.score.common import NoProgress, RichProgress, Tally, apply_scores
+from pacos.score.judge import (
     JudgeSettings,
     expected_rating,
     judge_records,
@@ -44,9 +46,7 @@ from pacos.data.scoring.judge import (
     rating_prompt,
     read_verdict,
 )
-from pacos.data.scoring.signals import RefSettings, count_words, length_signals, reference_signals
-from pacos.errors import PacosError
-from pacos.evaluate.answers import AnswerCache
+from pacos.score.signals import RefSettings, count_words, length_signals, reference_signals
 
 __all__ = [
     "JudgeSettings", "NoProgress", "RefSettings", "RichProgress", "count_words", "expected_rating",
@@ -58,8 +58,8 @@ SIGNALS = ("len", "ppl", "ifd")
 
 
 @contextmanager
-def _cache(path: Path) -> Iterator[AnswerCache]:
-    cache = AnswerCache(path)
+def _cache(path: Path) -> Iterator[KeyedCache]:
+    cache = KeyedCache(path)
     try:
         yield cache
     finally:

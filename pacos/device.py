@@ -1,0 +1,46 @@
+"""Which device and number format to compute in: one place for every stage (inference, training, scoring,
+embeddings), so that "bf16 where it is native" means the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pacos.errors import PacosError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matrix work runs natively (elsewhere it is emulated, slower than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def auto_device() -> torch.device:
+    """A CUDA GPU when PyTorch sees one, else the CPU (inference; training also takes Apple's MPS)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_device(kind: str = "auto", local_rank: int = 0) -> torch.device:
+    """`auto`: CUDA, else MPS, else CPU; a CUDA device is made current for this process's local rank."""
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise PacosError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(kind)
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware computes it natively (Ampere+ GPUs, CPUs with AMX or AVX512-BF16)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32

@@ -1,1 +1,0 @@
-"""`pacos quickstart`: the whole loop (generate, mix, train, evaluate, report) on embedded defaults."""
