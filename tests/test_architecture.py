@@ -65,9 +65,9 @@ def layer_of(module: str) -> tuple[int, str]:
     best: tuple[int, str] | None = None
     for index, (_, packages) in enumerate(LAYERS):
         for package in packages:
-            if (module == package or module.startswith(package + ".")) and package != "pacos":
-                if best is None or len(package) > len(best[1]):
-                    best = (index, package)
+            inside = module == package or module.startswith(package + ".")
+            if inside and package != "pacos" and (best is None or len(package) > len(best[1])):
+                best = (index, package)
     if best is None and module == "pacos":
         return 0, "pacos"
     assert best is not None, f"{module} is in no layer of the table: add its package to LAYERS"

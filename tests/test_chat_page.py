@@ -250,7 +250,16 @@ def test_model_output_is_rendered_as_text_never_as_markup(page: Page, server, en
             for piece in pieces:
                 time.sleep(0.005)
                 seq.emit(Event(piece, [], []))
-            seq.emit(Event("", [], [], "stop", len(ids), len(pieces)))
+            seq.emit(
+                Event(
+                    text="",
+                    token_ids=[],
+                    logprobs=[],
+                    finish_reason="stop",
+                    prompt_tokens=len(ids),
+                    completion_tokens=len(pieces),
+                )
+            )
 
         threading.Thread(target=stream, daemon=True).start()
         return seq

@@ -112,11 +112,29 @@ def batch_and_models(tiny_llama, teacher: Path, packing: bool):
 def test_cached_teacher_gives_the_live_teachers_loss(tiny_llama, teacher_dir, tmp_path, packing, divergence):
     examples, batch, student, teacher = batch_and_models(tiny_llama, teacher_dir, packing)
     vocab = student.config.vocab_size
-    live = DistillLoss(student, teacher, None, vocab, divergence, 0.5, 2.0, alpha=0.25, chunk_size=7)
+    live = DistillLoss(
+        student=student,
+        teacher=teacher,
+        cache=None,
+        shared_vocab=vocab,
+        divergence=divergence,
+        beta=0.5,
+        temperature=2.0,
+        alpha=0.25,
+        chunk_size=7,
+    )
     cache = TeacherCache(tmp_path / "cache", k=vocab)
     assert cache_teacher(teacher, examples, cache, 0, batch_size=2, shared_vocab=vocab) == len(examples)
     cached = DistillLoss(
-        student, None, TeacherCache(tmp_path / "cache", k=vocab), vocab, divergence, 0.5, 2.0, 0.25, 7
+        student=student,
+        teacher=None,
+        cache=TeacherCache(tmp_path / "cache", k=vocab),
+        shared_vocab=vocab,
+        divergence=divergence,
+        beta=0.5,
+        temperature=2.0,
+        alpha=0.25,
+        chunk_size=7,
     )
     args = (batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets)
     (live_sum, n), (cached_sum, m) = live(*args), cached(*args)

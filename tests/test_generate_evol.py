@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pacos.generate.evol import Item, check_prompt, lacks_content, replay
 from pacos.generate.filters import refusal
+from pacos.generate.modes.evol import Item, check_prompt, lacks_content, replay
 from pacos.llm.client import Reply
 from tests.conftest import write_jsonl
 from tests.scripted_teacher import CLI_ENV, Action, ScriptedTeacher, kill_when_accepted

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pacos.errors import PacosError
-from pacos.generate.magpie import ZH_SYSTEM, user_turn
+from pacos.generate.modes.magpie import ZH_SYSTEM, user_turn
 from tests.scripted_teacher import CLI_ENV, Action, ScriptedTeacher, kill_when_accepted, pseudo_word
 from tests.test_generate_evol import smollm2_server  # noqa: F401 (a fixture)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pacos.score import (
-    JudgeSettings,
+    RatingSettings,
     expected_rating,
     judgment_key,
     length_signals,
@@ -239,7 +239,7 @@ def test_killed_run_resumes_without_losing_or_repeating_judgments(cli, tmp_path)
         result = cli(*args)
         assert result.code == 0, result.err
         again = [q["body"]["messages"][0]["content"] for q in teacher.requests[asked_before:]]
-    settings = JudgeSettings(teacher.url)
+    settings = RatingSettings(teacher.url)
     again_keys = [judgment_key(settings.identity(), p, settings.decoding()) for p in again]
     assert not set(again_keys) & done_before  # nothing finished before the kill was asked again
     assert len(again_keys) == len(set(again_keys)) == 16 - len(done_before)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from pacos.selftrain import run as selftrain_run
+from pacos.pipeline import selftrain as selftrain_run
 
 from pacos.pipeline.selftrain_config import SelfTrainConfig
 

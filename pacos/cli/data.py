@@ -380,7 +380,7 @@ def data_score(
     Judgments and losses are cached as they arrive: a rerun makes no calls for them, a killed run resumes.
     """
     from pacos.data.io import read_records, write_records
-    from pacos.score import JudgeSettings, RefSettings, RichProgress, parse_signals, score_records
+    from pacos.score import RatingSettings, RefSettings, ScoreProgress, parse_signals, score_records
 
     if batch_size < 1 or concurrency < 1 or max_length < 2:
         raise PacosError("--batch-size and --concurrency must be >= 1, --max-length >= 2")
@@ -389,15 +389,19 @@ def data_score(
     records = [r for source in files for r in read_records(source)]
     summary = score_records(
         records,
-        judge=JudgeSettings(
+        judge=RatingSettings(
             judge, judge_model, concurrency=concurrency, first_token_min_mass=first_token_mass
         )
         if judge
         else None,
         signals=parse_signals(signals),
-        ref=RefSettings(ref_model, template, max_length, batch_size, device) if ref_model else None,
+        ref=RefSettings(
+            model=ref_model, template=template, max_length=max_length, batch_size=batch_size, device=device
+        )
+        if ref_model
+        else None,
         cache_dir=cache,
-        progress=RichProgress(),
+        progress=ScoreProgress(),
     )
     write_records(records, out)
     if report:

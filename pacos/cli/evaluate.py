@@ -78,7 +78,7 @@ def evaluate(
     DIR renders earlier runs side by side.
     """
     from pacos.evaluate.report import load_run, write_report
-    from pacos.evaluate.run import JudgeSettings, evaluate_model
+    from pacos.evaluate.run import PairwiseSettings, evaluate_model
     from pacos.llm.answers import Decoding
 
     if compare:
@@ -93,7 +93,7 @@ def evaluate(
         raise PacosError("pass --model (or --compare DIR --compare DIR)")
     if max_new_tokens < 1:
         raise PacosError("--max-new-tokens must be >= 1")
-    judging = JudgeSettings(judge, judge_model, baseline or "references") if judge else None
+    judging = PairwiseSettings(judge, judge_model, baseline or "references") if judge else None
     metrics = evaluate_model(
         model, out, prompts=prompts, data=data, ifeval=ifeval,
         decoding=Decoding(max_new_tokens=max_new_tokens, dtype=dtype), served_model=served_model,

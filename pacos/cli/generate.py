@@ -55,8 +55,7 @@ def generate(
     """
     from pacos.config import load_config
     from pacos.generate.config import GenerateConfig
-    from pacos.generate.evol import ROUNDS_DONE
-    from pacos.generate.report import RichProgress, summary_table
+    from pacos.generate.report import GenerateProgress, summary_table
     from pacos.generate.run import generate as run_generation
 
     flags = {"teacher": teacher, "out_dir": out, "num": num, "model": model, "seeds": seeds, "mode": mode,
@@ -64,12 +63,11 @@ def generate(
     extra = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
     settings = load_config(GenerateConfig, config, [*(overrides or []), *extra])
     console = stderr_console()
-    summary = run_generation(settings, force=force, progress=RichProgress(settings.num, console))
+    summary = run_generation(settings, force=force, progress=GenerateProgress(settings.num, console))
     console.print(summary_table(summary))
     print(
         f"{summary['accepted']} examples in {Path(settings.out_dir or '.') / 'data.json'} "
         f"({summary['stopped']})"
     )
-    rounds_done = summary["stopped"].startswith(ROUNDS_DONE)
-    if summary["accepted"] == 0 or (summary["accepted"] < settings.num and not rounds_done):
-        raise typer.Exit(1)  # evol may end below --num (its rounds bound the work), but not empty
+    if summary["accepted"] == 0 or (summary["accepted"] < settings.num and not summary["exhausted"]):
+        raise typer.Exit(1)  # a mode may run out of work below --num (evol's rounds), but not empty

@@ -107,7 +107,7 @@ class CleanConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class Rule:
+class CleanRule:
     name: str
     kind: Literal["fix", "drop"]
     description: str
@@ -339,56 +339,56 @@ def _wrong_arithmetic(record: Record, c: _Compiled) -> str | None:
     return f"output says {stated[-1]}, the arithmetic gives {shown}"
 
 
-RULES: list[Rule] = [
-    Rule(
+RULES: list[CleanRule] = [
+    CleanRule(
         "control_chars",
         "fix",
         "control characters, zero-width characters, lone surrogates, CR line ends",
         _fix_control_chars,
     ),
-    Rule(
+    CleanRule(
         "whitespace", "fix", "leading or trailing whitespace in instruction, input or output", _fix_whitespace
     ),
-    Rule(
+    CleanRule(
         "no_input_marker",
         "fix",
         "input is a no-input marker (<noinput>, No input, N/A, ...): set to ''",
         _fix_no_input_marker,
     ),
-    Rule("empty_instruction", "drop", "instruction is empty or whitespace", _empty_instruction),
-    Rule("empty_output", "drop", "output is empty or whitespace", _empty_output),
-    Rule("na_output", "drop", "output is a placeholder such as N/A or <No Output>", _na_output),
-    Rule(
+    CleanRule("empty_instruction", "drop", "instruction is empty or whitespace", _empty_instruction),
+    CleanRule("empty_output", "drop", "output is empty or whitespace", _empty_output),
+    CleanRule("na_output", "drop", "output is a placeholder such as N/A or <No Output>", _na_output),
+    CleanRule(
         "merged_items",
         "drop",
         "output or input carries a following task (## / 18. Instruction: ...)",
         _merged_items,
     ),
-    Rule(
+    CleanRule(
         "repetitive_output",
         "drop",
         "output repeats a line or sentence 3 or more times (a looping teacher)",
         _repetitive_output,
     ),
-    Rule(
+    CleanRule(
         "url_or_attachment",
         "drop",
         "input is a URL, or refers to an attachment or placeholder",
         _url_or_attachment,
     ),
-    Rule(
+    CleanRule(
         "non_text_modality",
         "drop",
         "instruction asks to make or perceive images, drawings, audio, video or web pages",
         _non_text_modality,
     ),
-    Rule(
+    CleanRule(
         "wrong_arithmetic",
         "drop",
         "output's number disagrees with the arithmetic the instruction asks for",
         _wrong_arithmetic,
     ),
-    Rule("too_long", "drop", "instruction + input + output longer than max_chars", _too_long),
+    CleanRule("too_long", "drop", "instruction + input + output longer than max_chars", _too_long),
 ]
 DUPLICATE_RULE = "exact_duplicate"
 RULES_BY_NAME = {r.name: r for r in RULES} | {DUPLICATE_RULE: None}
@@ -421,7 +421,7 @@ class CleanResult:
 
 
 @dataclass
-class Verdict:
+class CleanVerdict:
     """One record through the rules: the record (fixed when `fix` is on), the fix rules that fired, and the
     drop rule that removes it (None: kept)."""
 
@@ -441,7 +441,7 @@ class RecordCleaner:
         self.fixes = [r for r in enabled if r.kind == "fix"]
         self.drops = [r for r in enabled if r.kind == "drop"]
 
-    def __call__(self, record: Record) -> Verdict:
+    def __call__(self, record: Record) -> CleanVerdict:
         fired = []
         for rule in self.fixes:
             fixed = rule.apply(record, self.compiled)
@@ -452,8 +452,8 @@ class RecordCleaner:
         for rule in self.drops:
             reason = rule.apply(record, self.compiled)
             if reason:
-                return Verdict(record, fired, rule.name, reason)
-        return Verdict(record, fired)
+                return CleanVerdict(record, fired, rule.name, reason)
+        return CleanVerdict(record, fired)
 
 
 def clean_records(

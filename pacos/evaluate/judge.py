@@ -247,14 +247,14 @@ def judge_pairs(
     if todo:
         requests = [
             Request(
-                f"judge-{i}-{order}",
-                judge_prompt(instruction, first, second, references[i]),
-                1,
-                0.0,
-                1.0,
-                [],
-                0,
-                top_logprobs,
+                id=f"judge-{i}-{order}",
+                prompt=judge_prompt(instruction, first, second, references[i]),
+                max_tokens=1,
+                temperature=0.0,
+                top_p=1.0,
+                stop=[],
+                seed=0,
+                top_logprobs=top_logprobs,
             )
             for i, order, instruction, first, second in todo
         ]

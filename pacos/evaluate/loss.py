@@ -20,7 +20,7 @@ def dataset_loss(
     from pacos.train.data import tokenize_records
     from pacos.train.distributed import Runtime
     from pacos.train.loss import CausalLMLoss
-    from pacos.train.run import evaluate
+    from pacos.train.validation import validation_loss
 
     records = read_records(data)
     hf_model, tokenizer, chosen = load_for_inference(
@@ -32,7 +32,7 @@ def dataset_loss(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = TrainConfig(micro_batch_size=micro_batch_size, max_length=max_length)
     runtime = Runtime()
-    loss = evaluate(CausalLMLoss(hf_model), examples, settings, int(pad or 0), runtime)
+    loss = validation_loss(CausalLMLoss(hf_model), examples, settings, int(pad or 0), runtime)
     return {
         "data": data,
         "template": chosen,

@@ -14,7 +14,7 @@ from pacos.models import cache_dir
 
 
 @dataclass(frozen=True)
-class JudgeSettings:
+class PairwiseSettings:
     """Pairwise judging of a model's answers: by `judge` (http(s)://HOST:PORT/v1 or local:NAME), against
     `baseline` (another model, answering with `baseline_template`, or "references": the outputs)."""
 
@@ -50,7 +50,7 @@ def evaluate_prompts(
     template: str | None = None,
     embeddings: bool = True,
     cache_path: str | Path | None = None,
-    judge: JudgeSettings | None = None,
+    judge: PairwiseSettings | None = None,
 ) -> dict[str, Any]:
     """Answer every record of `prompts` (its `output`, where present, is the reference) and write
     `answers.jsonl` and `metrics.json` into `out_dir`; with a `judge`, also judge the answers against the
@@ -104,7 +104,7 @@ def _judge(
     decoding: Decoding,
     out: Path,
     cache_path: str | Path | None,
-    settings: JudgeSettings,
+    settings: PairwiseSettings,
 ) -> dict[str, Any]:
     """Win rates of `model` (model 2) against the baseline (model 1) by the judge, both orders per pair."""
     from pacos.errors import PacosError
@@ -204,7 +204,7 @@ def evaluate_model(
     template: str | None = None,
     embeddings: bool = True,
     cache_path: str | Path | None = None,
-    judge: JudgeSettings | None = None,
+    judge: PairwiseSettings | None = None,
 ) -> dict[str, Any]:
     """Everything `pacos eval` measures for one model, into `out_dir/metrics.json` (answers, ifeval.jsonl
     and annotations.json beside it): answers to `prompts` with reference metrics (and the judge), the

@@ -1,9 +1,11 @@
 """Self-Instruct data generation: a teacher LM continues a list of tasks, filters keep the good and novel.
 
-- `teachers`: one interface over an OpenAI-compatible endpoint, the pacos engine in-process and llama.cpp;
-- `prompts`, `parse`: our own wording of the generation prompts (English, Chinese) and a parser that
-  survives what real models write;
-- `filters`: Alpaca's candidate filters as named, configurable rules (plus `pacos data clean`'s);
-- `novelty`: the exact ROUGE-L novelty filter, fast;
-- `run`: the crash-safe, resumable generation loop behind `pacos generate`.
+- `run`: the crash-safe, resumable loop behind `pacos generate` (rounds until the target, the budget or
+  the request limit is reached);
+- `generator`: one run's state and what every mode does with it (send, admit, reject);
+- `modes/`: one module per mode (alpaca, self-instruct, evol, magpie): adding a mode is adding a file;
+- `prompts`, `parse`: our own wording of Alpaca's prompts (English, Chinese) and a parser that survives
+  what real models write;
+- `filters`: Alpaca's candidate filters as named, configurable rules (plus `pacos data clean`'s).
+The teacher is any `pacos.llm` client; the novelty filter is `pacos.text.rouge.NoveltyFilter`.
 """

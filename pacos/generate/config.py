@@ -45,7 +45,7 @@ class FilterConfig(BaseModel):
         return known_names(names, FILTER_NAMES)
 
 
-# Evol-Instruct's operations (pacos/generate/evol.py): five in-depth rewrites and one in-breadth.
+# Evol-Instruct's operations (pacos/generate/modes/evol.py): five in-depth rewrites and one in-breadth.
 EVOL_OPERATIONS = (
     "add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth",
 )  # fmt: skip
@@ -95,7 +95,7 @@ class GenerateConfig(BaseModel):
     # http(s)://HOST:PORT/v1 (an OpenAI-compatible server), local:NAME_OR_PATH, llama.cpp:FILE.gguf
     teacher: str | None = None
     out_dir: str | None = None  # where the run's files go (the CLI's --out)
-    mode: Literal["alpaca", "self-instruct", "evol", "magpie"] = "alpaca"
+    mode: str = "alpaca"  # a module of pacos/generate/modes/: alpaca, self-instruct, evol, magpie
     language: Literal["en", "zh"] = "en"
     seeds: str | None = None  # None: the bundled seed tasks of `language`
     num: int = Field(100, ge=1)  # accepted examples to end with
@@ -123,6 +123,13 @@ class GenerateConfig(BaseModel):
     client: ClientConfig = ClientConfig()
     evol: EvolConfig = EvolConfig()
     magpie: MagpieConfig = MagpieConfig()
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, name: str) -> str:
+        from pacos.generate.modes import mode_names
+
+        return known_names([name], mode_names())[0]
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:

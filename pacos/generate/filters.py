@@ -23,7 +23,7 @@ DEFAULT_PREFIXES = {"en": ["Write a program"], "zh": ["编写一个程序", "写
 
 
 @dataclass(frozen=True)
-class Rule:
+class FilterRule:
     name: str
     description: str
     check: Callable[[dict[str, Any]], str | None]  # the reason to drop, or None
@@ -108,18 +108,22 @@ class CandidateFilter:
             return "the output repeats the input" if same else None
 
         rules = [
-            Rule("too_short", f"instruction of fewer than {f.min_words} words", too_short),
-            Rule("too_long_instruction", f"instruction of more than {f.max_words} words", too_long),
-            Rule("blacklisted_word", "a word a text model cannot act on (image, draw ...)", blacklisted),
-            Rule("banned_prefix", "starts with a banned phrase (Write a program)", banned_prefix),
-            Rule("leading_punctuation", "starts with punctuation", leading_punctuation),
-            Rule("input_is_output", "the output only repeats the input", input_is_output),
-            Rule("refusal", "the output refuses (sorry, I cannot ...) or speaks as an AI", refuses),
+            FilterRule("too_short", f"instruction of fewer than {f.min_words} words", too_short),
+            FilterRule("too_long_instruction", f"instruction of more than {f.max_words} words", too_long),
+            FilterRule(
+                "blacklisted_word", "a word a text model cannot act on (image, draw ...)", blacklisted
+            ),
+            FilterRule("banned_prefix", "starts with a banned phrase (Write a program)", banned_prefix),
+            FilterRule("leading_punctuation", "starts with punctuation", leading_punctuation),
+            FilterRule("input_is_output", "the output only repeats the input", input_is_output),
+            FilterRule("refusal", "the output refuses (sorry, I cannot ...) or speaks as an AI", refuses),
         ]
         if language == "en":
-            rules.append(Rule("leading_non_ascii", "starts with a non-ASCII character", leading_non_ascii))
+            rules.append(
+                FilterRule("leading_non_ascii", "starts with a non-ASCII character", leading_non_ascii)
+            )
         else:
-            rules.append(Rule("wrong_language", "no Chinese in the instruction", wrong_language))
+            rules.append(FilterRule("wrong_language", "no Chinese in the instruction", wrong_language))
         self.rules = [r for r in rules if r.name not in f.disable]
         self.cleaner = RecordCleaner(CleanConfig(fix=True)) if config.clean else None
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pacos.generate.run import Tally
+from pacos.generate.run import GenerateTally
 
 
 def _tokens(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
-def tally_line(tally: Tally) -> str:
+def tally_line(tally: GenerateTally) -> str:
     failed = sum(tally.failed.values())
     reasons = ", ".join(f"{name} {count}" for name, count in tally.rejected.most_common(4))
     parts = [
@@ -24,14 +24,14 @@ def tally_line(tally: Tally) -> str:
     return " · ".join(parts)
 
 
-class RichProgress:
+class GenerateProgress:
     """Kept / target as a bar, with requests, rejections by reason, tokens and cost beside it."""
 
     def __init__(self, target: int, console: Any) -> None:
         self.target, self.console = target, console
         self.progress: Any = None
 
-    def start(self, tally: Tally) -> None:
+    def start(self, tally: GenerateTally) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
@@ -46,7 +46,7 @@ class RichProgress:
         self.update(tally)
         self.progress.start()
 
-    def update(self, tally: Tally) -> None:
+    def update(self, tally: GenerateTally) -> None:
         self.progress.update(
             self.task, completed=min(len(tally.accepted), self.target), stats=tally_line(tally)
         )

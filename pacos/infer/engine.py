@@ -111,7 +111,16 @@ class Decoder:
             s.finished = True
         elif s.params.max_new_tokens == 0 or len(s.prompt_ids) >= self.engine.context_length:
             s.finished = True
-            s.emit(Event("", [], [], "length", len(s.prompt_ids), 0))
+            s.emit(
+                Event(
+                    text="",
+                    token_ids=[],
+                    logprobs=[],
+                    finish_reason="length",
+                    prompt_tokens=len(s.prompt_ids),
+                    completion_tokens=0,
+                )
+            )
         return s.finished
 
     @torch.inference_mode()
@@ -148,7 +157,16 @@ class Decoder:
         prompt_tokens = len(s.prompt_ids)
         if token in engine.eos_ids and not params.ignore_eos:
             s.finished = True
-            s.emit(Event(s.stream.flush(), [], [], "stop", prompt_tokens, len(s.output_ids)))
+            s.emit(
+                Event(
+                    text=s.stream.flush(),
+                    token_ids=[],
+                    logprobs=[],
+                    finish_reason="stop",
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=len(s.output_ids),
+                )
+            )
             return
         s.output_ids.append(token)
         if s.constraint:
@@ -165,7 +183,16 @@ class Decoder:
             finish = "length"
             text += s.stream.flush()
         s.finished = finish is not None
-        s.emit(Event(text, [token], [logprob] if logprob else [], finish, prompt_tokens, len(s.output_ids)))
+        s.emit(
+            Event(
+                text=text,
+                token_ids=[token],
+                logprobs=[logprob] if logprob else [],
+                finish_reason=finish,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=len(s.output_ids),
+            )
+        )
 
 
 class Engine:
@@ -238,7 +265,12 @@ class Engine:
                 params.seed if params.seed is not None else secrets.randbits(63)
             )  # global RNG untouched
         return Sequence(
-            list(prompt_ids), params, TextStream(self.tokenizer, params.stop), on_event, generator, constraint
+            prompt_ids=list(prompt_ids),
+            params=params,
+            stream=TextStream(self.tokenizer, params.stop),
+            on_event=on_event,
+            generator=generator,
+            constraint=constraint,
         )
 
     # -- generation ----------------------------------------------------------------------------------------
@@ -265,12 +297,12 @@ class Engine:
                 parts.append(event)
                 if event.finish_reason:
                     results[i] = Completion(
-                        "".join(p.text for p in parts),
-                        [t for p in parts for t in p.token_ids],
-                        event.finish_reason,
-                        event.prompt_tokens,
-                        event.completion_tokens,
-                        [lp for p in parts for lp in p.logprobs],
+                        text="".join(p.text for p in parts),
+                        token_ids=[t for p in parts for t in p.token_ids],
+                        finish_reason=event.finish_reason,
+                        prompt_tokens=event.prompt_tokens,
+                        completion_tokens=event.completion_tokens,
+                        logprobs=[lp for p in parts for lp in p.logprobs],
                     )
 
             return on_event

@@ -72,9 +72,13 @@ class LlamaCppEngine(Engine):
                 n_threads_batch=threads,
                 verbose=False,
             )
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         except Exception as e:  # llama.cpp raises ValueError for a file it cannot load
             raise PacosError(f"{path}: llama.cpp could not load it: {first_line(e)}") from None
+        try:  # pacos tokenizes and detokenizes itself, with transformers' reading of the file's vocabulary
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        except Exception as e:
+            llm.close()
+            raise PacosError(f"{path}: transformers could not read its tokenizer: {first_line(e)}") from None
         atexit.register(llm.close)  # closing it during interpreter shutdown raises inside llama-cpp-python
         return cls(llm, tokenizer, pick_template(spec, tokenizer, template), name=spec)
 

@@ -88,7 +88,14 @@ class Scheduler:
                 for seq in {id(s): s for s in [*self.decoder.seqs, *admitted]}.values():
                     if not seq.finished:
                         seq.finished = True
-                        failure = Event("", [], [], "error", len(seq.prompt_ids), error=first_line(e))
+                        failure = Event(
+                            text="",
+                            token_ids=[],
+                            logprobs=[],
+                            finish_reason="error",
+                            prompt_tokens=len(seq.prompt_ids),
+                            error=first_line(e),
+                        )
                         seq.emit(failure)
                 self.decoder = Decoder(self.engine)
             if not len(self.decoder) and not self.waiting:

@@ -93,13 +93,13 @@ def _endpoint_answers(
             await teacher.resolve_model()
             requests = [
                 Request(
-                    f"eval-{i}",
-                    render_prompt(r, template),
-                    decoding.max_new_tokens,
-                    decoding.temperature,
-                    decoding.top_p,
-                    [],
-                    decoding.seed,
+                    id=f"eval-{i}",
+                    prompt=render_prompt(r, template),
+                    max_tokens=decoding.max_new_tokens,
+                    temperature=decoding.temperature,
+                    top_p=decoding.top_p,
+                    stop=[],
+                    seed=decoding.seed,
                 )
                 for i, r in enumerate(records)
             ]

@@ -290,7 +290,14 @@ class EngineLLM(LLM):
         seconds = (time.monotonic() - start) / max(len(requests), 1)
         replies = []
         for r, c in zip(requests, done, strict=True):
-            reply = Reply(r.id, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, attempts=1)
+            reply = Reply(
+                request_id=r.id,
+                text=c.text,
+                finish_reason=c.finish_reason,
+                prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                attempts=1,
+            )
             reply.seconds = seconds
             if r.top_logprobs is not None and c.logprobs:
                 decode = engine.tokenizer.decode

@@ -59,13 +59,13 @@ def data_stage(config: QuickstartConfig, out: Path) -> dict[str, Any]:
 def generate_stage(config: QuickstartConfig, out: Path, seeds: Path) -> dict[str, Any]:
     from rich.console import Console
 
-    from pacos.generate.report import RichProgress, summary_table
+    from pacos.generate.report import GenerateProgress, summary_table
     from pacos.generate.run import generate
 
     settings = config.generate.model_copy(update={"seeds": str(seeds), "out_dir": str(out)})
     _say("generate", f"{settings.num} new examples from the seed tasks, teacher {settings.teacher}")
     console = Console(stderr=True)
-    summary = generate(settings, progress=RichProgress(settings.num, console))
+    summary = generate(settings, progress=GenerateProgress(settings.num, console))
     console.print(summary_table(summary))
     _say(
         "generate",
@@ -160,7 +160,7 @@ def _cpu_precision(precision: str) -> str:
 
 def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: Path) -> dict[str, Any]:
     from pacos.evaluate.report import write_report
-    from pacos.evaluate.run import JudgeSettings, evaluate_model
+    from pacos.evaluate.run import PairwiseSettings, evaluate_model
     from pacos.llm.answers import Decoding
 
     settings = config.eval
@@ -190,8 +190,13 @@ def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: P
     )
     judging = None
     if settings.judge:
-        judging = JudgeSettings(settings.judge, settings.judge_model, base_model, config.train.template,
-                                settings.judge_max_chars)  # fmt: skip
+        judging = PairwiseSettings(
+            judge=settings.judge,
+            judge_model=settings.judge_model,
+            baseline=base_model,
+            baseline_template=config.train.template,
+            max_answer_chars=settings.judge_max_chars,
+        )
     tuned = evaluate_model(str(model_dir), out / "tuned", **common, judge=judging)
 
     loss_png = model_dir / "loss.png"

@@ -122,10 +122,10 @@ def keep(config: SelfTrainConfig, labelled: list[dict[str, Any]], labels: Path, 
     score_key = "confidence"
     if config.keep.judge and best:
         from pacos.score import score_records
-        from pacos.score.judge import JudgeSettings
+        from pacos.score.judge import RatingSettings
 
         score_records(
-            best, judge=JudgeSettings(config.keep.judge, config.keep.judge_model), cache_dir=out / "judge"
+            best, judge=RatingSettings(config.keep.judge, config.keep.judge_model), cache_dir=out / "judge"
         )
         rated = [r for r in best if (r.get("scores") or {}).get("judge") is not None]
         rejected["no usable judge rating"] += len(best) - len(rated)

@@ -36,9 +36,9 @@ from typing import Any
 from pacos.data.records import Record
 from pacos.errors import PacosError
 from pacos.fileio import KeyedCache
-from pacos.score.common import NoProgress, RichProgress, Tally, apply_scores
+from pacos.score.common import QuietScoreProgress, ScoreProgress, ScoreTally, apply_scores
 from pacos.score.judge import (
-    JudgeSettings,
+    RatingSettings,
     expected_rating,
     judge_records,
     judgment_key,
@@ -49,8 +49,18 @@ from pacos.score.judge import (
 from pacos.score.signals import RefSettings, count_words, length_signals, reference_signals
 
 __all__ = [
-    "JudgeSettings", "NoProgress", "RefSettings", "RichProgress", "count_words", "expected_rating",
-    "judgment_key", "length_signals", "parse_rating", "parse_signals", "rating_prompt", "read_verdict",
+    "QuietScoreProgress",
+    "RatingSettings",
+    "RefSettings",
+    "ScoreProgress",
+    "count_words",
+    "expected_rating",
+    "judgment_key",
+    "length_signals",
+    "parse_rating",
+    "parse_signals",
+    "rating_prompt",
+    "read_verdict",
     "score_records",
 ]  # fmt: skip
 
@@ -77,11 +87,11 @@ def parse_signals(spec: str | None) -> list[str]:
 def score_records(
     records: list[Record],
     *,
-    judge: JudgeSettings | None = None,
+    judge: RatingSettings | None = None,
     signals: list[str] | tuple[str, ...] = (),
     ref: RefSettings | None = None,
     cache_dir: str | Path | None = None,
-    progress: NoProgress | None = None,
+    progress: QuietScoreProgress | None = None,
 ) -> dict[str, Any]:
     """Score `records` in place and return the summary. `cache_dir` holds judgments.jsonl and
     signals.jsonl (append-only: the progress of a killed run; default $PACOS_CACHE/score)."""
@@ -95,7 +105,7 @@ def score_records(
         if not isinstance(record.get("output"), str):
             raise PacosError(f"record {number}: field 'output': required field is missing")
     folder = Path(cache_dir) if cache_dir else default_cache() / "score"
-    tally = Tally(records=len(records))
+    tally = ScoreTally(records=len(records))
     started = time.monotonic()
     if "len" in signals:
         for record in records:
@@ -124,7 +134,7 @@ def _describe(values: list[float]) -> dict[str, float]:
 
 
 def summarize(
-    records: list[Record], tally: Tally, judge: JudgeSettings | None, ref: RefSettings | None
+    records: list[Record], tally: ScoreTally, judge: RatingSettings | None, ref: RefSettings | None
 ) -> dict[str, Any]:
     keys: dict[str, None] = {}
     for record in records:

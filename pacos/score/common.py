@@ -13,7 +13,7 @@ PROMPT_VERSION = "pacos-score-1"  # part of every cache key: a change of prompt 
 
 
 @dataclass
-class Tally:
+class ScoreTally:
     records: int = 0
     calls: int = 0
     cache_hits: int = 0
@@ -24,7 +24,7 @@ class Tally:
     seconds: float = 0.0
 
 
-class NoProgress:
+class QuietScoreProgress:
     def start(self, label: str, total: int, done: int = 0) -> None:
         pass
 
@@ -35,7 +35,7 @@ class NoProgress:
         pass
 
 
-class RichProgress(NoProgress):
+class ScoreProgress(QuietScoreProgress):
     """A bar on stderr per stage (judging, reference model), with calls / hits / failures beside it."""
 
     def __init__(self) -> None:

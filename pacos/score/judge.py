@@ -17,7 +17,7 @@ from pacos.errors import PacosError
 from pacos.fileio import KeyedCache
 from pacos.llm.client import LLM, OpenAILLM, Reply, Request
 from pacos.models import model_identity
-from pacos.score.common import PROMPT_VERSION, NoProgress, Tally, apply_scores
+from pacos.score.common import PROMPT_VERSION, QuietScoreProgress, ScoreTally, apply_scores
 from pacos.text.cjk import language_of
 
 RATINGS = ("1", "2", "3", "4", "5")
@@ -122,7 +122,7 @@ def read_verdict(
 
 
 @dataclass
-class JudgeSettings:
+class RatingSettings:
     judge: str  # http(s)://HOST:PORT/v1, local:NAME_OR_PATH or llama.cpp:FILE.gguf
     judge_model: str | None = None  # the endpoint's model name
     max_tokens: int = 8  # a digit, or a few words before it
@@ -155,7 +155,7 @@ def judgment_key(identity: str, prompt: str, decoding: dict[str, Any]) -> str:
 
 
 def _verdict_info(
-    record: Record, verdict: dict[str, Any], judge_name: str, tally: Tally, min_mass: float | None
+    record: Record, verdict: dict[str, Any], judge_name: str, tally: ScoreTally, min_mass: float | None
 ) -> None:
     score, how = read_verdict(verdict["text"], verdict.get("logprobs"), min_mass)
     tally.read_from[how] += 1
@@ -197,10 +197,10 @@ async def _ask_all(
 
 def judge_records(
     records: list[Record],
-    settings: JudgeSettings,
+    settings: RatingSettings,
     cache: KeyedCache,
-    tally: Tally,
-    progress: NoProgress | None = None,
+    tally: ScoreTally,
+    progress: QuietScoreProgress | None = None,
     make_llm: Callable[[], LLM] | None = None,
 ) -> None:
     """Rate every record in place (`scores.judge`, `scoring.judge_*`); cached judgments are not asked
@@ -209,7 +209,7 @@ def judge_records(
     from pacos.llm.client import make_llm as make
     from pacos.llm.config import ClientConfig
 
-    progress = progress or NoProgress()
+    progress = progress or QuietScoreProgress()
     identity, decoding = settings.identity(), settings.decoding()
     name = settings.judge + (f"#{settings.judge_model}" if settings.judge_model else "")
     prompts = [rating_prompt(r) for r in records]
@@ -225,7 +225,16 @@ def judge_records(
     if not todo:
         return
     requests = [
-        Request(key, prompts[idx[0]], settings.max_tokens, 0.0, 1.0, [], 0, settings.logprobs)
+        Request(
+            id=key,
+            prompt=prompts[idx[0]],
+            max_tokens=settings.max_tokens,
+            temperature=0.0,
+            top_p=1.0,
+            stop=[],
+            seed=0,
+            top_logprobs=settings.logprobs,
+        )
         for key, idx in todo.items()
     ]
     progress.start("judging", len(records), len(records) - sum(len(v) for v in todo.values()))

@@ -12,7 +12,7 @@ from typing import Any
 from pacos.data.records import Record
 from pacos.fileio import KeyedCache
 from pacos.models import model_identity
-from pacos.score.common import PROMPT_VERSION, NoProgress, Tally, apply_scores
+from pacos.score.common import PROMPT_VERSION, QuietScoreProgress, ScoreTally, apply_scores
 from pacos.text.cjk import count_words
 
 
@@ -69,8 +69,8 @@ def reference_signals(
     records: list[Record],
     settings: RefSettings,
     cache: KeyedCache,
-    tally: Tally,
-    progress: NoProgress | None = None,
+    tally: ScoreTally,
+    progress: QuietScoreProgress | None = None,
     ifd: bool = True,
 ) -> None:
     """`ppl` of every record in place under the reference model; with `ifd`, also `ifd` and `ppl_alone`
@@ -82,7 +82,7 @@ def reference_signals(
     from pacos.train.data import IGNORE, Example, tokenize_record
     from pacos.train.loss import CausalLMLoss
 
-    progress = progress or NoProgress()
+    progress = progress or QuietScoreProgress()
     identity = model_identity(settings.model)
     tokenizer = load_tokenizer(settings.model)
     template = pick_template(settings.model, tokenizer, settings.template)
@@ -148,7 +148,7 @@ def _perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
 
 
-def _store_signals(record: Record, value: dict[str, Any], model: str, tally: Tally) -> None:
+def _store_signals(record: Record, value: dict[str, Any], model: str, tally: ScoreTally) -> None:
     if value.get("too_long"):
         tally.too_long += 1
         for key in ("ppl", "ppl_alone", "ifd"):

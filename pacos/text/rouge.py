@@ -84,6 +84,11 @@ def _lcs_length(masks: dict[Any, int], length: int, other: Sequence[Any]) -> int
     return length - v.bit_count()
 
 
+def lcs_length(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """Length of the longest common subsequence of two token sequences (bit-parallel)."""
+    return _lcs_length(_position_masks(a), len(a), b) if a else 0
+
+
 def rouge_l_f1(new_tokens: Sequence[str], other_tokens: Sequence[str]) -> float:
     """ROUGE-L F1 of a new instruction against a pool instruction, the same float as rouge_score's
     `_score_lcs(new_tokens, other_tokens).fmeasure` (0.0 when either side has no tokens)."""
@@ -94,7 +99,7 @@ def rouge_l_f1(new_tokens: Sequence[str], other_tokens: Sequence[str]) -> float:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class NoveltyVerdict:
     """The outcome of checking one candidate against the pool.
 
     `max_score` is the highest ROUGE-L F1 with any pool item (0.0 for an empty pool or a candidate
@@ -139,11 +144,11 @@ class NoveltyFilter:
         position in the pool. `key` (default: the text) is what `most_similar` reports for it."""
         return self._add(tokenize(text, self.tokenizer), text if key is None else key)
 
-    def check(self, text: str) -> Verdict:
+    def check(self, text: str) -> NoveltyVerdict:
         """Score `text` against the pool without changing it."""
         return self._check(tokenize(text, self.tokenizer))
 
-    def offer(self, text: str, key: Any = None) -> Verdict:
+    def offer(self, text: str, key: Any = None) -> NoveltyVerdict:
         """Check `text`, and add it to the pool when it is novel."""
         tokens = tokenize(text, self.tokenizer)
         verdict = self._check(tokens)
@@ -199,10 +204,10 @@ class NoveltyFilter:
             )
         return overlap
 
-    def _check(self, tokens: list[str]) -> Verdict:
+    def _check(self, tokens: list[str]) -> NoveltyVerdict:
         best = self._search(tokens) if tokens and self._keys else []
         max_score = best[0][0] if best else 0.0
-        return Verdict(
+        return NoveltyVerdict(
             novel=max_score <= self.threshold,
             max_score=max_score,
             most_similar=[(self._keys[item], score) for score, item in best],

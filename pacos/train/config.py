@@ -20,7 +20,7 @@ class LoraConfig(BaseModel):
 
 
 class DistillConfig(BaseModel):
-    """Token-level distillation from a teacher with the student's tokenizer (pacos/distill)."""
+    """Token-level distillation from a teacher with the student's tokenizer (pacos/train/distill.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -158,12 +158,12 @@ class Batch:
         move = {"device": device, "non_blocking": True}
         mask = None if self.attention_mask is None else self.attention_mask.to(**move)
         return Batch(
-            self.input_ids.to(**move),
-            self.position_ids.to(**move),
-            mask,
-            self.targets.to(**move),
-            self.real_tokens,
-            None if self.unlike is None else self.unlike.to(**move),
+            input_ids=self.input_ids.to(**move),
+            position_ids=self.position_ids.to(**move),
+            attention_mask=mask,
+            targets=self.targets.to(**move),
+            real_tokens=self.real_tokens,
+            unlike=None if self.unlike is None else self.unlike.to(**move),
         )
 
 
@@ -178,12 +178,12 @@ def collate(examples: list[Example], pad_id: int, packing: bool) -> Batch:
         tgt = [t for e in examples for t in e.targets]
         unlike = [u for e in examples for u in (e.unlike or [0] * len(e))] if any_unlike else None
         return Batch(
-            torch.tensor([ids]),
-            torch.tensor([pos]),
-            None,
-            torch.tensor([tgt]),
-            real,
-            None if unlike is None else torch.tensor([unlike]),
+            input_ids=torch.tensor([ids]),
+            position_ids=torch.tensor([pos]),
+            attention_mask=None,
+            targets=torch.tensor([tgt]),
+            real_tokens=real,
+            unlike=None if unlike is None else torch.tensor([unlike]),
         )
     width = max(len(e) for e in examples)
     ids = torch.full((len(examples), width), pad_id)
@@ -197,7 +197,9 @@ def collate(examples: list[Example], pad_id: int, packing: bool) -> Batch:
         if unlike is not None and e.unlike is not None:
             unlike[row, : len(e)] = torch.tensor(e.unlike)
     pos = torch.arange(width).expand(len(examples), width).clone()
-    return Batch(ids, pos, mask, tgt, real, unlike)
+    return Batch(
+        input_ids=ids, position_ids=pos, attention_mask=mask, targets=tgt, real_tokens=real, unlike=unlike
+    )
 
 
 class StepPlan:

@@ -353,13 +353,13 @@ def distill_loss(
                 "output rows; use another distill.cache_dir"
             )
     return DistillLoss(
-        student,
-        teacher,
-        cache,
-        shared,
-        settings.divergence,
-        settings.beta,
-        settings.temperature,
-        settings.alpha,
-        settings.chunk_size,
+        student=student,
+        teacher=teacher,
+        cache=cache,
+        shared_vocab=shared,
+        divergence=settings.divergence,
+        beta=settings.beta,
+        temperature=settings.temperature,
+        alpha=settings.alpha,
+        chunk_size=settings.chunk_size,
     )

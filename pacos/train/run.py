@@ -1,8 +1,9 @@
 """`pacos train`: supervised instruction fine-tuning, full or LoRA, one process or many.
 
 The training loop is `train()` below; everything it calls is a small piece from this package:
-data.py (examples, batches), loss.py (response-only fused loss), distributed.py (DDP/FSDP),
-checkpoint.py (exact resume), metrics.py (JSONL, TensorBoard, PNG).
+data.py (examples, batches), objectives.py (what is minimised: loss.py's response-only fused loss, or
+distill.py's teacher distributions, with on_policy.py's student-written answers), validation.py
+(val_loss), distributed.py (DDP/FSDP), checkpoint.py (exact resume), metrics.py (JSONL, TensorBoard, PNG).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from pacos.train import attention as packed_attention
 from pacos.train import checkpoint as ckpt
 from pacos.train import distributed as dist_utils
 from pacos.train.config import TrainConfig
-from pacos.train.data import Batch, Example, StepPlan, loop_examples, micro_batches, tokenize_records
-from pacos.train.loss import CausalLMLoss
+from pacos.train.data import Batch, StepPlan, loop_examples, micro_batches, tokenize_records
 from pacos.train.metrics import MetricsLog, plot_loss
+from pacos.train.objectives import build_objective, check_objective
+from pacos.train.validation import validation_loss
 
 # Settings a resumed run may change; anything else must match the checkpoint.
 _RESUMABLE_CHANGES = {
@@ -181,28 +183,6 @@ def accumulate_gradients(
     return step_loss
 
 
-@torch.no_grad()
-def evaluate(
-    loss_model: torch.nn.Module,
-    examples: list[Example],
-    config: TrainConfig,
-    pad_id: int,
-    runtime: dist_utils.Runtime,
-) -> float:
-    """Mean loss per response token over the validation examples (sharded over processes)."""
-    usable = len(examples) - len(examples) % runtime.world_size  # equal shards: FSDP needs equal call counts
-    shard = list(range(runtime.rank, usable, runtime.world_size))
-    loss_model.eval()
-    total = count = 0.0
-    for batch in micro_batches(examples, shard, config.micro_batch_size, pad_id, config.packing):
-        batch = batch.to(runtime.device)
-        with dist_utils.autocast(runtime):
-            loss_sum, n = loss_model(batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets)
-        total, count = total + float(loss_sum), count + float(n)
-    loss_model.train()
-    return dist_utils.all_reduce_sum(total, runtime) / max(dist_utils.all_reduce_sum(count, runtime), 1.0)
-
-
 def save_model(
     output: Path,
     loss_model: torch.nn.Module,
@@ -279,12 +259,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # Data and model.
     train_records, val_records = load_datasets(config)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    if config.distill:  # a teacher with another vocabulary fails here, before any model loads
-        from pacos.train.distill import check_teacher_tokenizer
-
-        check_teacher_tokenizer(config, tokenizer)
-        if config.distill.on_policy and runtime.strategy == "fsdp":
-            raise PacosError("distill.on_policy cannot generate from an FSDP-sharded student; use ddp")
+    check_objective(
+        config, tokenizer, runtime
+    )  # e.g. a teacher with another vocabulary, before any model loads
     hf_model = build_model(config, runtime, tokenizer)
     train_examples, report = tokenize_records(
         train_records, tokenizer, config.template, config.max_length, config.truncation
@@ -312,29 +289,23 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         train_examples += loops
         _say(runtime, f"[train] {len(loops)} synthetic loops added, their repeats unlearned")
     plan = StepPlan(
-        len(train_examples), config.batch_size, config.micro_batch_size, config.seed, runtime.world_size
+        n_examples=len(train_examples),
+        batch_size=config.batch_size,
+        micro_batch_size=config.micro_batch_size,
+        seed=config.seed,
+        world_size=runtime.world_size,
     )
     total_steps = plan.total_steps(config.epochs, config.max_steps)
     pad_id = tokenizer.pad_token_id
 
-    if config.distill:
-        from pacos.train.distill import distill_loss
-
-        loss_model = distill_loss(config, hf_model, tokenizer, train_examples, runtime)
-    else:
-        loss_model = CausalLMLoss(
-            hf_model,
-            config.loss_chunk_size,
-            config.unlikelihood,
-            config.eos_weight,
-            tokenizer.eos_token_id,
-            config.loop_weight,
-        )
+    loss_model = build_objective(config, hf_model, tokenizer, train_examples, runtime)
     on_policy = None
     if config.distill and config.distill.on_policy:
         from pacos.train.on_policy import OnPolicy
 
-        on_policy = OnPolicy(hf_model, loss_model, config, tokenizer, runtime)
+        on_policy = OnPolicy(
+            model=hf_model, loss=loss_model, config=config, tokenizer=tokenizer, runtime=runtime
+        )
     loss_model = dist_utils.wrap(loss_model, hf_model, runtime)
     torch.manual_seed(config.seed + runtime.rank)  # but different dropout draws on each rank
     optimizer = make_optimizer(loss_model, config)
@@ -363,7 +334,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     loss_model.train()
     if not resume and config.eval_every and len(val_examples) >= runtime.world_size:
         # The untrained model's validation loss: the baseline every later value is read against.
-        baseline = round(evaluate(loss_model, val_examples, config, pad_id, runtime), 6)
+        baseline = round(validation_loss(loss_model, val_examples, config, pad_id, runtime), 6)
         if runtime.is_main:
             metrics.log({"step": 0, "val_loss": baseline})
         _say(runtime, f"[train] validation loss before training: {baseline:.4f}")
@@ -417,7 +388,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             (config.eval_every and (step + 1) % config.eval_every == 0)
             or (not config.eval_every and end_of_epoch)
         ):
-            record["val_loss"] = round(evaluate(loss_model, val_examples, config, pad_id, runtime), 6)
+            record["val_loss"] = round(validation_loss(loss_model, val_examples, config, pad_id, runtime), 6)
             if state["best_val_loss"] is None or record["val_loss"] < state["best_val_loss"]:
                 state["best_val_loss"] = record["val_loss"]
                 save_model(output_dir / "best", loss_model, hf_model, tokenizer, config, runtime)

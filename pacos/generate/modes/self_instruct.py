@@ -16,13 +16,12 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pacos.generate.generator import Generator
+from pacos.generate.modes import Mode
 from pacos.llm.client import Request
-from pacos.text.rouge import Verdict
-
-if TYPE_CHECKING:
-    from pacos.generate.run import Generator
+from pacos.text.rouge import NoveltyVerdict
 
 HUMAN_EXAMPLES, MACHINE_EXAMPLES = 6, 2
 WORDS = {
@@ -154,18 +153,18 @@ async def self_instruct_round(generator: Generator) -> bool:
         shown = [s["instruction"] for s in human] + list(dict.fromkeys(m["instruction"] for m in machine))
         requests.append(
             Request(
-                f"req-{number:06d}",
-                instruction_prompt(shown, lang),
-                min(c.max_tokens, 1024),
-                c.temperature,
-                c.top_p,
-                [f"\n{WORDS[lang]['task']} 17", "\n\n"],
+                id=f"req-{number:06d}",
+                prompt=instruction_prompt(shown, lang),
+                max_tokens=min(c.max_tokens, 1024),
+                temperature=c.temperature,
+                top_p=c.top_p,
+                stop=[f"\n{WORDS[lang]['task']} 17", "\n\n"],
                 seed=rng.randrange(2**31),
             )
         )
         metas.append({"step": "instructions", "seed_ids": [s.get("id") for s in human]})
     replies = await g.send(requests, metas)
-    new: list[tuple[str, Verdict, list[str]]] = []
+    new: list[tuple[str, NoveltyVerdict, list[str]]] = []
     for reply, request, meta in zip(replies, requests, metas):
         if reply.error is not None:
             continue
@@ -193,7 +192,12 @@ async def self_instruct_round(generator: Generator) -> bool:
     rng.shuffle(shots)
     ask = [
         Request(
-            f"req-{tally.requests + i:06d}", classification_prompt(shots, text, lang), 4, 0.0, 1.0, ["\n"]
+            id=f"req-{tally.requests + i:06d}",
+            prompt=classification_prompt(shots, text, lang),
+            max_tokens=4,
+            temperature=0.0,
+            top_p=1.0,
+            stop=["\n"],
         )
         for i, (text, _, _) in enumerate(new)
     ]
@@ -205,7 +209,16 @@ async def self_instruct_round(generator: Generator) -> bool:
     for i, ((text, _, _), classification) in enumerate(zip(new, kinds)):
         examples = _seed_examples(g, rng, classification, 3)
         prompt = instance_prompt(examples, text, classification, lang)
-        prompts.append(Request(f"req-{tally.requests + i:06d}", prompt, min(c.max_tokens, 512), 0.0, 1.0, []))
+        prompts.append(
+            Request(
+                id=f"req-{tally.requests + i:06d}",
+                prompt=prompt,
+                max_tokens=min(c.max_tokens, 512),
+                temperature=0.0,
+                top_p=1.0,
+                stop=[],
+            )
+        )
     instances = await g.send(prompts, [{"step": "instances"}] * len(prompts))
     # Step 4: filter the instances of each task, then every record.
     for (text, verdict, seed_ids), classification, reply in zip(new, kinds, instances):
@@ -231,5 +244,8 @@ async def self_instruct_round(generator: Generator) -> bool:
             if (task_input, output) in seen:
                 continue
             seen.add((task_input, output))
-            g.judge_record(record, reply, seed_ids, {"is_classification": classification}, verdict)
+            g.admit(record, reply, seed_ids, {"is_classification": classification}, verdict)
     return any(r.error is None for r in replies)
+
+
+MODE = Mode(name="self-instruct", round=self_instruct_round)

@@ -22,13 +22,12 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pacos.errors import PacosError, first_line
+from pacos.generate.generator import Generator
+from pacos.generate.modes import Mode
 from pacos.llm.client import LLM, EngineLLM, Request
-
-if TYPE_CHECKING:
-    from pacos.generate.run import Generator
 
 # Stands for the user's words while the template is rendered; no template alters a plain ASCII word.
 MARKER = "PACOSMAGPIEUSERTURNMARKER"
@@ -142,12 +141,12 @@ async def magpie_round(generator: Generator) -> bool:
         rng = random.Random(f"{c.seed}-{number}")  # the same request after a resume
         requests.append(
             Request(
-                f"req-{number:06d}",
-                state.turn.prefix,
-                c.magpie.instruction_max_tokens,
-                c.temperature,
-                c.top_p,
-                state.turn.stops,
+                id=f"req-{number:06d}",
+                prompt=state.turn.prefix,
+                max_tokens=c.magpie.instruction_max_tokens,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                stop=state.turn.stops,
                 seed=rng.randrange(2**31),
             )
         )
@@ -180,12 +179,12 @@ async def magpie_round(generator: Generator) -> bool:
         return any(r.error is None for r in replies)
     asks = [
         Request(
-            f"req-{tally.requests + i:06d}",
-            instruction,
-            c.max_tokens,
-            c.magpie.answer_temperature,
-            c.top_p if c.magpie.answer_temperature > 0 else 1.0,
-            [],
+            id=f"req-{tally.requests + i:06d}",
+            prompt=instruction,
+            max_tokens=c.max_tokens,
+            temperature=c.magpie.answer_temperature,
+            top_p=c.top_p if c.magpie.answer_temperature > 0 else 1.0,
+            stop=[],
         )
         for i, (instruction, _, _) in enumerate(kept)
     ]
@@ -201,5 +200,8 @@ async def magpie_round(generator: Generator) -> bool:
             g.reject(record, "empty_answer", "no answer", answer.request_id)
             continue
         extra = {"answer_request_id": answer.request_id, "system_prompt": state.system}
-        g.judge_record(record, reply, [], extra, verdict)
+        g.admit(record, reply, [], extra, verdict)
     return any(r.error is None for r in replies)
+
+
+MODE = Mode(name="magpie", round=magpie_round, uses_seeds=False)

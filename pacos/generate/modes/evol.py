@@ -29,19 +29,18 @@ import time
 import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pacos.data.io import read_records
 from pacos.data.templates import ALPACA, ALPACA_ZH
 from pacos.errors import PacosError
 from pacos.fileio import read_jsonl_repairing
 from pacos.generate.filters import CandidateFilter, refusal
+from pacos.generate.generator import Generator
+from pacos.generate.modes import Mode
 from pacos.llm.client import Reply, Request
 from pacos.text.cjk import CJK, language_of
-from pacos.text.rouge import _lcs_length, _position_masks, rouge_l_f1, tokenize
-
-if TYPE_CHECKING:
-    from pacos.generate.run import Generator
+from pacos.text.rouge import lcs_length, rouge_l_f1, tokenize
 
 ROUNDS_DONE = "every round done"
 _EVOL_ID = re.compile(r"^evol-\d+$")
@@ -292,7 +291,7 @@ def check_prompt(text: str, parent: str, reply: Reply, min_new_words: int, token
     if " ".join(evolved.split()) == " ".join(parent.split()):
         return evolved, "same_as_parent", "the prompt came back unchanged", 1.0, 0
     child_tokens, parent_tokens = tokenize(evolved, tokenizer), tokenize(parent, tokenizer)
-    lcs = _lcs_length(_position_masks(child_tokens), len(child_tokens), parent_tokens) if child_tokens else 0
+    lcs = lcs_length(child_tokens, parent_tokens)
     new_words = len(child_tokens) - lcs
     score = round(rouge_l_f1(child_tokens, parent_tokens), 4)
     if new_words < min_new_words:
@@ -364,12 +363,12 @@ async def evol_round(generator: Generator) -> bool:
         e = Evolution(item, rng.choice(c.evol.operations), parent, language_of(parent))
         requests.append(
             Request(
-                f"req-{tally.requests + i:06d}",
-                evolve_prompt(parent, e.operation, e.language),
-                min(c.evol.prompt_max_tokens, c.max_tokens),
-                c.temperature,
-                c.top_p,
-                [] if g.teacher.chat else ["\n#Given Prompt#", "\n#给定提示#"],
+                id=f"req-{tally.requests + i:06d}",
+                prompt=evolve_prompt(parent, e.operation, e.language),
+                max_tokens=min(c.evol.prompt_max_tokens, c.max_tokens),
+                temperature=c.temperature,
+                top_p=c.top_p,
+                stop=[] if g.teacher.chat else ["\n#Given Prompt#", "\n#给定提示#"],
                 seed=rng.randrange(2**31),
             )
         )
@@ -401,7 +400,16 @@ async def evol_round(generator: Generator) -> bool:
     for i, e in enumerate(survivors):
         text, stop = answer_prompt(e.evolved, e.language, g.teacher.chat)
         number = f"req-{tally.requests + i:06d}"
-        asks.append(Request(number, text, c.max_tokens, c.temperature, c.top_p, stop))
+        asks.append(
+            Request(
+                id=number,
+                prompt=text,
+                max_tokens=c.max_tokens,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                stop=stop,
+            )
+        )
     answer_metas = [{"step": "answer", "round": pool.round, "parent_id": e.item.id} for e in survivors]
     answers = await g.send(asks, answer_metas)
     for answer, e in zip(answers, survivors, strict=True):
@@ -440,3 +448,6 @@ async def evol_round(generator: Generator) -> bool:
         tally.accepted.append(accepted)
         state.seen.add(_normal(e.evolved))
     return any(r.error is None for r in replies)
+
+
+MODE = Mode(name="evol", round=evol_round, check=load_start, uses_seeds=False)
