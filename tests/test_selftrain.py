@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from pacos.pipeline import selftrain as selftrain_run
 
+from pacos.pipeline import selftrain as selftrain_run
 from pacos.pipeline.selftrain_config import SelfTrainConfig
 
 

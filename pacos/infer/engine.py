@@ -2,15 +2,9 @@
 pacos.infer.llamacpp).
 
 One decode loop serves `generate` (a list of prompts), `stream` (one prompt, token by token) and the
-server's scheduler (requests join and leave a running batch between steps: continuous batching).
-
-Rows share one timeline: prompts are left-padded to a common length, a row that joins a running batch
-is left-padded to the batch's cache length (or the batch to the row's), and finished rows leave at once;
-all-padding columns on the left are dropped. The attention mask and per-row position ids make every
-row see exactly its own tokens, so an answer does not depend on what it is batched with. The cache is
-a plain `DynamicCache` with full-length layers (sliding-window models get the window from the mask),
-so joining is a pad and a concatenation per layer. A lone row without padding runs with no mask at all,
-the fastest path for a single chat.
+server's scheduler (requests join and leave a running batch between steps: continuous batching). The
+backend decides how rows share its state (the torch backend: one left-padded KV cache; llama.cpp: one
+row at a time).
 """
 
 from __future__ import annotations
