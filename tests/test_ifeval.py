@@ -12,7 +12,6 @@ from pacos.evaluate.ifeval import (
     CHECKERS,
     check_prompt,
     count_sentences,
-    count_words,
     load_ifeval_prompts,
     loose_variants,
     score,
@@ -24,9 +23,6 @@ def check(name: str, response: str, **kwargs) -> bool:
 
 
 def test_word_count_counts_chinese_characters_and_latin_words():
-    assert count_words("The cat sat on the mat.") == 6
-    assert count_words("我喜欢猫，you know? 真的。") == 8  # 6 characters, 2 words, punctuation is no word
-    assert count_words(" — ") == 0
     assert check("word_count", "one two three", at_least=3) and not check("word_count", "one two", at_least=3)
     assert check("word_count", "一二三四五", at_most=5) and not check("word_count", "一二三四五六", at_most=5)
     assert check("word_count", "one two three", at_least=2, at_most=3)
