@@ -8,7 +8,7 @@ threads and memory), warms up once, then takes the median of `--repeats` timed c
 
 - hf: `model.generate(do_sample=False)` on the model loaded with `AutoModelForCausalLM`, in fp32 (what
   `from_pretrained` gives for this checkpoint) and in bf16.
-- pacos: `pacos.infer.Engine` in fp32, bf16, fp32 with int8 weights (`--quantize int8`; the matmuls
+- pacos: `pacos.infer.TorchEngine` in fp32, bf16, fp32 with int8 weights (`--quantize int8`; the matmuls
   take bf16 activations), and that with `--compile` (torch.compile of the decode step; its one-off
   compile time is reported apart, as `compile_seconds`).
 - pacos-bf16-json: pacos bf16 with every row constrained to JSON_SCHEMA (`response_format` json_schema;

@@ -3,7 +3,7 @@ the real weights are 1 GB and cannot travel to a lent GPU machine) on CUDA.
 
 Exactness in fp32: the engine alone == transformers `generate`, the engine in a batch == alone, rows
 joining a running batch keep their answers, seeded sampling ignores the batch, streaming == generate.
-Speed in bf16: transformers `generate` vs the engine, batch 1 and 8, then with `Engine.compile()`.
+Speed in bf16: transformers `generate` vs the engine, batch 1 and 8, then with `TorchEngine.compile()`.
 
     python benchmarks/check_infer_gpu.py --model-dir DIR_WITH_config.json_AND_tokenizer.json
 """

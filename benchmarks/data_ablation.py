@@ -100,7 +100,7 @@ def build_arm(arm: str, args: argparse.Namespace, out: Path, stage_dir: Path) ->
 
 
 def _mean_words(records: list[dict[str, Any]], field: str) -> float:
-    from pacos.score import count_words
+    from pacos.text.cjk import count_words
 
     return round(sum(count_words(r.get(field) or "") for r in records) / max(1, len(records)), 1)
 

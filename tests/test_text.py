@@ -19,9 +19,7 @@ def test_language_and_cjk_ranges():
     assert language_of("写一首诗") == "zh" and language_of("Write a poem") == "en"
     assert language_of("𠀀") == "zh"  # an extension-B ideograph
     assert language_of("ひらがな") == "en" and has_cjk("ひらがな")  # kana: CJK, but not Chinese
-    assert (
-        HAN.search("々") and CJK.search("한") and not CJK.search("・")
-    )  # the middle dot: punctuation
+    assert HAN.search("々") and CJK.search("한") and not CJK.search("・")  # the middle dot: punctuation
 
 
 def test_rouge_tokens_and_lcs():

@@ -118,7 +118,7 @@ class GenerateConfig(BaseModel):
     clean: bool = True  # `pacos data clean`'s rules (with fixes) on every candidate too
     max_requests: int | None = Field(None, ge=1)  # a safety stop for teachers that never yield enough
     budget: float | None = Field(None, gt=0)  # USD; stops cleanly when reached
-    prices: str | None = None  # YAML price table; None: recipes/prices.yaml's built-in copy
+    prices: str | None = None  # YAML price table; None: the built-in pacos/llm/prices.yaml
     seed: int = 0
     client: ClientConfig = ClientConfig()
     evol: EvolConfig = EvolConfig()
@@ -129,7 +129,9 @@ class GenerateConfig(BaseModel):
     def _known_mode(cls, name: str) -> str:
         from pacos.generate.modes import mode_names
 
-        return known_names([name], mode_names())[0]
+        if name not in mode_names():
+            raise ValueError(f"unknown mode '{name}': choose one of {', '.join(mode_names())}")
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pacos.generate.run import GenerateTally
+from pacos.generate.generator import GenerateTally
 
 
 def _tokens(n: int) -> str:

@@ -151,7 +151,9 @@ async def _generate(config: GenerateConfig, force: bool, progress: Any) -> dict[
             for log in logs:
                 log.close()
             write_records([ordered(r) for r in tally.accepted[: config.num]], out_dir / "data.json", "json")
-            summary = summarize(config, teacher, tally, stopped or "interrupted", run.finished is not None)
+            summary = summarize(
+                config, teacher, tally, stopped or "interrupted", exhausted=run.finished is not None
+            )
             write_json(out_dir / "summary.json", summary)
         return summary
     finally:

@@ -1,4 +1,6 @@
-"""Teachers: one interface over an OpenAI-compatible endpoint, the pacos engine in-process, and llama.cpp.
+"""The LM client: one interface (`LLM`) over an OpenAI-compatible endpoint, the pacos engine in-process, and
+llama.cpp. Generation uses it as the teacher, evaluation and scoring as the judge, self-training as the
+answerer.
 
 `--teacher http://host:port/v1` reaches any OpenAI-compatible server (OpenAI, vLLM, llama.cpp's server,
 `pacos serve`): at scale that is a fleet of vLLM or llama.cpp servers behind one endpoint. Requests are

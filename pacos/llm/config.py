@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ClientConfig(BaseModel):
-    """How to talk to the teacher. The API key never appears here: it comes from `api_key_env`."""
+    """How to talk to an LM (teacher, judge or answerer). The API key never appears here: it comes from
+    `api_key_env`."""
 
     model_config = ConfigDict(extra="forbid")
 

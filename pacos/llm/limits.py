@@ -54,7 +54,8 @@ class Price:
 
 
 def load_prices(path: str | None) -> dict[str, Price]:
-    """The price table: `models: {NAME: {prompt: USD/1M, completion: USD/1M}}` (recipes/prices.yaml)."""
+    """The price table: `models: {NAME: {prompt: USD/1M, completion: USD/1M}}` (built in:
+    pacos/llm/prices.yaml)."""
     source = Path(path) if path else Path(str(resources.files("pacos.llm") / "prices.yaml"))
     data = load_yaml(source)
     table = data.get("models") or {}

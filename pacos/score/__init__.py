@@ -46,14 +46,13 @@ from pacos.score.judge import (
     rating_prompt,
     read_verdict,
 )
-from pacos.score.signals import RefSettings, count_words, length_signals, reference_signals
+from pacos.score.signals import RefSettings, length_signals, reference_signals
 
 __all__ = [
     "QuietScoreProgress",
     "RatingSettings",
     "RefSettings",
     "ScoreProgress",
-    "count_words",
     "expected_rating",
     "judgment_key",
     "length_signals",

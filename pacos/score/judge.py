@@ -140,7 +140,7 @@ class RatingSettings:
     def identity(self) -> str:
         """What a cached judgment belongs to: the endpoint and model name, or a local model's files."""
         if self.judge.startswith(("http://", "https://")):
-            return f"{self.judge.rstrip('/')}#{self.judge_model or ''}"
+            return model_identity(self.judge, self.judge_model)
         kind, _, target = self.judge.partition(":")
         return f"{kind}:{model_identity(target)}" if target else self.judge
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacos.data.records import Record
+from pacos.device import auto_device
 from pacos.fileio import KeyedCache
 from pacos.models import model_identity
 from pacos.score.common import PROMPT_VERSION, QuietScoreProgress, ScoreTally, apply_scores
@@ -112,10 +113,7 @@ def reference_signals(
         pairs[i] = (example, Example([start, *response], [*response, IGNORE]))
     if not pairs:
         return
-    if settings.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(settings.device)
+    device = auto_device() if settings.device == "auto" else torch.device(settings.device)
     hf_model, _, _ = load_for_inference(settings.model, torch.float32, device, template, False)
     hf_model.eval()
     loss_model = CausalLMLoss(hf_model)

@@ -259,9 +259,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # Data and model.
     train_records, val_records = load_datasets(config)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    check_objective(
-        config, tokenizer, runtime
-    )  # e.g. a teacher with another vocabulary, before any model loads
+    # Settings the objective cannot work with (a teacher with another vocabulary) fail before any model loads.
+    check_objective(config, tokenizer, runtime)
     hf_model = build_model(config, runtime, tokenizer)
     train_examples, report = tokenize_records(
         train_records, tokenizer, config.template, config.max_length, config.truncation
