@@ -282,7 +282,7 @@ def smollm2_server():
     from pacos.serve import create_app
     from tests.test_serve import Served
 
-    engine = TorchEngine.load("smollm2-135m-instruct", dtype="bfloat16", device="cpu")
+    engine = TorchEngine.load("smollm2-135m-instruct", dtype="auto", device="cpu")
     scheduler = Scheduler(engine, max_batch_size=8, max_waiting=64).start()
     served = Served(create_app(engine, scheduler, model_name="smollm2-135m-instruct"))
     yield f"http://127.0.0.1:{served.port}/v1"

@@ -139,12 +139,11 @@ def test_bad_training_settings_are_one_line_errors(cli, tiny_llama, tmp_path):
     assert "Traceback" not in result.err
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_process_run_under_torchrun_matches_one_process(tiny_gemma, tmp_path, strategy):
-    args = [
+def torchrun_args(model: Path, strategy: str) -> list[str]:
+    return [
         "train",
         "--model",
-        str(tiny_gemma),
+        str(model),
         "--data",
         "seed-tasks-zh",
         "--max-steps",
@@ -162,15 +161,28 @@ def test_two_process_run_under_torchrun_matches_one_process(tiny_gemma, tmp_path
         "--set",
         f"distributed={strategy}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_gemma, tmp_path_factory) -> Path:
+    """The reference both strategies are compared with: one process (the strategy setting is moot there)."""
+    out = tmp_path_factory.mktemp("one")
     one = subprocess.run(
-        [sys.executable, "-m", "pacos", *args, "--output-dir", str(tmp_path / "one")],
+        [sys.executable, "-m", "pacos", *torchrun_args(tiny_gemma, "ddp"), "--output-dir", str(out)],
         capture_output=True,
         text=True,
-        env=env,
+        env=TORCHRUN_ENV,
         timeout=600,
     )
     assert one.returncode == 0, one.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_run_under_torchrun_matches_one_process(tiny_gemma, one_process_run, tmp_path, strategy):
     two = subprocess.run(
         [
             sys.executable,
@@ -181,18 +193,20 @@ def test_two_process_run_under_torchrun_matches_one_process(tiny_gemma, tmp_path
             "2",
             "-m",
             "pacos",
-            *args,
+            *torchrun_args(tiny_gemma, strategy),
             "--output-dir",
             str(tmp_path / "two"),
         ],
         capture_output=True,
         text=True,
-        env=env,
+        env=TORCHRUN_ENV,
         timeout=600,
     )
     assert two.returncode == 0, two.stderr[-2000:]
     assert two.stdout.count("trained 3 steps") == 1  # only rank 0 reports
-    for (_, a), (_, b) in zip(losses(tmp_path / "one"), losses(tmp_path / "two"), strict=True):
+    reference = losses(one_process_run)
+    assert len(reference) == 3
+    for (_, a), (_, b) in zip(reference, losses(tmp_path / "two"), strict=True):
         assert abs(a - b) < 1e-4
     from transformers import AutoModelForCausalLM
 
