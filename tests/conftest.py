@@ -1,5 +1,12 @@
 from __future__ import annotations
 
+import os
+
+# Training compiles its fused loss with inductor once per process (~7 s; more per variant): worth it for
+# real runs, a third of a short test's time. Tests train eagerly, subprocesses included (they inherit
+# this); tests/test_train_units.py checks the compiled loss against the definition.
+os.environ.setdefault("PACOS_COMPILE_LOSS", "0")
+
 import json
 from dataclasses import dataclass
 from pathlib import Path

@@ -97,8 +97,17 @@ def test_fused_loss_matches_full_logits(softcap):
     assert torch.allclose(alone, reference, rtol=1e-10)
 
 
+@pytest.fixture
+def compiled_loss(monkeypatch):
+    """The fused loss as real runs use it: compiled with inductor (tests/conftest.py turns that off)."""
+    from pacos.train import loss
+
+    monkeypatch.setattr(loss, "_COMPILE", True)
+    monkeypatch.setattr(loss, "_compiled", {})
+
+
 @pytest.mark.parametrize(("softcap", "alpha"), [(None, 0.7), (30.0, 0.7), (None, 0.0)])
-def test_unlikelihood_and_weights_match_the_definition(softcap, alpha):
+def test_unlikelihood_and_weights_match_the_definition(softcap, alpha, compiled_loss):
     """Welleck et al.'s token-level loss, written the slow way: at position t of an example, the set of
     earlier targets of that example minus the target at t, each token once; -log(1 - p) over the set.
     Plus per-position weights on the cross-entropy (how EOS gets its weight)."""
