@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # A pinned torch first: on a CPU-only machine with a local wheel this avoids a multi-GB CUDA download;
 # elsewhere it is the ordinary PyPI build. Override with e.g. `make test TORCH=torch` (or a CUDA index).
 TORCH ?= torch==2.13.0
+# pytest workers (pytest-xdist); each test file runs whole on one worker. More cores: make test WORKERS=8.
+WORKERS ?= 2
 
 .PHONY: install quickstart test lint bench
 
@@ -31,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check pacos tests benchmarks
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_clean.py

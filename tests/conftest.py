@@ -6,6 +6,10 @@ import os
 # real runs, a third of a short test's time. Tests train eagerly, subprocesses included (they inherit
 # this); tests/test_train_units.py checks the compiled loss against the definition.
 os.environ.setdefault("PACOS_COMPILE_LOSS", "0")
+# Under pytest-xdist (`make test` runs a worker per core) each worker computes on one thread: two workers
+# with a thread per core each would fight over the cores. Subprocesses of tests inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json
 from dataclasses import dataclass
