@@ -1,19 +1,22 @@
-"""Greedy decoding speed: the pacos engine vs transformers `generate` vs llama.cpp, Gemma 3 270M.
+"""Greedy decoding speed: the pacos engine and `pacos serve` vs transformers `generate` vs llama.cpp.
 
 Same machine, same run, same model, same prompts (Alpaca prompts of the bundled seed tasks), greedy,
 a fixed number of new tokens per prompt (EOS ignored, so every run does the same work), batch 1 (4
-prompts, one after another) and batch 8 (8 different prompts, left-padded, one call). tokens/s = new
-tokens / wall time of the call, prefill included. Each configuration runs in a fresh process (its own
-threads and memory), warms up once, then takes the median of `--repeats` timed calls.
+prompts, one after another), batch 8 and batch 32 (different prompts in one call). tokens/s = new tokens
+/ wall time of the call, prefill included. Each configuration runs in a fresh process (its own threads
+and memory), warms up once, then takes the median of `--repeats` timed calls.
 
 - hf: `model.generate(do_sample=False)` on the model loaded with `AutoModelForCausalLM`, in fp32 (what
-  `from_pretrained` gives for this checkpoint) and in bf16.
-- pacos: `pacos.infer.TorchEngine` in fp32, bf16, fp32 with int8 weights (`--quantize int8`; the matmuls
-  take bf16 activations), and that with `--compile` (torch.compile of the decode step; its one-off
-  compile time is reported apart, as `compile_seconds`).
-- pacos-bf16-json: pacos bf16 with every row constrained to JSON_SCHEMA (`response_format` json_schema;
-  llguidance computes each row's allowed-token mask every step): the price of constrained output. The
-  schema cannot be completed within the budget, so every row generates `--new-tokens` tokens.
+  `from_pretrained` gives for this checkpoint) and, where the CPU computes bf16 natively (AMX,
+  AVX512-BF16) or on a GPU, in bf16 (elsewhere bf16 is emulated, about 100x slower: skipped).
+- pacos: `pacos.infer.TorchEngine` with fp32 weights, fp16 weights (`--quantize fp16`), the int8 head
+  (`--quantize int8`), that with `--compile`, and bf16 where native.
+- pacos-fp16-json: fp16 with every row constrained to JSON_SCHEMA (llguidance computes each row's
+  allowed-token mask every step): the price of constrained output. The schema cannot be completed
+  within the budget, so every row generates `--new-tokens` tokens.
+- serve: `pacos serve --max-batch-size B` (fp16 or int8 weights) in its own process, B concurrent
+  `/v1/completions` requests (prompt token ids, temperature 0, `ignore_eos`) sent together; what a
+  client of the server gets, HTTP and streaming included.
 - llama.cpp (when llama-cpp-python is installed): the GGUF files `pacos export --format gguf` writes
   (F16, Q8_0) and the original Q4_K_M, batch 1 only (its Python API decodes one sequence), its own
   greedy sampler, all cores.
@@ -22,7 +25,7 @@ threads and memory), warms up once, then takes the median of `--repeats` timed c
 to the first difference in each row (a quality check: lower precision may pick another token at a
 near-tie, after which the texts part ways).
 
-    .venv/bin/python benchmarks/bench_generate.py [--new-tokens 64] [--repeats 3]
+    .venv/bin/python benchmarks/bench_generate.py [--model gemma-3-270m] [--new-tokens 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -38,20 +41,30 @@ import tempfile
 import time
 from pathlib import Path
 
-MODEL = "gemma-3-270m"
 SEQUENTIAL = 4  # prompts per timed call at batch 1
 CONFIGS = [
     "hf-fp32",
     "hf-bf16",
     "pacos-fp32",
     "pacos-bf16",
+    "pacos-fp16",
     "pacos-int8",
     "pacos-int8-compiled",
-    "pacos-bf16-json",
+    "pacos-fp16-json",
+    "serve-fp16",
+    "serve-int8",
     "llamacpp-f16",
     "llamacpp-q8_0",
     "llamacpp-q4_k_m",
 ]
+WEIGHTS = {  # variant: (dtype, quantize)
+    "fp32": ("float32", "none"),
+    "bf16": ("bfloat16", "none"),
+    "fp16": ("float32", "fp16"),
+    "int8": ("float32", "int8"),
+    "int8-compiled": ("float32", "int8"),
+    "fp16-json": ("float32", "fp16"),
+}
 
 
 # At least 64 list items: no row can finish its JSON within the token budget, so constrained and free
@@ -67,12 +80,12 @@ def _prompts(n: int) -> list[str]:
     from pacos.data.io import read_records
     from pacos.data.templates import render_prompt
 
-    records = read_records("seed-tasks")[:: 186 // n][:n]
+    records = read_records("seed-tasks")[:: 175 // n][:n]
     return [render_prompt(r, "alpaca") for r in records]
 
 
-def _reference_tokens(results: dict) -> dict:
-    return {batch: results.get(f"hf-fp32/{batch}", {}).get("tokens") for batch in (1, 8)}
+def _reference_tokens(results: dict, batches: list[int]) -> dict:
+    return {batch: results.get(f"hf-fp32/{batch}", {}).get("tokens") for batch in batches}
 
 
 def _agreement(tokens: list[list[int]], reference: list[list[int]] | None) -> float | None:
@@ -98,19 +111,57 @@ def _time(call, repeats: int) -> tuple[float, list]:
     return statistics.median(seconds), out
 
 
-def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str) -> dict:
+def _serve_call(model: str, variant: str, batch: int, groups: list[list[str]], new_tokens: int):
+    """Start `pacos serve` for this batch size; a call sends each group's prompts as concurrent requests."""
+    import asyncio
+
+    import httpx2
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_serve import API_KEY, free_port, start_server
+
+    from pacos.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    port = free_port()
+    dtype, quantize = WEIGHTS[variant]
+    extra = ["--quantize", quantize, "--dtype", dtype, "--max-batch-size", str(batch), "--template", "alpaca"]
+    server = start_server(model, port, extra)
+    ids = [[tokenizer(p).input_ids for p in group] for group in groups]
+
+    async def send(client: httpx2.AsyncClient, prompt: list[int]) -> list[int]:
+        body = {"model": model, "prompt": prompt, "max_tokens": new_tokens, "temperature": 0,
+                "ignore_eos": True, "logprobs": 0}  # fmt: skip
+        reply = await client.post(f"http://127.0.0.1:{port}/v1/completions", json=body)
+        reply.raise_for_status()
+        return reply.json()["choices"][0]["logprobs"]["tokens"]  # token strings, one per new token
+
+    async def run() -> list:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx2.AsyncClient(timeout=3600, headers=headers) as client:
+            rows = []
+            for group in ids:
+                rows += await asyncio.gather(*(send(client, prompt) for prompt in group))
+            return rows
+
+    return server, lambda: asyncio.run(run())
+
+
+def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str, model_name: str) -> dict:
     import torch
 
-    # Batch 1: four prompts, one after another; batch 8: eight prompts in one call.
+    # Batch 1: four prompts, one after another; batch 8 or 32: that many prompts in one call.
     groups = [[p] for p in _prompts(SEQUENTIAL)] if batch == 1 else [_prompts(batch)]
     kind, variant = config.split("-", 1)
     compile_seconds = None
+    server = None
     if kind == "hf":
         from pacos.models import load_model, load_tokenizer
 
-        tokenizer = load_tokenizer(MODEL)
+        tokenizer = load_tokenizer(model_name)
         tokenizer.padding_side = "left"
-        model = load_model(MODEL, dtype=torch.float32 if variant == "fp32" else torch.bfloat16).eval()
+        dtype = torch.float32 if variant == "fp32" else torch.bfloat16
+        model = load_model(model_name, dtype=dtype).eval()
         encoded = [tokenizer(group, return_tensors="pt", padding=True) for group in groups]
 
         def call():
@@ -130,9 +181,9 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
     elif kind == "pacos":
         from pacos.infer import SamplingParams, TorchEngine
 
-        base = {"fp32": "float32", "bf16": "bfloat16", "bf16-json": "bfloat16"}.get(variant, "float32")
-        quantize = "int8" if variant.startswith("int8") else "none"
-        engine = TorchEngine.load(MODEL, dtype=base, quantize=quantize, template="alpaca")
+        dtype, quantize = WEIGHTS[variant]
+        engine = TorchEngine.load(model_name, dtype=dtype, quantize=quantize, template="alpaca")
+        engine.max_batch_size = batch
         compile_seconds = round(engine.compile(), 1) if variant.endswith("compiled") else None
         schema = JSON_SCHEMA if variant.endswith("json") else None
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True, json_schema=schema)
@@ -140,17 +191,21 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
         def call():
             return [c.token_ids for group in groups for c in engine.generate(group, params)]
 
+    elif kind == "serve":
+        server, call = _serve_call(model_name, variant, batch, groups, new_tokens)
     else:
         import llama_cpp
 
         from pacos.models import EMBEDDED_MODELS, load_tokenizer
 
-        path = EMBEDDED_MODELS[MODEL].gguf() if variant == "q4_k_m" else Path(gguf_dir) / f"{variant}.gguf"
+        path = (
+            EMBEDDED_MODELS[model_name].gguf() if variant == "q4_k_m" else Path(gguf_dir) / f"{variant}.gguf"
+        )
         threads = len(os.sched_getaffinity(0))
         llm = llama_cpp.Llama(
             str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
         )
-        tokenizer = load_tokenizer(MODEL)
+        tokenizer = load_tokenizer(model_name)
         ids = [tokenizer(p).input_ids for group in groups for p in group]
 
         def call():
@@ -164,7 +219,12 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
                 rows.append(row)
             return rows
 
-    seconds, tokens = _time(call, repeats)
+    try:
+        seconds, tokens = _time(call, repeats)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
     generated = sum(len(row) for row in tokens)  # new_tokens per row, unless a JSON answer ended first
     result = {"tokens_per_s": round(generated / seconds, 2), "seconds": round(seconds, 3)}
     if compile_seconds:
@@ -172,20 +232,38 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str)
     return {**result, "tokens": tokens}
 
 
+def _hf_best(rate: dict, batch: int) -> str | None:
+    candidates = [k for k in (f"hf-fp32/{batch}", f"hf-bf16/{batch}") if rate.get(k)]
+    return max(candidates, key=lambda k: rate[k]) if candidates else None
+
+
 def main() -> None:
+    import torch
+
+    from pacos.device import cpu_has_fast_bf16
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--gguf-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.batch, args.new_tokens, args.repeats, args.gguf_dir)))
+        result = child(args.child, args.batch, args.new_tokens, args.repeats, args.gguf_dir, args.model)
+        print(json.dumps(result))
         return
 
     configs = args.configs.split(",")
+    batches = [int(b) for b in args.batches.split(",")]
+    skipped = {}
+    if not torch.cuda.is_available() and not cpu_has_fast_bf16():
+        for config in [c for c in configs if c.endswith("bf16")]:
+            skipped[config] = "this CPU emulates bf16 (no AMX or AVX512-BF16): about 100x slower than fp32"
+            configs.remove(config)
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -196,28 +274,18 @@ def main() -> None:
             if f"llamacpp-{outtype}" in configs:
                 from pacos.export.gguf import export_gguf
 
-                export_gguf(MODEL, Path(gguf_dir) / f"{outtype}.gguf", outtype)
-        for batch in (1, 8):
+                export_gguf(args.model, Path(gguf_dir) / f"{outtype}.gguf", outtype)
+        for batch in batches:
             for config in configs:
                 if config.startswith("llamacpp") and batch != 1:
                     continue
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    config,
-                    "--batch",
-                    str(batch),
-                    "--new-tokens",
-                    str(args.new_tokens),
-                    "--repeats",
-                    str(args.repeats),
-                    "--gguf-dir",
-                    gguf_dir,
-                ]
+                command = [sys.executable, __file__, "--child", config, "--batch", str(batch),
+                           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+                           "--gguf-dir", gguf_dir, "--model", args.model]  # fmt: skip
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode != 0:
                     results[f"{config}/{batch}"] = {"error": done.stderr.strip().splitlines()[-1]}
+                    print(f"{config} batch {batch}: {done.stderr[-300:]}", file=sys.stderr, flush=True)
                     continue
                 results[f"{config}/{batch}"] = json.loads(done.stdout.strip().splitlines()[-1])
                 print(
@@ -225,43 +293,41 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    reference = _reference_tokens(results)
+    reference = _reference_tokens(results, batches)
+    tokenizer = None
     table = {}
     for key, value in results.items():
         batch = int(key.split("/")[1])
         if "tokens" in value:
-            value["agree"] = _agreement(value.pop("tokens"), reference[batch])
+            rows = value.pop("tokens")
+            if key.startswith("serve") and reference[batch] is not None:  # token strings: compare texts
+                from pacos.models import load_tokenizer
+
+                tokenizer = tokenizer or load_tokenizer(args.model)
+                want = [tokenizer.decode(row) for row in reference[batch]]
+                value["same_text"] = round(sum("".join(r) == w for r, w in zip(rows, want)) / len(want), 3)
+            elif not key.startswith("serve"):
+                value["agree"] = _agreement(rows, reference[batch])
         table[key] = value
     rate = {k: v.get("tokens_per_s") for k, v in table.items()}
-
-    def ratio(a: str, b: str) -> float | None:
-        return round(rate[a] / rate[b], 2) if rate.get(a) and rate.get(b) else None
-
+    speedups = {}
+    for batch in batches:
+        best = _hf_best(rate, batch)
+        if best is None:
+            continue
+        for config in configs:
+            key = f"{config}/{batch}"
+            if not config.startswith("hf") and rate.get(key):
+                name = f"batch {batch}, {config} vs {best.split('/')[0]}"
+                speedups[name] = round(rate[key] / rate[best], 2)
     report = {
-        "model": MODEL,
+        "model": args.model,
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()},
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
+        "skipped": skipped,
         "results": table,
-        "speedups": {
-            "batch 1, pacos int8 compiled vs hf fp32": ratio("pacos-int8-compiled/1", "hf-fp32/1"),
-            "batch 1, pacos int8 compiled vs hf bf16": ratio("pacos-int8-compiled/1", "hf-bf16/1"),
-            "batch 1, pacos int8 vs hf fp32": ratio("pacos-int8/1", "hf-fp32/1"),
-            "batch 1, pacos int8 vs hf bf16": ratio("pacos-int8/1", "hf-bf16/1"),
-            "batch 1, pacos fp32 vs hf fp32": ratio("pacos-fp32/1", "hf-fp32/1"),
-            "batch 1, pacos bf16 vs hf bf16": ratio("pacos-bf16/1", "hf-bf16/1"),
-            "batch 8 vs batch 1, pacos int8": ratio("pacos-int8/8", "pacos-int8/1"),
-            "batch 8 vs batch 1, pacos int8 compiled": ratio(
-                "pacos-int8-compiled/8", "pacos-int8-compiled/1"
-            ),
-            "batch 8 vs batch 1, pacos fp32": ratio("pacos-fp32/8", "pacos-fp32/1"),
-            "batch 8, pacos int8 vs hf fp32": ratio("pacos-int8/8", "hf-fp32/8"),
-            "batch 1, pacos bf16 json-constrained vs free": ratio("pacos-bf16-json/1", "pacos-bf16/1"),
-            "batch 8, pacos bf16 json-constrained vs free": ratio("pacos-bf16-json/8", "pacos-bf16/8"),
-            "batch 1, pacos int8 compiled vs llama.cpp q8_0": ratio(
-                "pacos-int8-compiled/1", "llamacpp-q8_0/1"
-            ),
-        },
+        "speedups_vs_transformers_best": speedups,
     }
     print(json.dumps(report, indent=2))
 

@@ -6,10 +6,14 @@ Starts `pacos serve` as a subprocess on a free loopback port (as a user would), 
 2. bad requests (invalid JSON, a wrong type, an unknown model, a missing key) answered with 4xx bodies;
 3. `--concurrency` streamed chat completions at once (`openai.AsyncOpenAI`): how many complete, status
    codes, tokens, wall time, latency percentiles, and whether /health still answers afterwards;
-4. the same requests one after another through the same server, for the batching speed-up.
-Prints one JSON document.
+4. the same requests one after another through the same server, for the batching speed-up;
+5. latency under load (`--latency 8,32`): one stream alone (its inter-token time is the yardstick),
+   then N streams of seed-task instructions (41 to 184 prompt tokens) arriving `--arrival` seconds
+   apart, so that requests are admitted while others stream: time to first token and inter-token time
+   (gaps between a stream's consecutive chunks), p50 and p95, and the total tokens/s.
+Prints one JSON document. PYTHONPATH=another checkout runs that version's server (the client is the same).
 
-    .venv/bin/python benchmarks/bench_serve.py [--model smollm2-135m-instruct] [--concurrency 50]
+    .venv/bin/python benchmarks/bench_serve.py [--model smollm2-135m-instruct] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -142,6 +147,7 @@ async def one_stream(client, model: str, i: int, max_tokens: int) -> dict:
             seed=i,
             stream=True,
             stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},  # every request costs max_tokens: runs compare like for like
         )
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content and first is None:
@@ -158,6 +164,74 @@ async def one_stream(client, model: str, i: int, max_tokens: int) -> dict:
         }
     except Exception as e:  # any failure is a result to count, not a crash of the benchmark
         return {"ok": False, "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - start}
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def timed_stream(client, model: str, messages: list[dict], max_tokens: int, delay: float) -> dict:
+    """A streamed chat completion started after `delay` seconds: when each content chunk arrived."""
+    await asyncio.sleep(delay)
+    start = time.perf_counter()
+    arrivals, tokens = [], 0
+    stream = await client.chat.completions.create(
+        model=model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter())
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    return {"ttft": arrivals[0] - start if arrivals else None, "gaps": gaps, "tokens": tokens}
+
+
+async def latency(port: int, model: str, streams: int, max_tokens: int, arrival: float) -> dict:
+    import openai
+
+    from pacos.data.io import read_records
+
+    client = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, max_retries=0, timeout=1800
+    )
+    records = read_records("seed-tasks")
+    messages = [
+        [{"role": "user", "content": r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")}]
+        for r in records[::3]
+    ]
+    alone = await timed_stream(client, model, messages[0], max_tokens, 0.0)
+    start = time.perf_counter()
+    results = await asyncio.gather(
+        *(timed_stream(client, model, messages[i % len(messages)], max_tokens, i * arrival)
+          for i in range(streams))
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    gaps = [g for r in results for g in r["gaps"]]
+    ttfts = [r["ttft"] for r in results if r["ttft"] is not None]
+    single = statistics.median(alone["gaps"])
+    p95 = _percentile(gaps, 0.95)
+
+    def ms(x: float | None) -> float | None:
+        return None if x is None else round(x * 1000, 1)
+
+    return {
+        "streams": streams,
+        "arrival_interval_s": arrival,
+        "single_stream_inter_token_ms": ms(single),
+        "inter_token_p50_ms": ms(_percentile(gaps, 0.5)),
+        "inter_token_p95_ms": ms(p95),
+        "inter_token_p95_vs_single": round(p95 / single, 2) if p95 else None,
+        "time_to_first_token_p50_ms": ms(_percentile(ttfts, 0.5)),
+        "time_to_first_token_p95_ms": ms(_percentile(ttfts, 0.95)),
+        "completion_tokens": sum(r["tokens"] for r in results),
+        "tokens_per_s": round(sum(r["tokens"] for r in results) / wall, 1),
+        "wall_seconds": round(wall, 1),
+    }
 
 
 async def load(port: int, model: str, n: int, max_tokens: int, concurrent: bool) -> dict:
@@ -190,8 +264,11 @@ async def load(port: int, model: str, n: int, max_tokens: int, concurrent: bool)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--latency", default="8,32", help="stream counts for the latency runs ('' for none)")
+    parser.add_argument("--arrival", type=float, default=0.25, help="seconds between arrivals (latency runs)")
+    parser.add_argument("--skip-checks", action="store_true", help="only the load and latency runs")
     parser.add_argument("--sequential", type=int, default=8, help="requests for the one-at-a-time baseline")
     parser.add_argument("--serve-args", default="", help="extra `pacos serve` flags, e.g. '--quantize int8'")
     args = parser.parse_args()
@@ -200,8 +277,9 @@ def main() -> None:
     server = start_server(args.model, port, args.serve_args.split())
     try:
         report = {"model": args.model, "cpus": len(os.sched_getaffinity(0)), "serve_args": args.serve_args}
-        report["openai_calls"] = openai_calls(port, args.model)
-        report["bad_requests"] = bad_requests(port, args.model)
+        if not args.skip_checks:
+            report["openai_calls"] = openai_calls(port, args.model)
+            report["bad_requests"] = bad_requests(port, args.model)
         report["concurrent"] = asyncio.run(load(port, args.model, args.concurrency, args.max_tokens, True))
         report["health_after"] = raw(port, "GET", "/health", None)
         report["sequential"] = asyncio.run(load(port, args.model, args.sequential, args.max_tokens, False))
@@ -209,6 +287,11 @@ def main() -> None:
         report["batching_speedup_tokens_per_s"] = round(
             report["concurrent"]["tokens_per_s"] / max(report["sequential"]["tokens_per_s"], 1e-9), 2
         )
+        report["latency"] = [
+            asyncio.run(latency(port, args.model, int(n), args.max_tokens, args.arrival))
+            for n in args.latency.split(",")
+            if n
+        ]
     finally:
         server.send_signal(signal.SIGINT)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
 import threading
 import time
@@ -236,17 +237,17 @@ def test_a_conversation_streams_stops_regenerates_is_edited_and_survives_a_reloa
     assert health(server.port)["running"] == 0 and errors == []
 
 
-def test_model_output_is_rendered_as_text_never_as_markup(page: Page, server, engine, monkeypatch):
+def script_answer(server, engine: TorchEngine, monkeypatch, keyword: str, answer: str) -> None:
+    """The server answers `answer`, in small streamed pieces, to a prompt holding `keyword`."""
     submit = server.scheduler.submit
 
     def scripted(ids: list[int], params: SamplingParams, on_event: Any) -> Any:
-        """Answers HOSTILE, in small streamed pieces, to a prompt that asks for markdown."""
-        if "markdown" not in engine.tokenizer.decode(ids):
+        if keyword not in engine.tokenizer.decode(ids):
             return submit(ids, params, on_event)
         seq = engine.new_sequence(ids, params, on_event)
 
         def stream() -> None:
-            pieces = [HOSTILE[i : i + 7] for i in range(0, len(HOSTILE), 7)]
+            pieces = [answer[i : i + 7] for i in range(0, len(answer), 7)]
             for piece in pieces:
                 time.sleep(0.005)
                 seq.emit(Event(piece, [], []))
@@ -265,6 +266,10 @@ def test_model_output_is_rendered_as_text_never_as_markup(page: Page, server, en
         return seq
 
     monkeypatch.setattr(server.scheduler, "submit", scripted)
+
+
+def test_model_output_is_rendered_as_text_never_as_markup(page: Page, server, engine, monkeypatch):
+    script_answer(server, engine, monkeypatch, "markdown", HOSTILE)
     send(page, "Show me some markdown")
     answered(page, 1)
     answer = page.locator(".message.assistant .body")
@@ -302,6 +307,63 @@ def test_model_output_is_rendered_as_text_never_as_markup(page: Page, server, en
     assert page.evaluate("navigator.clipboard.readText()") == "<script>window.__xss = 4</script>"
     page.locator(".message.assistant .meta .copy").click()
     assert page.evaluate("navigator.clipboard.readText()") == HOSTILE
+
+
+# Lists as models write them: blank lines between items, a paragraph inside an item, a list resumed after a
+# paragraph or a nested list. Each "2." used to start a list of its own, shown as a second "1.".
+LISTS = """Steps:
+
+1. Install it.
+
+2. Run it
+   on one line.
+
+   A second paragraph of step 2.
+
+3. Done.
+
+Then a paragraph, and the list goes on:
+
+4. Four.
+5. Five.
+
+Nested:
+
+1. Foo
+   - sub a
+   - sub b
+2. Bar
+
+- x
+
+- y
+"""
+# Its <p>s: the loose lists' items are paragraphs, as CommonMark renders them.
+PARAGRAPHS = ["Steps:", "Install it.", "Run it on one line.", "A second paragraph of step 2.", "Done.",
+              "Then a paragraph, and the list goes on:", "Nested:", "x", "y"]  # fmt: skip
+
+
+def test_ordered_lists_keep_their_numbers(page: Page, server, engine, monkeypatch):
+    script_answer(server, engine, monkeypatch, "lists", LISTS)
+    send(page, "Show me some lists")
+    answered(page, 1)
+    answer = page.locator(".message.assistant .body")
+    shown = "els => els.map(l => [l.start, [...l.children].map(li => [li.textContent, li.children.length])])"
+    for _ in range(2):  # as streamed, then as rendered again from localStorage
+        # [start, [[item text, paragraphs]]] per <ol>: a tight list's items hold no <p>.
+        assert answer.locator("ol").evaluate_all(shown) == [
+            [1, [["Install it.", 1], ["Run it on one line.A second paragraph of step 2.", 2], ["Done.", 1]]],
+            [4, [["Four.", 0], ["Five.", 0]]],
+            [1, [["Foo", 0]]],
+            [2, [["Bar", 0]]],
+        ]
+        expect(answer.locator("ol").nth(1)).to_have_attribute("start", "4")
+        expect(answer.locator("ol").nth(0)).not_to_have_attribute("start", re.compile(".*"))
+        expect(answer.locator("ul")).to_have_count(2)  # the nested list, and the loose list of x and y
+        expect(answer.locator("ul li")).to_have_text(["sub a", "sub b", "x", "y"])
+        expect(answer.locator("p")).to_have_text(PARAGRAPHS)
+        page.reload()
+        expect(page.locator("#model")).to_have_text(MODEL)
 
 
 def test_errors_are_shown_and_the_question_is_kept(page: Page, server, monkeypatch):

@@ -10,7 +10,7 @@ from pacos.errors import PacosError
 from pacos.infer import SamplingParams, TorchEngine
 from pacos.infer.detokenize import TextStream
 from pacos.infer.engine import Decoder
-from pacos.infer.sampling import apply_repetition_penalty, filter_top_k_top_p
+from pacos.infer.sampling import apply_repetition_penalty, sample_row
 from pacos.infer.scheduler import QueueFull, Scheduler
 
 PROMPTS = [
@@ -133,12 +133,22 @@ def test_seeded_sampling_is_reproducible_whatever_the_batch(tiny_llama):
     assert engine.generate([PROMPTS[0]], top_1)[0].token_ids == greedy
 
 
+def _drawn(logits: torch.Tensor, n: int = 400, **settings) -> set[int]:
+    params = SamplingParams(temperature=1.0, **settings)
+    generator = torch.Generator().manual_seed(0)
+    return {sample_row(logits, params, generator) for _ in range(n)}
+
+
 def test_filters_and_repetition_penalty():
     logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
-    assert torch.isinf(filter_top_k_top_p(logits, 2, 1.0)).tolist() == [False, False, True, True, True]
+    assert _drawn(logits) == {0, 1, 2, 3, 4}
+    assert _drawn(logits, top_k=2) == {0, 1}
     # Softmax mass: 0.64, 0.23, 0.09 ...: top_p 0.7 keeps the first two (the one crossing 0.7 stays).
-    assert torch.isinf(filter_top_k_top_p(logits, 0, 0.7)).tolist() == [False, False, True, True, True]
-    assert torch.isinf(filter_top_k_top_p(logits, 0, 0.5)).tolist() == [False, True, True, True, True]
+    assert _drawn(logits, top_p=0.7) == {0, 1}
+    assert _drawn(logits, top_p=0.5) == {0}
+    assert _drawn(logits, top_k=3, top_p=0.75) == {0, 1}  # the nucleus of the top 3, renormalised
+    # A flat vocabulary larger than the 1,024 candidates top-p looks at first: the nucleus is all of it.
+    assert len(_drawn(torch.zeros(5000), n=3000, top_p=0.9)) > 1500
     penalised = logits.clone()
     apply_repetition_penalty(penalised, [0, 4, 4], 2.0)
     assert penalised.tolist() == [1.5, 2.0, 1.0, 0.0, -2.0]

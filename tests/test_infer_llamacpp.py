@@ -142,8 +142,8 @@ def test_engine_through_the_stand_in_answers_like_the_torch_engine(stand_in, cpp
     assert cpp.encode_chat(CHAT) == torch_engine.encode_chat(CHAT)
     # The logits read through the ctypes pointer are the model's (f16 weights: close, not equal).
     ids = torch_engine.encode(PROMPT)
-    state, want = torch_engine.prefill([ids])
-    _, got = cpp.prefill([ids])
+    state, want = torch_engine.prefill(ids)
+    _, got = cpp.prefill(ids)
     assert got.shape == want.shape and want.std() > 0.5
     assert torch.allclose(got, want, atol=5e-2), (got - want).abs().max()
     torch.testing.assert_close(cpp.decode(1, [5]), torch_engine.decode(state, [5]), atol=5e-2, rtol=0)

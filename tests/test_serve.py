@@ -23,10 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
+from pacos.errors import PacosError
 from pacos.infer import TorchEngine
 from pacos.infer.sampling import SamplingParams
 from pacos.infer.scheduler import Scheduler
 from pacos.serve import create_app
+from pacos.serve.protocol import ANY_VALUE
 
 API_KEY = "test-key"
 MODEL = "tiny"
@@ -296,6 +298,55 @@ def test_a_schema_the_grammar_cannot_enforce_is_a_400_naming_the_keyword(server)
     assert "uniqueItems" in body["error"]["message"]
 
 
+def test_the_empty_schema_means_any_json_value_not_free_text(server, monkeypatch):
+    # {} is falsy: it once reached the engine as "no schema", and the answer was unconstrained text.
+    schemas: list[Any] = []
+    submit = server.scheduler.submit
+
+    def spy(ids: list[int], params: SamplingParams, on_event: Any) -> Any:
+        schemas.append(params.json_schema)
+        return submit(ids, params, on_event)
+
+    monkeypatch.setattr(server.scheduler, "submit", spy)
+    fmt = {"type": "json_schema", "json_schema": {"name": "anything", "schema": {}}}
+    stopped = 0
+    for path, base in ((CHAT_URL, {"messages": CHAT}), (TEXT_URL, {"prompt": "Value:"})):
+        for seed in range(3):
+            body = {**base, "response_format": fmt, "max_tokens": 400, "temperature": 1.0, "seed": seed}
+            status, _, got = call(server.port, "POST", path, body)
+            assert status == 200, got
+            choice = got["choices"][0]
+            answer = choice["message"]["content"] if path == CHAT_URL else choice["text"]
+            assert answer[:1] in set('{["-0123456789tfn'), answer  # a JSON value begins
+            if choice["finish_reason"] == "stop":
+                json.loads(answer)
+                stopped += 1
+    assert stopped > 0
+    assert schemas == [ANY_VALUE] * 6  # {} spelled out: every JSON type, nothing else
+
+
+def test_a_schema_the_grammar_refuses_is_a_400(server, monkeypatch):
+    """JsonGrammars.check's PacosError (here a stand-in refusing the {"$ref": "#"} loop, whose only value
+    would be infinite) is a 400 naming response_format, and nothing is decoded."""
+    grammars = server.engine.json_grammars
+    check = grammars.check
+
+    def refuse_loops(schema: dict[str, Any]) -> None:
+        if schema.get("$ref") == "#":
+            raise PacosError("json schema: $ref '#' refers to itself: no finite JSON value matches")
+        check(schema)
+
+    monkeypatch.setattr(grammars, "check", refuse_loops)
+    monkeypatch.setattr(server.scheduler, "submit", lambda *args: pytest.fail("a sequence was started"))
+    fmt = {"type": "json_schema", "json_schema": {"name": "loop", "schema": {"$ref": "#"}}}
+    for path, base in ((CHAT_URL, {"messages": CHAT}), (TEXT_URL, {"prompt": "x"})):
+        status, _, body = call(server.port, "POST", path, {**base, "response_format": fmt})
+        assert_error(status, body, 400, "response_format")
+        assert body["error"]["message"] == (
+            "response_format: json schema: $ref '#' refers to itself: no finite JSON value matches"
+        )
+
+
 # -- errors ------------------------------------------------------------------------------------------------
 
 TEXT_URL, CHAT_URL = "/v1/completions", "/v1/chat/completions"
@@ -358,6 +409,49 @@ LONG = "a" * 3000  # byte-level: one token per byte, past the 2048-token context
 def test_bad_requests_get_openai_errors(server, path, body, status, param, code):
     got_status, _, got = call(server.port, "POST", path, body)
     assert_error(got_status, got, status, param, code)
+
+
+@pytest.mark.parametrize("path, base", [(TEXT_URL, {"prompt": "hi"}), (CHAT_URL, {"messages": CHAT})])
+@pytest.mark.parametrize(
+    "field", ["temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty"]
+)
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_a_400_naming_the_field(server, path, base, field, literal):
+    # Python's json (what the server parses bodies with) reads these literals; 1e999 overflows to inf.
+    # NaN used to fail a range check ("less than or equal to 2") and Infinity passed repetition_penalty > 0.
+    raw = json.dumps(base)[:-1] + f', "{field}": {literal}}}'
+    status, _, body = call(server.port, "POST", path, raw.encode())
+    assert_error(status, body, 400, field)
+    assert body["error"]["message"] == f"{field}: must be a finite number"
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ('"n": NaN', "n"),
+        ('"max_tokens": Infinity', "max_tokens"),
+        ('"seed": -Infinity', "seed"),
+        ('"top_k": NaN', "top_k"),
+        ('"logit_bias": {"5": NaN}', "logit_bias.5"),
+        ('"stop": ["x", NaN]', "stop[1]"),
+        (
+            '"response_format": {"type": "json_schema", "json_schema": {"name": "x", '
+            '"schema": {"type": "number", "maximum": Infinity}}}',
+            "response_format.json_schema.schema.maximum",
+        ),
+    ],
+)
+def test_non_finite_numbers_anywhere_in_a_field_are_a_400_naming_where(server, extra, param):
+    raw = json.dumps({"messages": CHAT})[:-1] + f", {extra}}}"
+    status, _, body = call(server.port, "POST", CHAT_URL, raw.encode())
+    assert_error(status, body, 400, param)
+    assert body["error"]["message"] == f"{param}: must be a finite number"
+
+
+def test_non_finite_numbers_in_unknown_fields_are_ignored_like_the_fields(server):
+    raw = json.dumps({"prompt": "hi", "max_tokens": 1})[:-1] + ', "unknown_field": NaN}'
+    status, _, body = call(server.port, "POST", TEXT_URL, raw.encode())
+    assert status == 200 and body["usage"]["completion_tokens"] == 1, body
 
 
 def test_lenient_where_clients_differ(server):
@@ -560,7 +654,8 @@ def test_serve_command(cli, tiny_llama):
 
 _SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
 _TEXT = st.text(max_size=12)
-_NUMBERS = st.integers(-(10**30), 10**30) | st.floats(allow_nan=False) | st.sampled_from([0, 1, 2, 16, -1])
+# Floats include NaN and the infinities: json.dumps writes them as NaN/Infinity, which the server reads.
+_NUMBERS = st.integers(-(10**30), 10**30) | st.floats() | st.sampled_from([0, 1, 2, 16, -1])
 _SCALARS = st.none() | st.booleans() | _NUMBERS | _TEXT | st.sampled_from(["yes", "true", "", "text"])
 _JSON = st.recursive(
     _SCALARS,

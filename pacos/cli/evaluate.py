@@ -61,8 +61,12 @@ def evaluate(
     ] = False,
     dtype: Annotated[
         str,
-        typer.Option(help="Local models' weights: float32, or bfloat16 (about 2x faster on CPUs with bf16)."),
-    ] = "float32",
+        typer.Option(help="Local models' weights: auto (bf16 where native, else float32), float32, bfloat16."),
+    ] = "auto",
+    quantize: Annotated[
+        str,
+        typer.Option(help="Local models: auto (fp16 weights on x86 CPUs computing in fp32), none, fp16, int8."),
+    ] = "auto",
     compare: Annotated[
         list[Path] | None,
         typer.Option(help="Earlier pacos eval directories to render side by side into --out (repeatable)."),
@@ -93,10 +97,14 @@ def evaluate(
         raise PacosError("pass --model (or --compare DIR --compare DIR)")
     if max_new_tokens < 1:
         raise PacosError("--max-new-tokens must be >= 1")
+    from pacos.infer.quantize import decoding_weights
+
     judging = PairwiseSettings(judge, judge_model, baseline or "references") if judge else None
+    dtype, quantize = decoding_weights(dtype, quantize)
     metrics = evaluate_model(
         model, out, prompts=prompts, data=data, ifeval=ifeval,
-        decoding=Decoding(max_new_tokens=max_new_tokens, dtype=dtype), served_model=served_model,
+        decoding=Decoding(max_new_tokens=max_new_tokens, dtype=dtype, quantize=quantize),
+        served_model=served_model,
         template=template,
         embeddings=embeddings, judge=judging,
     )  # fmt: skip

@@ -28,7 +28,7 @@ def chat(
     backend: BackendOption = "torch",
     dtype: DtypeOption = "auto",
     device: DeviceOption = "auto",
-    quantize: QuantizeOption = "none",
+    quantize: QuantizeOption = "auto",
     compile: CompileOption = False,
     template: TemplateOption = None,
     system: Annotated[str | None, typer.Option(help="A system message for every turn.")] = None,
@@ -71,11 +71,19 @@ def serve(
     backend: BackendOption = "torch",
     dtype: DtypeOption = "auto",
     device: DeviceOption = "auto",
-    quantize: QuantizeOption = "none",
+    quantize: QuantizeOption = "auto",
     compile: CompileOption = False,
     template: TemplateOption = None,
     max_batch_size: Annotated[int, typer.Option(help="Requests decoded together at most.")] = 8,
     max_queue: Annotated[int, typer.Option(help="Requests waiting at most; more get 429.")] = 64,
+    prefill_chunk: Annotated[
+        int | None,
+        typer.Option(
+            help="Prompt tokens run between two decode steps (0: whole prompts; default 32): smaller keeps "
+            "running streams smoother, larger admits new requests sooner.",
+            show_default=False,
+        ),
+    ] = None,
     served_model_name: Annotated[
         str | None, typer.Option(help="The model id clients send and /v1/models lists [default: --model].")
     ] = None,
@@ -93,6 +101,8 @@ def serve(
 
     if max_batch_size < 1 or max_queue < 1:  # every request passes through the queue: 0 would refuse all
         raise PacosError("--max-batch-size and --max-queue must be >= 1")
+    if prefill_chunk is not None and prefill_chunk < 0:
+        raise PacosError("--prefill-chunk must be >= 0")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name
@@ -104,7 +114,8 @@ def serve(
             file=sys.stderr,
         )
     engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template)
-    scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_waiting=max_queue).start()
+    chunk = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}
+    scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_waiting=max_queue, **chunk).start()
     name = served_model_name or engine.name
     print(
         f"loaded {engine.name} ({str(engine.dtype).removeprefix('torch.')} on {engine.device}, template "

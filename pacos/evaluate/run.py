@@ -128,7 +128,7 @@ def _judge(
                         cache_dir() / "eval" / "judgments.jsonl")  # fmt: skip
     try:
         judgments, calls = judge_pairs(
-            lambda: make_llm(judge, settings.judge_model, ClientConfig(dtype=decoding.dtype), None),
+            lambda: make_llm(judge, settings.judge_model, ClientConfig(dtype=decoding.dtype, quantize=decoding.quantize), None),
             instructions, baseline_texts, texts, cache, f"{judge}#{settings.judge_model or ''}",
             max_answer_chars=settings.max_answer_chars,
             top_logprobs=20 if judge.startswith("local:") else 5,  # OpenAI's completions API gives 5 at most

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,29 +77,65 @@ class Sequence:
             self.cancelled = True
 
 
-class Decoder:
-    """The running batch: its sequences, the backend's state for them (KV cache) and the next logits."""
+@dataclass
+class _Prefill:
+    """A sequence whose prompt is being run, chunk by chunk, before it joins the running batch."""
 
-    def __init__(self, engine: Engine) -> None:
+    seq: Sequence
+    state: Any = None  # the backend's state for this one row, once its first chunk has run
+    done: int = 0  # prompt tokens run so far
+
+
+class Decoder:
+    """The running batch: its sequences, the backend's state for them (KV cache) and the next logits.
+
+    New sequences are prefilled one at a time, without padding (left-padding a batch of prompts to the
+    longest one cost 2-3x the prefill of their real tokens), then join the batch. With `prefill_chunk`
+    set and rows already streaming, a step runs at most that many prompt tokens before its decode step
+    (vLLM's chunked prefill), so those rows keep getting tokens while long prompts are admitted.
+    """
+
+    def __init__(self, engine: Engine, prefill_chunk: int = 0) -> None:
         self.engine = engine
+        self.prefill_chunk = prefill_chunk
         self.seqs: list[Sequence] = []
+        self.prefilling: deque[_Prefill] = deque()
         self.state: Any = None
         self.last_logits: torch.Tensor | None = None  # [rows, vocab] for the next choice
 
     def __len__(self) -> int:
-        return len(self.seqs)
+        """Rows decoding and rows being prefilled: what counts against the batch size."""
+        return len(self.seqs) + len(self.prefilling)
+
+    def add(self, seqs: list[Sequence]) -> None:
+        """Queue new sequences; the next steps prefill them and merge them into the running batch."""
+        self.prefilling.extend(_Prefill(s) for s in seqs if not self._finish_early(s))
 
     @torch.inference_mode()
-    def add(self, seqs: list[Sequence]) -> None:
-        """Prefill new sequences together and merge them into the running batch."""
-        seqs = [s for s in seqs if not self._finish_early(s)]
-        if not seqs:
-            return
-        state, logits = self.engine.prefill([s.prompt_ids for s in seqs])
-        if self.seqs:
-            state = self.engine.join(self.state, state)
-            logits = torch.cat([self.last_logits, logits])
-        self.seqs, self.state, self.last_logits = [*self.seqs, *seqs], state, logits
+    def _prefill(self) -> None:
+        # Chunks only protect running streams: with none, every waiting prompt runs now (a burst of
+        # requests then decodes as one batch from its first token).
+        budget = self.prefill_chunk if self.prefill_chunk and self.seqs else None
+        while self.prefilling and (budget is None or budget > 0):
+            job = self.prefilling[0]
+            if job.seq.cancelled:
+                job.seq.finished = True
+                self.prefilling.popleft()
+                continue
+            prompt = job.seq.prompt_ids
+            end = len(prompt) if budget is None else min(len(prompt), job.done + budget)
+            job.state, logits = self.engine.prefill(prompt[job.done : end], job.state)
+            if budget is not None:
+                budget -= end - job.done
+            job.done = end
+            if end == len(prompt):
+                self.prefilling.popleft()
+                if self.seqs:
+                    self.state = self.engine.join(self.state, job.state)
+                    self.last_logits = torch.cat([self.last_logits, logits])  # type: ignore[list-item]
+                else:
+                    self.state, self.last_logits = job.state, logits
+                self.seqs.append(job.seq)
 
     def _finish_early(self, s: Sequence) -> bool:
         if s.cancelled:
@@ -117,11 +154,16 @@ class Decoder:
             )
         return s.finished
 
-    @torch.inference_mode()
     def step(self) -> None:
-        """Choose every row's next token, report it, drop finished rows, then run the model once."""
-        if not self.seqs:
-            return
+        """Prefill (a chunk of) waiting prompts, then choose every row's next token, report it, drop
+        finished rows and run the model once."""
+        if self.prefilling:
+            self._prefill()
+        if self.seqs:
+            self._decode()
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
         seqs = self.seqs
         tokens, logprobs = choose_tokens(
             self.last_logits,
@@ -192,8 +234,8 @@ class Decoder:
 class Engine:
     """What serve, chat, evaluation and the LLM clients may call on any backend (torch, llama.cpp).
 
-    A backend sets the attributes below and computes logits: `prefill` runs new prompts, `decode` one
-    token per row, `join` and `keep` let rows enter and leave a running batch (continuous batching).
+    A backend sets the attributes below and computes logits: `prefill` runs a new row's prompt, `decode`
+    one token per row, `join` and `keep` let rows enter and leave a running batch (continuous batching).
     Everything else (sampling, stop strings, streaming text, logprobs, JSON grammars) is shared here, so
     both backends answer the same request the same way.
     """
@@ -208,9 +250,10 @@ class Engine:
     pad_id: int
     max_batch_size: int  # rows decoded together
 
-    # -- the backend: a batch's life is prefill, then decode steps; rows join and leave in between ----
-    def prefill(self, prompts: list[list[int]]) -> tuple[Any, torch.Tensor]:
-        """Run prompts; returns the backend's state for them and next-token logits [rows, vocab]."""
+    # -- the backend: a row's life is prefill, then decode steps; rows join and leave the batch ----------
+    def prefill(self, prompt: list[int], state: Any = None) -> tuple[Any, torch.Tensor]:
+        """Run (the next chunk of) one row's prompt after `state` (None: a new row); returns the row's
+        state and its next-token logits [1, vocab]."""
         raise NotImplementedError
 
     def decode(self, state: Any, tokens: list[int]) -> torch.Tensor:
@@ -251,7 +294,9 @@ class Engine:
     def new_sequence(
         self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]
     ) -> Sequence:
-        constraint = self.json_grammars.constraint(params.json_schema) if params.json_schema else None
+        constraint = (
+            self.json_grammars.constraint(params.json_schema) if params.json_schema is not None else None
+        )
         generator = None
         if not params.greedy:
             generator = torch.Generator(device=self.device)

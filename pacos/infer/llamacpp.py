@@ -91,11 +91,10 @@ class LlamaCppEngine(Engine):
         pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).copy())[None]
 
-    def prefill(self, prompts: list[list[int]]) -> tuple[int, torch.Tensor]:
-        if len(prompts) != 1:
-            raise PacosError("the llama.cpp backend runs one sequence at a time")
-        self.llm.reset()
-        self.llm.eval(prompts[0])
+    def prefill(self, prompt: list[int], state: int | None = None) -> tuple[int, torch.Tensor]:
+        if state is None:  # a new row: the one KV cache starts afresh
+            self.llm.reset()
+        self.llm.eval(prompt)
         return 1, self._logits()
 
     def decode(self, state: int, tokens: list[int]) -> torch.Tensor:

@@ -1,34 +1,103 @@
-"""Weight-only int8 for inference: what makes CPU decoding fast.
+"""Reduced-precision weights for inference: what makes CPU decoding fast.
 
-Decoding one token reads every weight once, so its speed is the speed of reading the weights: a 270M
-model with a 262K-word vocabulary moves ~1 GB per token in fp32. Storing Linear weights as int8 with one
-scale per output row (symmetric, the scheme of gpt-fast and of llama.cpp's Q8_0, with coarser blocks)
-moves a quarter of that; `torch._weight_int8pack_mm` multiplies without de-quantizing the matrix.
-Activations go through in bf16 (the kernel's fast path on CPUs with AVX512-BF16/AMX and on GPUs).
-The embedding table stays as it is: a lookup reads one row, not the matrix.
+Decoding one token reads every weight once, and at batch 8 or more it multiplies each weight by every
+row, so its speed is the speed of reading and multiplying the weights. Measured on 2 cores
+(benchmarks/README.md, "Where a decode step goes"), MKL's fp32 matmul runs a batch of 8 rows at a
+fraction of the machine's rate; fbgemm (PyTorch's x86 kernels for small batches) does far better:
 
-The LM head is the largest matrix (262K x 640 for Gemma 3: 40% of the bytes). On x86 CPUs it runs on
-oneDNN's int8 x int8 kernel instead, which streams it about 1.6x faster: each row of activations gets
-its own scale (per token), products are summed exactly in int32, so a row's logits do not depend on
-the other rows of the batch.
+- `fp16`: weights stored in fp16, products in fp32 (fbgemm's fp16 GEMM). Half the bytes of fp32 and
+  logits within ~1e-3 of fp32's: greedy text is fp32's but for exact ties.
+- `int8`: the LM head (Gemma 3's 262K x 640 matrix: 60% of the weights) in int8 with int8 activations
+  (fbgemm's int8 GEMM, exact int32 sums), the layers in fp16. The layers' activations have outlier
+  channels that 8 bits per token lose (next-token agreement with fp32 0.91 with every matrix in int8,
+  0.965 with only the head), which is why llama.cpp's mixes also keep some tensors wider.
+  Each row is quantized with its own scale, so a row's logits do not depend on its batch.
 
-Both trade exactness for speed: greedy text may part from the fp32 text where two tokens are nearly
-tied, and int8 kernels may round differently at different batch sizes. `--quantize none` keeps both.
+Elsewhere (GPUs, non-x86 CPUs) `int8` stores Linear weights as int8 with one scale per output row and
+multiplies with `torch._weight_int8pack_mm` (weight-only, the gpt-fast scheme). The embedding table
+stays as it is: a lookup reads one row, not the matrix.
 """
 
 from __future__ import annotations
 
+import warnings
+from functools import cache
+
 import torch
 from torch import nn
 
-QUANTIZATIONS = ("none", "int8")
+from pacos.errors import PacosError
+
+QUANTIZATIONS = ("none", "fp16", "int8")
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class Fp16Linear(nn.Module):
+    """fp16 weights, fp32 products (fbgemm, x86 CPUs)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self.packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), bias)
+
+    @torch.compiler.disable  # an opaque fbgemm call: torch.compile runs it as it is, around its graph
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, self.in_features).float(), self.packed)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 weights"
+
+
+class Int8RowLinear(nn.Module):
+    """int8 weights (one scale per output row, 7 bits used) and int8 activations (one scale per row),
+    fbgemm.
+
+    fbgemm quantizes a batch's activations with one range for the whole batch. Each row is divided by its
+    own largest magnitude first, and two extra input columns hold +1 and -1 (their weights are zero), so
+    that the range is [-1, 1] for every batch: a row quantizes the same alone or among others.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        weight = torch.cat([weight, weight.new_zeros(self.out_features, 2)], dim=1)
+        # 7-bit weights: AVX2's u8 x s8 pair sums saturate at 16 bits with 8-bit weights (255*127*2 >
+        # 32767), which fbgemm otherwise avoids by cutting the activations to 7 bits, and they matter more.
+        scale = (weight.abs().amax(dim=1) / 63).clamp(min=_TINY).double()
+        zero = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated for new code, fbgemm is not
+            warnings.simplefilter("ignore")
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+
+    @torch.compiler.disable
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float()
+        peak = flat.abs().amax(dim=1, keepdim=True).clamp(min=_TINY)
+        ends = torch.tensor([[1.0, -1.0]]).expand(flat.shape[0], 2)
+        y = torch.ops.quantized.linear_dynamic(torch.cat([flat / peak, ends], dim=1), self.packed, False)
+        y = y * peak
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, int8 weights and activations"
+        )
 
 
 class Int8Linear(nn.Module):
+    """Weight-only int8 (GPUs, non-x86 CPUs): activations stay in `compute_dtype`."""
+
     def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
-        scale = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        scale = (weight.abs().amax(dim=1) / 127).clamp(min=_TINY)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.compute_dtype = compute_dtype
         self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).to(torch.int8))
@@ -45,58 +114,60 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-class Int8HeadOneDNN(nn.Module):
-    """int8 weights and per-token int8 activations on oneDNN (x86 CPUs): the LM head."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        weight = linear.weight.detach().float()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight_scale = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-        weight_int8 = torch.round(weight / self.weight_scale[:, None]).to(torch.int8)
-        self.packed = torch.ops.onednn.qlinear_prepack(weight_int8, None)
-        self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        self.bias = None if linear.bias is None else linear.bias.detach().float()
-
-    @torch.compiler.disable  # an opaque oneDNN call: torch.compile runs it as it is, around its graph
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).float()
-        # Per-row scale, applied after the exact int32 sums; uint8 with zero point 128 holds -127..127.
-        scale = (flat.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-        quantized = torch.round(flat / scale).add_(128).to(torch.uint8)
-        sums = torch.ops.onednn.qlinear_pointwise(
-            quantized, 1.0, 128, self.packed, self.weight_scale, self.zero_points, None, 1.0, 0,
-            torch.float32, "none", [], "",
-        )  # fmt: skip
-        y = sums * scale
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, int8 weights and activations"
-        )
-
-
-def onednn_int8_available() -> bool:
-    """oneDNN's int8 linear exists and computes correctly here (x86 CPU builds of PyTorch)."""
+@cache
+def fbgemm_available() -> bool:
+    """fbgemm's kernels exist and compute correctly here (x86 CPU builds of PyTorch)."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
     try:
         probe = nn.Linear(64, 32, bias=False)
-        x = torch.randn(2, 64)
-        return bool(torch.allclose(Int8HeadOneDNN(probe)(x), probe(x), atol=0.05))
+        x = torch.randn(3, 64)
+        with torch.inference_mode():
+            return bool(
+                torch.allclose(Fp16Linear(probe)(x), probe(x), atol=1e-2)
+                and torch.allclose(Int8RowLinear(probe)(x), probe(x), atol=0.05)
+            )
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 
-def quantize_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+def decoding_weights(dtype: str = "auto", quantize: str = "auto", device: str = "auto") -> tuple[str, str]:
+    """Concrete (dtype, quantize) for "auto": bf16 where it is native (GPUs, CPUs with AMX or
+    AVX512-BF16); on other x86 CPUs fp32 math on fp16 weights, which gives fp32's greedy answers but for
+    exact ties, about 3x faster at batch 8 (benchmarks/README.md). Stages resolve "auto" before keying
+    caches, so a cached answer names the weights that wrote it."""
+    from pacos.device import auto_device, auto_dtype
+
+    target = auto_device() if device == "auto" else torch.device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if auto_dtype(target) == torch.bfloat16 else "float32"
+    if quantize == "auto":
+        fp32_cpu = target.type == "cpu" and dtype in ("float32", "fp32")
+        quantize = "fp16" if fp32_cpu and fbgemm_available() else "none"
+    return dtype, quantize
+
+
+def quantize_model(model: nn.Module, scheme: str, compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Replace every nn.Linear in place (the LM head too, even when tied to the embedding)."""
+    if scheme not in QUANTIZATIONS:
+        raise PacosError(f"quantize '{scheme}': choose {', '.join(QUANTIZATIONS)}")
+    if scheme == "none":
+        return model
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    fast_head = head is not None and head.weight.device.type == "cpu" and onednn_int8_available()
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    fbgemm = on_cpu and fbgemm_available()
+    if scheme == "fp16" and not fbgemm:
+        raise PacosError(
+            "quantize 'fp16' needs an x86 CPU (fbgemm); on a GPU use --dtype float16, elsewhere int8"
+        )
+
+    def replacement(linear: nn.Linear) -> nn.Module:
+        if not fbgemm:
+            return Int8Linear(linear, compute_dtype).to(linear.weight.device)
+        return Int8RowLinear(linear) if scheme == "int8" and linear is head else Fp16Linear(linear)
+
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if child is head and fast_head:
-                setattr(module, name, Int8HeadOneDNN(child))
-            elif isinstance(child, nn.Linear):
-                setattr(module, name, Int8Linear(child, compute_dtype).to(child.weight.device))
+            if isinstance(child, nn.Linear):
+                setattr(module, name, replacement(child))
     return model

@@ -63,20 +63,33 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: list[int], penalty: flo
     logits[ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
 
 
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """One row [V] with the tokens outside top-k / the top-p nucleus set to -inf."""
-    if top_k > 0 and top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # Keep the smallest prefix whose mass reaches top_p (the token that crosses it stays in).
-        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p
-        logits = logits.masked_fill(
-            torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), float("-inf")
-        )
-    return logits
+_NUCLEUS_CANDIDATES = 1024  # top-p looks here first: nearly always where the whole nucleus lies
+
+
+def sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    """Draw one token from one row [V] under temperature, top-k and top-p.
+
+    No full sort of the vocabulary (262K for Gemma 3, every row, every step): top-k takes its k best;
+    top-p takes the best 1,024 and sorts everything only when they hold less than the nucleus's mass.
+    """
+    scaled = logits / p.temperature
+    size = scaled.numel()
+    ids: torch.Tensor | None = None
+    values = scaled
+    if 0 < p.top_k < size:
+        values, ids = torch.topk(scaled, p.top_k)  # sorted, best first
+    elif p.top_p < 1.0:
+        values, ids = torch.topk(scaled, min(_NUCLEUS_CANDIDATES, size))
+        if float((values - torch.logsumexp(scaled, -1)).exp().sum()) < p.top_p:
+            values, ids = torch.sort(scaled, descending=True)
+    if p.top_p < 1.0:
+        # Probabilities under the distribution being truncated (all tokens, or the top k), best first:
+        # keep the smallest prefix whose mass reaches top_p (the token that crosses it stays in).
+        whole = scaled if ids is None or p.top_k == 0 else values
+        probs = (values - torch.logsumexp(whole, -1)).exp()
+        values = values.masked_fill(probs.cumsum(-1) - probs >= p.top_p, float("-inf"))
+    choice = int(torch.multinomial(values.softmax(-1), 1, generator=generator))
+    return int(ids[choice]) if ids is not None else choice
 
 
 def choose_tokens(
@@ -103,9 +116,7 @@ def choose_tokens(
     for row, p in enumerate(params):
         if p.greedy:
             continue
-        filtered = filter_top_k_top_p(logits[row] / p.temperature, p.top_k, p.top_p)
-        probs = filtered.softmax(-1)
-        tokens[row] = int(torch.multinomial(probs, 1, generator=generators[row]))
+        tokens[row] = sample_row(logits[row], p, generators[row])
     logprobs: list[TokenLogprob | None] = [None] * len(params)
     wanted = [row for row, p in enumerate(params) if p.logprobs is not None]
     if wanted:

@@ -1,5 +1,7 @@
 """Continuous batching for a server: one thread owns the model; requests join the running batch
 between decode steps and leave it when they finish, so concurrent requests share every forward pass.
+New prompts are prefilled in chunks between decode steps, so that running streams keep their pace
+while requests arrive.
 
 `submit` never blocks: a full waiting queue raises `QueueFull` (the server answers 429) instead of
 letting latency grow without bound. A failure inside the model ends the requests it touched with an
@@ -24,16 +26,26 @@ class QueueFull(PacosError):
     pass
 
 
+PREFILL_CHUNK = 32  # prompt tokens run between two decode steps (benchmarks/README.md, bench_serve)
+
+
 class Scheduler:
-    def __init__(self, engine: Engine, max_batch_size: int = 8, max_waiting: int = 64) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch_size: int = 8,
+        max_waiting: int = 64,
+        prefill_chunk: int = PREFILL_CHUNK,
+    ) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting
+        self.prefill_chunk = prefill_chunk
         self.waiting: deque[Sequence] = deque()
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = False
-        self.decoder = Decoder(engine)
+        self.decoder = Decoder(engine, prefill_chunk)
         self.thread = threading.Thread(target=self._run, name="pacos-scheduler", daemon=True)
 
     def start(self) -> Scheduler:
@@ -85,7 +97,8 @@ class Scheduler:
                     self.decoder.step()
             except Exception as e:  # a model failure ends the requests it touched, not the server
                 log.exception("generation failed")
-                for seq in {id(s): s for s in [*self.decoder.seqs, *admitted]}.values():
+                touched = [*self.decoder.seqs, *(job.seq for job in self.decoder.prefilling), *admitted]
+                for seq in {id(s): s for s in touched}.values():
                     if not seq.finished:
                         seq.finished = True
                         failure = Event(
@@ -97,7 +110,7 @@ class Scheduler:
                             error=first_line(e),
                         )
                         seq.emit(failure)
-                self.decoder = Decoder(self.engine)
+                self.decoder = Decoder(self.engine, self.prefill_chunk)
             if not len(self.decoder) and not self.waiting:
                 self.wake.wait()
                 self.wake.clear()

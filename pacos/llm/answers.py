@@ -26,15 +26,19 @@ class Decoding:
     temperature: float = 0.0  # greedy: comparable across runs and endpoints
     top_p: float = 1.0
     seed: int = 0
-    # Local models only: "bfloat16" decodes about twice as fast on CPUs with native bf16 (AMX) and GPUs;
-    # greedy answers can differ from float32's after a near-tie, so the dtype is part of the cache key.
+    # Local models only: "bfloat16" decodes about twice as fast on CPUs with native bf16 (AMX) and GPUs,
+    # quantize "fp16" about 3x on other x86 CPUs (pacos.infer.decoding_weights resolves "auto"); greedy
+    # answers can differ from float32's after a near-tie, so both are part of the cache key.
     dtype: str = "float32"
+    quantize: str = "none"
 
 
 def _key(identity: str, template: str | None, record: dict[str, Any], decoding: Decoding) -> str:
     settings = asdict(decoding)
     if settings["dtype"] == "float32":
         del settings["dtype"]  # keys written before the dtype setting existed stay valid
+    if settings["quantize"] == "none":
+        del settings["quantize"]
     payload = [identity, template, record["instruction"], record.get("input") or "", settings]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
@@ -57,7 +61,7 @@ def _local_answers(
 ) -> list[dict[str, Any]]:
     from pacos.infer import SamplingParams, load_engine
 
-    engine = load_engine(model, dtype=decoding.dtype, template=template)
+    engine = load_engine(model, dtype=decoding.dtype, quantize=decoding.quantize, template=template)
     # A whole evaluation set in one batch (up to 48 rows): the weights are read once per decoding step
     # whatever the rows, so more rows give more tokens/s (here, bf16: 24 rows of 256 tokens in about 60 s).
     engine.max_batch_size = max(engine.max_batch_size, min(len(records), 48))

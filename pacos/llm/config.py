@@ -26,4 +26,4 @@ class ClientConfig(BaseModel):
     tokens_per_minute: float | None = Field(None, gt=0)
     # Local teachers (local:NAME, llama.cpp:FILE): the pacos engine's settings.
     dtype: str = "auto"
-    quantize: str = "none"
+    quantize: str = "auto"  # fp16 weights on x86 CPUs computing in fp32 (pacos.infer.quantize)

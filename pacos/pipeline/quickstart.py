@@ -163,14 +163,17 @@ def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: P
     from pacos.evaluate.run import PairwiseSettings, evaluate_model
     from pacos.llm.answers import Decoding
 
+    from pacos.infer.quantize import decoding_weights
+
     settings = config.eval
     base_model = config.train.model
+    dtype, quantize = decoding_weights(settings.dtype, settings.quantize)
     common = {
         "prompts": str(held_out),
         "data": str(held_out),
         "ifeval": settings.ifeval_per_language > 0,
         "ifeval_per_language": settings.ifeval_per_language,
-        "decoding": Decoding(max_new_tokens=settings.max_new_tokens, dtype=settings.dtype),
+        "decoding": Decoding(max_new_tokens=settings.max_new_tokens, dtype=dtype, quantize=quantize),
         "template": config.train.template,
         "embeddings": settings.embeddings,
     }

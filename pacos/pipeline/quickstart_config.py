@@ -48,7 +48,7 @@ QUICKSTART: dict[str, Any] = {
         "temperature": 0.7,
         "top_p": 0.9,
         "max_requests": 48,
-        "client": {"api": "completions", "dtype": "bfloat16", "concurrency": 16},
+        "client": {"api": "completions", "dtype": "auto", "quantize": "auto", "concurrency": 16},
     },
     "train": {k: v for k, v in TRAIN.items() if k not in ("data", "clean", "val_fraction", "output_dir")},
     "eval": {
@@ -57,7 +57,8 @@ QUICKSTART: dict[str, Any] = {
         "judge_max_chars": 600,
         "ifeval_per_language": 6,
         "embeddings": True,
-        "dtype": "bfloat16",
+        "dtype": "auto",
+        "quantize": "auto",
     },
 }
 
@@ -80,7 +81,10 @@ class EvalStageConfig(BaseModel):
     judge_max_chars: int | None = Field(600, gt=0)  # answers cut for the judge (None: whole)
     ifeval_per_language: int = Field(6, ge=0)  # verifiable prompts per language from the bundled set
     embeddings: bool = True
-    dtype: str = "bfloat16"  # local models' weights while answering and judging
+    # Local models' weights while answering and judging: bf16 where native, else fp32 math on fp16
+    # weights (x86 CPUs), both several times float32's speed (pacos.infer.quantize.decoding_weights).
+    dtype: str = "auto"
+    quantize: str = "auto"
 
 
 class QuickstartConfig(BaseModel):

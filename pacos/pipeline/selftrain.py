@@ -50,7 +50,9 @@ def label(
     done = {(r["selftrain"]["index"], r["selftrain"]["sample"]) for r in read_jsonl_repairing(path)}
     todo = [(i, j) for i in range(len(pool)) for j in range(config.label.samples) if (i, j) not in done]
     if todo:
-        engine = load_engine(model, dtype=config.label.dtype, template=config.template)
+        engine = load_engine(
+            model, dtype=config.label.dtype, quantize=config.label.quantize, template=config.template
+        )
         engine.max_batch_size = max(engine.max_batch_size, min(len(todo), _LABEL_BATCH))
         for start in range(0, len(todo), _LABEL_BATCH):
             chunk = todo[start : start + _LABEL_BATCH]
@@ -181,11 +183,13 @@ def train_round(
 
 def evaluate_round(config: SelfTrainConfig, model: Path, held_out: str, out: Path) -> dict[str, Any]:
     from pacos.evaluate.run import evaluate_model
+    from pacos.infer.quantize import decoding_weights
     from pacos.llm.answers import Decoding
 
+    dtype, quantize = decoding_weights(config.eval.dtype, config.eval.quantize)
     metrics = evaluate_model(
         str(model), out, prompts=held_out, data=held_out, template=config.template,
-        decoding=Decoding(max_new_tokens=config.eval.max_new_tokens, dtype=config.eval.dtype),
+        decoding=Decoding(max_new_tokens=config.eval.max_new_tokens, dtype=dtype, quantize=quantize),
         embeddings=config.eval.embeddings, cache_path=out / "answers-cache.jsonl",
     )  # fmt: skip
     return {

@@ -22,6 +22,7 @@ class LabelConfig(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(256, gt=0)
     dtype: str = "auto"
+    quantize: str = "auto"  # fp16 weights on x86 CPUs computing in fp32 (pacos.infer.quantize)
 
 
 class KeepConfig(BaseModel):
@@ -46,6 +47,7 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(256, gt=0)
     embeddings: bool = True  # all-MiniLM-L6-v2 similarity to the held-out references
     dtype: str = "auto"
+    quantize: str = "auto"
 
 
 class SelfTrainConfig(BaseModel):

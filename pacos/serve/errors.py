@@ -64,6 +64,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
         return APIError(400, message, param=param_of(message))
     param = str(loc[0])
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "finite_number":  # NaN or an infinity (protocol.py says so before this, for known fields)
+        message = "must be a finite number"
     branches = [str(e["loc"][2]) for e in errors if len(e.get("loc", ())) > 2 and e["loc"][1] == param]
     if len(branches) > 1:  # no member of a union fitted: say what would have
         message = f"must be one of: {', '.join(dict.fromkeys(branches))}"

@@ -4,10 +4,14 @@ Field names, defaults and ranges follow OpenAI's, so the official clients work u
 are ignored (clients send many). Fields whose meaning pacos cannot honour (echo, logit_bias, tools,
 non-zero presence/frequency penalties, schema keywords the JSON grammar cannot enforce) are rejected with
 a 400 rather than silently ignored, so a client never trusts an answer that did not follow its request.
+
+Python's json module, which parses the body, reads the non-standard literals NaN, Infinity and -Infinity
+(and 1e999 as infinity); a non-finite number in any field is a 400 naming that field.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
@@ -16,6 +20,8 @@ from pacos.infer.constrain import ANY_OBJECT
 
 MAX_N = 16  # choices per request: each is a sequence in the batch, so this bounds one request's share
 MAX_STOPS = 4  # OpenAI's limit
+# The empty schema {} accepts any JSON value; spelled out, since an empty dict reads as "no schema".
+ANY_VALUE: dict[str, Any] = {"type": ["null", "boolean", "object", "array", "number", "string"]}
 
 
 def lone_surrogate(value: Any, path: str = "") -> str | None:
@@ -32,6 +38,20 @@ def lone_surrogate(value: Any, path: str = "") -> str | None:
     return next((found for key, v in items if (found := lone_surrogate(v, key))), None)
 
 
+def non_finite(value: Any, path: str = "") -> str | None:
+    """Where a JSON value holds NaN or an infinity (json.loads reads NaN, Infinity, -Infinity, 1e999).
+    None when there is none."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for key, v in items if (found := non_finite(v, key))), None)
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -41,7 +61,8 @@ class StreamOptions(BaseModel):
 class _Common(BaseModel):
     """Fields both endpoints share."""
 
-    model_config = ConfigDict(extra="ignore")
+    # allow_inf_nan: a second line behind _finite, for any float field it might miss.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None  # OpenAI requires it; pacos serves one model, so a missing one means that one
     temperature: float | None = Field(1.0, ge=0, le=2)
@@ -70,6 +91,18 @@ class _Common(BaseModel):
             raise ValueError(
                 f"{where}: holds a lone surrogate (an unpaired \\ud800-\\udfff escape), not Unicode text"
             )
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        """NaN or an infinity in a field is refused before the range checks, which would call NaN "not
+        less than or equal to 2" and let Infinity through an open range (repetition_penalty > 0).
+        Unknown fields are ignored, their values too."""
+        if isinstance(data, dict):
+            where = non_finite({k: v for k, v in data.items() if k in cls.model_fields})
+            if where:
+                raise ValueError(f"{where}: must be a finite number")
         return data
 
     @field_validator("stop")
@@ -107,7 +140,8 @@ class _Common(BaseModel):
         if kind == "json_object":
             return ANY_OBJECT
         if kind == "json_schema":
-            return self.response_format["json_schema"]["schema"]  # type: ignore[index]
+            schema = self.response_format["json_schema"]["schema"]  # type: ignore[index]
+            return schema or ANY_VALUE  # {}: any JSON value, not free text
         return None
 
     def stop_list(self) -> list[str]:

@@ -477,6 +477,9 @@ const escapeHtml = (text) => text.replace(/[&<>"']/g, (c) => ESCAPES[c]);
 // Markdown to HTML: code fences, inline code, bold, italic, headings, lists, quotes, paragraphs, and links
 // to http(s) URLs only. The whole text is escaped first, so the rules below can only add their own tags;
 // finished pieces (code, links) are set aside as \0n\0 so later rules leave them alone.
+// Lists follow CommonMark where answers need it: items separated by blank lines stay one (loose) list, an
+// indented paragraph after a blank line belongs to the item above, and an ordered list keeps the number
+// it starts at ("2." after a paragraph or a nested list is <ol start="2">, not a second "1.").
 function markdown(source) {
   const kept = [];
   const keep = (html) => `\0${kept.push(html) - 1}\0`;
@@ -488,22 +491,28 @@ function markdown(source) {
   );
   const out = [];
   let paragraph = [];
-  let block = null; // an open list or quote: {tag, items}
+  let block = null; // an open list or quote: {tag, items, start, loose}; a list item is a list of paragraphs
+  let blank = false; // a blank line since the open list's last line
   const flush = () => {
     if (paragraph.length) out.push(`<p>${inline(paragraph.join("<br>"), keep)}</p>`);
     if (block?.tag === "blockquote") {
       out.push(`<blockquote>${inline(block.items.join("<br>"), keep)}</blockquote>`);
     } else if (block) {
-      const items = block.items.map((item) => `<li>${inline(item, keep)}</li>`).join("");
-      out.push(`<${block.tag}>${items}</${block.tag}>`);
+      const item = (parts) =>
+        block.loose ? parts.map((part) => `<p>${inline(part, keep)}</p>`).join("") : inline(parts[0], keep);
+      const items = block.items.map((parts) => `<li>${item(parts)}</li>`).join("");
+      const start = block.tag === "ol" && block.start !== 1 ? ` start="${block.start}"` : "";
+      out.push(`<${block.tag}${start}>${items}</${block.tag}>`);
     }
     paragraph = [];
     block = null;
+    blank = false;
   };
   const startBlock = (tag) => {
     if (paragraph.length || block?.tag !== tag) flush();
-    block ??= { tag, items: [] };
+    block ??= { tag, items: [], start: 1, loose: false };
   };
+  const inList = () => block && block.tag !== "blockquote";
   for (const line of text.split("\n")) {
     let m;
     if (/^\s*\0\d+\0\s*$/.test(line)) {
@@ -515,20 +524,28 @@ function markdown(source) {
     } else if (/^ {0,3}([-*_])( *\1){2,} *$/.test(line)) {
       flush();
       out.push("<hr>");
-    } else if ((m = /^\s*(?:([-*+])|\d{1,9}[.)])\s+(.*)$/.exec(line))) {
+    } else if ((m = /^\s*(?:([-*+])|(\d{1,9})[.)])\s+(.*)$/.exec(line))) {
       startBlock(m[1] ? "ul" : "ol");
-      block.items.push(m[2]);
+      if (!block.items.length && m[2]) block.start = Number(m[2]);
+      if (blank) block.loose = true; // a blank line between two items
+      block.items.push([m[3]]);
     } else if ((m = /^ {0,3}&gt; ?(.*)$/.exec(line))) {
       startBlock("blockquote");
       block.items.push(m[1]);
     } else if (!line.trim()) {
-      flush();
-    } else if (block && block.tag !== "blockquote") {
-      block.items[block.items.length - 1] += ` ${line.trim()}`; // a list item's next line
+      if (inList()) blank = true; // the list goes on if an item or an indented paragraph comes next
+      else flush();
+    } else if (inList() && blank && /^\s{2,}\S/.test(line)) {
+      block.items[block.items.length - 1].push(line.trim()); // the item's next paragraph
+      block.loose = true;
+    } else if (inList() && !blank) {
+      const parts = block.items[block.items.length - 1];
+      parts[parts.length - 1] += ` ${line.trim()}`; // a list item's next line
     } else {
       if (block) flush();
       paragraph.push(line);
     }
+    if (line.trim()) blank = false;
   }
   flush();
   let html = out.join("\n");
