@@ -198,19 +198,28 @@ def test_text_stream_holds_back_half_characters_and_possible_stops(tiny_tokenize
     assert "".join(plain.push(t)[0] for t in ids) + plain.flush() == text
 
 
-def test_int8_weights_keep_the_model(tiny_llama):
-    from pacos.infer.quantize import Int8Linear
+def test_reduced_precision_weights_keep_the_model(tiny_llama):
+    from pacos.infer.quantize import Fp16Linear, Int8Linear, Int8RowLinear, fbgemm_available
 
     linear = torch.nn.Linear(64, 32)
-    x = torch.randn(3, 64)
-    assert torch.allclose(Int8Linear(linear)(x), linear(x), atol=0.03)
+    x = torch.randn(3, 64) * torch.tensor([1.0, 10.0, 0.1])[:, None]  # rows of very different sizes
+    with torch.inference_mode():
+        assert torch.allclose(Int8Linear(linear)(x), linear(x), atol=0.03 * 10)
+        if fbgemm_available():  # x86 CPUs
+            assert torch.allclose(Fp16Linear(linear)(x), linear(x), atol=1e-2)
+            int8 = Int8RowLinear(linear)
+            error = (int8(x) - linear(x)).abs().amax(1)
+            assert (error <= 0.02 * x.abs().amax(1)).all(), error  # relative to each row's size
+            # Each row is quantized on its own: alone or batched, the same logits, bit for bit.
+            assert all(torch.equal(int8(x[i : i + 1])[0], int8(x)[i]) for i in range(3))
     exact = TorchEngine.load(str(tiny_llama), dtype="float32")
-    quantized = TorchEngine.load(str(tiny_llama), dtype="float32", quantize="int8")
-    assert not any(isinstance(m, torch.nn.Linear) for m in quantized.model.modules())
     ids = torch.tensor([exact.encode(PROMPTS[0])])
-    with torch.no_grad():
-        a, b = exact.model(ids).logits, quantized.model(ids).logits
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+    for scheme in ("fp16", "int8") if fbgemm_available() else ("int8",):
+        quantized = TorchEngine.load(str(tiny_llama), dtype="float32", quantize=scheme)
+        assert not any(isinstance(m, torch.nn.Linear) for m in quantized.model.modules())
+        with torch.no_grad():
+            a, b = exact.model(ids).logits, quantized.model(ids).logits
+        assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= (1.0 if scheme == "fp16" else 0.9)
     with pytest.raises(PacosError, match="quantize 'int4'"):
         TorchEngine.load(str(tiny_llama), quantize="int4")
 
@@ -282,6 +291,34 @@ def test_compiled_decode_gives_the_eager_tokens_and_falls_back_when_it_fails(tin
     engine.compiled_step = broken
     assert [c.token_ids for c in engine.generate(PROMPTS[:2], GREEDY)] == expected
     assert engine.compiled_step is None and "torch.compile failed (inductor: no C++ compiler)" in caplog.text
+
+
+def test_chunked_prefill_keeps_answers_and_running_rows_get_a_token_every_step(tiny):
+    engine, _ = tiny
+    expected = {p: engine.generate([p], GREEDY)[0].token_ids for p in PROMPTS}
+    got: dict[str, list[int]] = {p: [] for p in PROMPTS}
+    decoder = Decoder(engine, prefill_chunk=2)
+
+    def sequence(prompt):
+        return engine.new_sequence(engine.encode(prompt), GREEDY, lambda e: got[prompt].extend(e.token_ids))
+
+    decoder.add([sequence(PROMPTS[0])])
+    decoder.step()  # nothing running yet: the whole prompt at once, then its first token
+    assert len(got[PROMPTS[0]]) == 1 and not decoder.prefilling
+    decoder.add([sequence(PROMPTS[1]), sequence(PROMPTS[3])])
+    waiting = len(engine.encode(PROMPTS[1])) + len(engine.encode(PROMPTS[3]))
+    steps = 0
+    while decoder.prefilling:  # two prompt tokens per step; the running row gets its token every step
+        before = len(got[PROMPTS[0]])
+        decoder.step()
+        steps += 1
+        assert len(got[PROMPTS[0]]) == before + 1
+    assert steps == -(-waiting // 2)
+    while len(decoder):
+        decoder.step()
+    assert {p: got[p] for p in (PROMPTS[0], PROMPTS[1], PROMPTS[3])} == {
+        p: expected[p] for p in (PROMPTS[0], PROMPTS[1], PROMPTS[3])
+    }
 
 
 def test_a_failing_event_handler_cancels_only_its_own_request(tiny_llama):

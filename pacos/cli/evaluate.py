@@ -61,11 +61,11 @@ def evaluate(
     ] = False,
     dtype: Annotated[
         str,
-        typer.Option(help="Local models' weights: auto (bf16 where native, else float32), float32, bfloat16."),
+        typer.Option(help="Local models' weights: auto (bf16 where native, else float32), float32, bf16."),
     ] = "auto",
     quantize: Annotated[
         str,
-        typer.Option(help="Local models: auto (fp16 weights on x86 CPUs computing in fp32), none, fp16, int8."),
+        typer.Option(help="Local models: auto (fp16 weights on x86 CPUs in fp32), none, fp16, int8."),
     ] = "auto",
     compare: Annotated[
         list[Path] | None,

@@ -93,6 +93,8 @@ def serve(
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions) with continuous batching."""
     import ipaddress
+    import signal
+    import threading
 
     import uvicorn
 
@@ -115,7 +117,8 @@ def serve(
         )
     engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template)
     chunk = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}
-    scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_waiting=max_queue, **chunk).start()
+    scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_waiting=max_queue, **chunk)
+    scheduler.looping = True  # requests may arrive before the loop below starts
     name = served_model_name or engine.name
     print(
         f"loaded {engine.name} ({str(engine.dtype).removeprefix('torch.')} on {engine.device}, template "
@@ -123,15 +126,24 @@ def serve(
         f"http://{host}:{port}/v1 (chat page at /, API docs at /docs), batches of up to {max_batch_size}",
         flush=True,
     )
+    app_ = create_app(engine, scheduler, api_key=api_key, model_name=name)
+    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level=log_level))
+    # The HTTP server on a thread, the model on the main thread that loaded it (Scheduler.run says why).
+    web = threading.Thread(target=server.run, name="pacos-http", daemon=True)
+    web.start()
+    watcher = threading.Thread(target=lambda: (web.join(), scheduler.stop()), daemon=True)
+    watcher.start()  # the server failed to start (a port in use) or exited: stop the model too
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())  # as Ctrl-C: finish the step, then exit
     try:
-        uvicorn.run(
-            create_app(engine, scheduler, api_key=api_key, model_name=name),
-            host=host,
-            port=port,
-            log_level=log_level,
-        )
+        scheduler.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         scheduler.stop()
+        server.should_exit = True
+        web.join(timeout=30)
+    if not server.started:
+        raise PacosError(f"could not listen on {host}:{port} (see the error above)")
 
 
 @app.command("export")

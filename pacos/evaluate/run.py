@@ -126,9 +126,10 @@ def _judge(
     instructions = [r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "") for r in records]
     cache = KeyedCache(Path(cache_path).with_name("judgments.jsonl") if cache_path else
                         cache_dir() / "eval" / "judgments.jsonl")  # fmt: skip
+    weights = ClientConfig(dtype=decoding.dtype, quantize=decoding.quantize)
     try:
         judgments, calls = judge_pairs(
-            lambda: make_llm(judge, settings.judge_model, ClientConfig(dtype=decoding.dtype, quantize=decoding.quantize), None),
+            lambda: make_llm(judge, settings.judge_model, weights, None),
             instructions, baseline_texts, texts, cache, f"{judge}#{settings.judge_model or ''}",
             max_answer_chars=settings.max_answer_chars,
             top_logprobs=20 if judge.startswith("local:") else 5,  # OpenAI's completions API gives 5 at most

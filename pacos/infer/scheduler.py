@@ -46,16 +46,36 @@ class Scheduler:
         self.wake = threading.Event()
         self.stopping = False
         self.decoder = Decoder(engine, prefill_chunk)
-        self.thread = threading.Thread(target=self._run, name="pacos-scheduler", daemon=True)
+        self.thread: threading.Thread | None = None  # None: not started, or run() on the caller's thread
+        self.looping = False
 
     def start(self) -> Scheduler:
+        """Run the loop on a thread of its own (tests, embedding in another program)."""
+        self.thread = threading.Thread(target=self.run, name="pacos-scheduler", daemon=True)
+        self.looping = True  # alive from now on: a request may arrive before the thread runs
         self.thread.start()
         return self
+
+    def run(self) -> None:
+        """Run the loop on this thread until `stop()`. `pacos serve` runs it on the main thread, where
+        the model was loaded: PyTorch's OpenMP keeps a pool of workers per thread that computes, and on a
+        CPU with as many cores as workers a second pool makes every parallel op wake sleeping workers
+        (GNU OpenMP stops spinning when it has more threads than cores): 1.5x slower decoding here."""
+        self.looping = True
+        try:
+            self._run()
+        finally:
+            self.looping = False
+
+    @property
+    def alive(self) -> bool:
+        return self.looping and not self.stopping
 
     def stop(self) -> None:
         self.stopping = True
         self.wake.set()
-        self.thread.join(timeout=30)
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=30)
 
     @property
     def running(self) -> int:

@@ -161,9 +161,8 @@ def _cpu_precision(precision: str) -> str:
 def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: Path) -> dict[str, Any]:
     from pacos.evaluate.report import write_report
     from pacos.evaluate.run import PairwiseSettings, evaluate_model
-    from pacos.llm.answers import Decoding
-
     from pacos.infer.quantize import decoding_weights
+    from pacos.llm.answers import Decoding
 
     settings = config.eval
     base_model = config.train.model

@@ -324,7 +324,7 @@ def create_app(
 
     @app.get("/health", summary="Liveness and load")
     async def health() -> JSONResponse:
-        alive = scheduler.thread.is_alive() and not scheduler.stopping
+        alive = scheduler.alive
         return JSONResponse(
             {
                 "status": "ok" if alive else "unavailable",

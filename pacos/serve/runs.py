@@ -81,7 +81,7 @@ class Choice:
 
 def start(scheduler: Scheduler, jobs: list[tuple[list[int], SamplingParams]]) -> Run:
     """All of a request's sequences in the batch, or none: a 503 when the model is down, a 429 when full."""
-    if not scheduler.thread.is_alive() or scheduler.stopping:
+    if not scheduler.alive:
         raise APIError(503, "the model is not running; restart the server", "server_error")
     run = Run()
     try:
