@@ -230,3 +230,20 @@ def test_regex_error_is_one_complete_line(engine):
         engine.json_grammars.check({"type": "string", "pattern": "(a"})
     message = str(error.value)
     assert "\n" not in message and "regex parse error" in message and "unclosed group" in message
+
+
+def test_the_engine_closes_every_answer_within_a_small_budget(engine):
+    """A random model samples forever inside a string or a number; at max_tokens 32 every one of 20
+    answers still parses and validates, those the budget closed reported as "length"."""
+    params = [
+        SamplingParams(max_new_tokens=32, temperature=1.0, seed=s, json_schema=SCORE) for s in range(20)
+    ]
+    done = engine.generate(["Rate this:"] * 20, params)
+    for c in done:
+        assert violations(json.loads(c.text), SCORE) == [], c.text
+        assert c.completion_tokens <= 32
+    assert {c.finish_reason for c in done} <= {"stop", "length"}
+    assert any(c.finish_reason == "length" for c in done)  # the budget did the closing somewhere
+    free = engine.generate(["Rate this:"] * 4, [SamplingParams(max_new_tokens=32, temperature=1.0, seed=s)
+                                                 for s in range(4)])  # fmt: skip
+    assert all(c.finish_reason == "length" for c in free)  # unconstrained, it would not have stopped

@@ -51,6 +51,7 @@ _COMPOSED = ("allOf", "anyOf", "oneOf", "$ref", "unevaluatedProperties", "uneval
 # The order the closing search tries characters in: endings first, so ties resolve to the plain one.
 _PRIORITY = list(b'"}]0,:1tfn[{-.e') + [b for b in range(256) if b not in b'"}]0,:1tfn[{-.e']
 _DIGITS = set(b"23456789")
+_PUNCTUATION = set(b"!#$%&'()*+,-./:;<=>?@[]^_`{|}~")
 _SEARCH_WIDTH = 8  # states expanded per cost, endings kept
 _MAX_EXPANDED = 4096  # states per search: about 50 ms
 _MAX_VALUE_CHARS = 2048  # a schema with no valid value this short is rejected (a $ref loop)
@@ -102,7 +103,8 @@ def _opening_bound(schema: dict[str, Any]) -> int:
     anyOf branch with its shortest value, or taking an enum's longer choice."""
     memo: dict[int, int] = {}
     bound = 0
-    stack: list[tuple[Any, int | None]] = [(schema, None)]  # a node, and what opening it costs but it
+    # (a subschema, the characters opening it adds to its value; None: it is not opened by choice)
+    stack: list[tuple[Any, int | None]] = [(schema, None)]
     while stack:
         node, overhead = stack.pop()
         if overhead is not None and node is not False:
@@ -257,10 +259,15 @@ class JsonGrammars:
             matcher = llguidance.LLMatcher
             grammar = matcher.grammar_from_json_schema(json.dumps(schema), overrides=_OVERRIDES)
             failed, messages = matcher.validate_grammar_with_warnings(grammar, self.llg_tokenizer)
-            margin = min(max(self.closing_margin, _opening_bound(schema)), _MAX_MARGIN)
-        except (ValueError, TypeError, AttributeError) as e:
+            margin = 0 if failed else min(max(self.closing_margin, _opening_bound(schema)), _MAX_MARGIN)
+        except (ValueError, TypeError, AttributeError) as e:  # not JSON, or a keyword of the wrong type
             failed, messages, margin = True, [str(e)], 0
-        if not failed and _closings(self.matcher(grammar, bytewise=True), _MAX_VALUE_CHARS) is None:
+        bytewise = None if failed else self.matcher(grammar, bytewise=True)
+        if (
+            bytewise
+            and not _closings(bytewise, _MAX_VALUE_CHARS)
+            and not _closings(bytewise, _MAX_VALUE_CHARS, None)
+        ):
             failed = True
             messages = [f"no JSON value of at most {_MAX_VALUE_CHARS} characters satisfies it (a $ref loop?)"]
         if failed:  # one line: llguidance's regex errors span several
@@ -287,19 +294,20 @@ class JsonGrammars:
         return RowConstraint(self.matcher(grammar), self.matcher(grammar, bytewise=True), self, margin)
 
 
-def _closings(matcher: Any, limit: int) -> tuple[int, list[bytes]] | None:
+def _closings(matcher: Any, limit: int, width: int | None = _SEARCH_WIDTH) -> tuple[int, list[bytes]] | None:
     """The fewest bytes (at most `limit`) that complete a valid value from a bytewise matcher's state,
-    and some endings that long; None when none is found. A uniform-cost search, so at most
-    `_SEARCH_WIDTH` states expanded per cost, `_MAX_EXPANDED` in all."""
+    and some endings that long; None when none is found. A uniform-cost search, expanding `width` states
+    per cost and the first few of many choices (free text); `width=None`: every state and choice, so None
+    proves there is no such value ((limit + 1, []) if it gave up after `_MAX_EXPANDED` states)."""
     heap: list[tuple[int, int, bytes, Any, bytes]] = [(0, 0, b"", matcher, b"")]
     expanded: dict[int, int] = {}
     seen: set[tuple[int, bytes]] = set()
     best, endings, order = None, [], 1
     while heap and len(seen) < _MAX_EXPANDED:
         cost, _, ending, parent, step = heapq.heappop(heap)
-        if best is not None and (cost > best or len(endings) >= _SEARCH_WIDTH):
+        if best is not None and (cost > best or len(endings) >= (width or 1)):
             break
-        if expanded.get(cost, 0) >= _SEARCH_WIDTH:
+        if width and expanded.get(cost, 0) >= width:
             continue
         node = parent.deep_copy() if step else parent  # copied only when reached: most never are
         if step and not node.consume_tokens(list(step)):
@@ -326,13 +334,16 @@ def _closings(matcher: Any, limit: int) -> tuple[int, list[bytes]] | None:
             continue
         mask = int.from_bytes(key[1], "little")
         choices = [b for b in _PRIORITY if mask >> b & 1]
-        if len(choices) > 2 * _SEARCH_WIDTH:  # free text: the first few, in `_PRIORITY` order
-            choices = choices[:_SEARCH_WIDTH]
-        elif set(choices) >= _DIGITS:  # a number: 2-9 lead where 1 does (a date's `Z` stays)
+        if width and len(choices) > 2 * width:  # text: the first few (and in a format, punctuation: `@`)
+            rest = [b for b in choices[width:] if b in _PUNCTUATION] if len(choices) < 128 else []
+            choices = choices[:width] + rest
+        elif width and set(choices) >= _DIGITS:  # a number: 2-9 lead where 1 does (a date's `Z` stays)
             choices = [b for b in choices if b not in _DIGITS]
         for b in choices:
             heapq.heappush(heap, (cost + 1, order, ending + bytes([b]), node, bytes([b])))
             order += 1
+    if best is None and heap and width is None:
+        return limit + 1, []
     return None if best is None else (best, endings)
 
 
@@ -362,9 +373,12 @@ class RowConstraint:
         if not self.forced and self._search_at is not None and tokens_left > self._search_at:
             return free
         if not self._endings:
-            found = _closings(self.bytewise, tokens_left + 64)
-            if found is None:  # no ending fits (or the search missed it): nothing to steer to
-                self._search_at = tokens_left - 1
+            # Bytes, not tokens: a model's token can spell several. The narrow search can miss a rare
+            # way out (a format's `@`); the full one is slower.
+            limit = tokens_left + 64
+            found = _closings(self.bytewise, limit) or _closings(self.bytewise, limit, None)
+            if not found or not found[1]:  # no ending fits: the budget is too small, stop searching
+                self._search_at = -1
                 return free
             need, endings = found
             if not self.forced and tokens_left > need + self.margin:

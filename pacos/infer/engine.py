@@ -170,7 +170,7 @@ class Decoder:
             [s.params for s in seqs],
             [s.prompt_ids + s.output_ids if s.params.repetition_penalty != 1.0 else [] for s in seqs],
             [s.generator for s in seqs],
-            [s.constraint.allowed() if s.constraint else None for s in seqs],
+            [s.constraint.allowed(self._tokens_left(s)) if s.constraint else None for s in seqs],
         )
         keep = []
         for row, (s, token, logprob) in enumerate(zip(seqs, tokens, logprobs)):
@@ -187,6 +187,12 @@ class Decoder:
             self.seqs = [seqs[row] for row in keep]
             self.state = self.engine.keep(self.state, keep)
         self.last_logits = self.engine.decode(self.state, [tokens[row] for row in keep])
+
+    def _tokens_left(self, s: Sequence) -> int:
+        """What max_new_tokens and the context still allow this row: a JSON answer closes within it."""
+        written = len(s.output_ids)
+        room = self.engine.context_length - len(s.prompt_ids)
+        return min(s.params.max_new_tokens, room) - written
 
     def _advance(self, s: Sequence, token: int, logprob: TokenLogprob | None) -> None:
         params, engine = s.params, self.engine
@@ -211,7 +217,8 @@ class Decoder:
         finish = None
         if stopped or (s.constraint and s.constraint.complete):  # complete JSON: only EOS could follow
             text += s.stream.flush() if not stopped else ""
-            finish = "stop"
+            # A closing the budget forced is still a cut answer, as OpenAI reports one: "length".
+            finish = "length" if s.constraint and s.constraint.forced and not stopped else "stop"
         elif (
             len(s.output_ids) >= params.max_new_tokens
             or prompt_tokens + len(s.output_ids) >= engine.context_length

