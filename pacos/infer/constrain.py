@@ -50,12 +50,14 @@ _OPENINGS: dict[str, int | None] = {
 _COMPOSED = ("allOf", "anyOf", "oneOf", "$ref", "unevaluatedProperties", "unevaluatedItems")
 # The order the closing search tries characters in: endings first, so ties resolve to the plain one.
 _PRIORITY = list(b'"}]0,:1tfn[{-.e') + [b for b in range(256) if b not in b'"}]0,:1tfn[{-.e']
+_RANK = {b: rank for rank, b in enumerate(_PRIORITY)}
+_SET_BITS = [[j for j in range(8) if m >> j & 1] for m in range(256)]
 _DIGITS = set(b"23456789")
 _PUNCTUATION = set(b"!#$%&'()*+,-./:;<=>?@[]^_`{|}~")
 _SEARCH_WIDTH = 8  # states expanded per cost, endings kept
-_MAX_EXPANDED = 4096  # states per search: about 50 ms
+_MAX_EXPANDED = 4096  # states per search, about 0.1 s: beyond, the search gives up
 _MAX_VALUE_CHARS = 2048  # a schema with no valid value this short is rejected (a $ref loop)
-_MAX_MARGIN = 64  # forcing that much before the end already cuts answers short: risk an overrun beyond
+_MAX_MARGIN = 64  # a wider margin would cut answers short: beyond it, risk the overrun
 
 
 def _number(value: Any) -> bool:
@@ -214,7 +216,7 @@ class JsonGrammars:
         max_string_chars: int = 512,
         max_integer_digits: int = 15,  # exact in a float64
         max_fraction_digits: int = 6,
-        closing_margin: int = 8,
+        closing_margin: int = 8,  # the least margin: what `\u` or a number's `-`, `.` can add
     ) -> None:
         self.hf_tokenizer = tokenizer
         self.vocab_size = vocab_size
@@ -332,11 +334,12 @@ def _closings(matcher: Any, limit: int, width: int | None = _SEARCH_WIDTH) -> tu
             continue
         if cost >= limit:
             continue
-        mask = int.from_bytes(key[1], "little")
-        choices = [b for b in _PRIORITY if mask >> b & 1]
-        if width and len(choices) > 2 * width:  # text: the first few (and in a format, punctuation: `@`)
-            rest = [b for b in choices[width:] if b in _PUNCTUATION] if len(choices) < 128 else []
-            choices = choices[:width] + rest
+        mask = key[1][:32]  # bits 0-255: the bytes; 256 is EOS
+        choices = sorted((8 * i + j for i, m in enumerate(mask) if m for j in _SET_BITS[m]), key=_RANK.get)
+        if width and len(choices) >= 128:  # free text: any character leads to the same state
+            choices = choices[:3]
+        elif width and len(choices) > 2 * width:  # a format's text: a few, and punctuation (`@`)
+            choices = choices[:width] + [b for b in choices[width:] if b in _PUNCTUATION]
         elif width and set(choices) >= _DIGITS:  # a number: 2-9 lead where 1 does (a date's `Z` stays)
             choices = [b for b in choices if b not in _DIGITS]
         for b in choices:

@@ -81,7 +81,9 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        return len(self.decoder)
+        """Rows decoding or being prefilled; a row counts out once finished (before its last event is
+        delivered), not when the step that finished it is over."""
+        return sum(not s.finished for s in self.decoder.seqs) + len(self.decoder.prefilling)
 
     @property
     def queued(self) -> int:
