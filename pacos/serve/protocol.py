@@ -12,6 +12,7 @@ Python's json module, which parses the body, reads the non-standard literals NaN
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
@@ -24,32 +25,31 @@ MAX_STOPS = 4  # OpenAI's limit
 ANY_VALUE: dict[str, Any] = {"type": ["null", "boolean", "object", "array", "number", "string"]}
 
 
-def lone_surrogate(value: Any, path: str = "") -> str | None:
-    """Where a string in a JSON value holds a lone surrogate ("\\ud800"): JSON allows the escape, but it is
-    not Unicode text, and tokenizers fail on it. None when there is none."""
-    if isinstance(value, str):
-        return None if value.isascii() or not any(0xD800 <= ord(c) <= 0xDFFF for c in value) else path
+def _first_bad(value: Any, bad: Callable[[Any], bool], path: str = "") -> str | None:
+    """The path of the first leaf of a JSON value for which `bad` holds; None when there is none."""
     if isinstance(value, dict):
         items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
     elif isinstance(value, list):
         items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
     else:
-        return None
-    return next((found for key, v in items if (found := lone_surrogate(v, key))), None)
+        return path if bad(value) else None
+    return next((found for key, v in items if (found := _first_bad(v, bad, key)) is not None), None)
+
+
+def lone_surrogate(value: Any, path: str = "") -> str | None:
+    """Where a string in a JSON value holds a lone surrogate ("\\ud800"): JSON allows the escape, but it is
+    not Unicode text, and tokenizers fail on it. None when there is none."""
+    return _first_bad(
+        value,
+        lambda v: isinstance(v, str) and not v.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in v),
+        path,
+    )
 
 
 def non_finite(value: Any, path: str = "") -> str | None:
     """Where a JSON value holds NaN or an infinity (json.loads reads NaN, Infinity, -Infinity, 1e999).
     None when there is none."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else path
-    if isinstance(value, dict):
-        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
-    elif isinstance(value, list):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    else:
-        return None
-    return next((found for key, v in items if (found := non_finite(v, key))), None)
+    return _first_bad(value, lambda v: isinstance(v, float) and not math.isfinite(v), path)
 
 
 class StreamOptions(BaseModel):
