@@ -253,7 +253,7 @@ def test_scheduler_batches_concurrent_requests_and_survives_failures(tiny_llama)
 
     # A model failure ends the requests it touched with an error, and the next request is served.
     errors = []
-    broken, engine.decode = engine.decode, lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    broken, engine.step = engine.step, lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory"))
     failed = threading.Event()
 
     def on_failure(event):
@@ -263,7 +263,7 @@ def test_scheduler_batches_concurrent_requests_and_survives_failures(tiny_llama)
 
     scheduler.submit(engine.encode("x"), GREEDY, on_failure)
     assert failed.wait(30) and errors == ["out of memory"]
-    engine.decode = broken
+    engine.step = broken
     again = threading.Event()
     scheduler.submit(engine.encode(PROMPTS[0]), GREEDY, lambda e: e.finish_reason == "length" and again.set())
     assert again.wait(30)
@@ -298,22 +298,33 @@ def test_chunked_prefill_keeps_answers_and_running_rows_get_a_token_every_step(t
     expected = {p: engine.generate([p], GREEDY)[0].token_ids for p in PROMPTS}
     got: dict[str, list[int]] = {p: [] for p in PROMPTS}
     decoder = Decoder(engine, prefill_chunk=2)
+    forwards = 0
+
+    def count(*args, **kwargs):
+        nonlocal forwards
+        forwards += 1
 
     def sequence(prompt):
         return engine.new_sequence(engine.encode(prompt), GREEDY, lambda e: got[prompt].extend(e.token_ids))
 
     decoder.add([sequence(PROMPTS[0])])
-    decoder.step()  # nothing running yet: the whole prompt at once, then its first token
-    assert len(got[PROMPTS[0]]) == 1 and not decoder.prefilling
+    decoder.step()  # nothing running yet: the whole prompt at once; its first token comes next step
+    assert not got[PROMPTS[0]] and not decoder.prefilling and len(decoder.seqs) == 1
+    decoder.step()
+    assert len(got[PROMPTS[0]]) == 1
     decoder.add([sequence(PROMPTS[1]), sequence(PROMPTS[3])])
     waiting = len(engine.encode(PROMPTS[1])) + len(engine.encode(PROMPTS[3]))
     steps = 0
+    hook = engine.model.register_forward_pre_hook(count)
     while decoder.prefilling:  # two prompt tokens per step; the running row gets its token every step
         before = len(got[PROMPTS[0]])
         decoder.step()
         steps += 1
         assert len(got[PROMPTS[0]]) == before + 1
+    hook.remove()
     assert steps == -(-waiting // 2)
+    if engine.ragged:  # the running row's token and the prompt chunk ran in the same forward
+        assert forwards == steps
     while len(decoder):
         decoder.step()
     assert {p: got[p] for p in (PROMPTS[0], PROMPTS[1], PROMPTS[3])} == {
@@ -335,3 +346,33 @@ def test_a_failing_event_handler_cancels_only_its_own_request(tiny_llama):
     while len(decoder):
         decoder.step()
     assert got == expected
+
+
+def test_ragged_rows_move_between_slots_and_grow_the_cache(tiny):
+    # More rows than the cache has slots, a prompt longer than its first capacity (256), rows that join
+    # while others are still being prefilled (their slots swap), and a row cancelled half-way through its
+    # prompt: every answer stays the one transformers gives for that prompt alone.
+    engine, model = tiny
+    long_prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 33)
+    prompts = [PROMPTS[0], long_prompt, PROMPTS[1], PROMPTS[2], PROMPTS[3]]
+    expected = {p: hf_greedy(model, engine.encode(p), 6) for p in prompts}
+    engine.max_batch_size, engine._spare_kv = 2, None
+    got: dict[str, list[int]] = {p: [] for p in prompts}
+    decoder = Decoder(engine, prefill_chunk=7)
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+
+    def sequence(prompt):
+        return engine.new_sequence(engine.encode(prompt), params, lambda e: got[prompt].extend(e.token_ids))
+
+    decoder.add([sequence(p) for p in prompts[:4]])  # nothing running: all four prefilled in one forward
+    decoder.step()
+    assert len(decoder.seqs) == 4 and decoder.state.kv.capacity >= len(engine.encode(long_prompt))
+    cancelled = sequence("a prompt that is cancelled while it is prefilled")
+    decoder.add([cancelled, sequence(prompts[4])])
+    decoder.step()
+    cancelled.cancel()
+    while len(decoder):
+        decoder.step()
+    assert got == expected
+    assert cancelled.finished
+    engine.max_batch_size = 8

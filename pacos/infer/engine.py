@@ -82,17 +82,24 @@ class _Prefill:
     """A sequence whose prompt is being run, chunk by chunk, before it joins the running batch."""
 
     seq: Sequence
-    state: Any = None  # the backend's state for this one row, once its first chunk has run
+    state: Any = None  # the backend's handle on this row, once its first chunk has run
     done: int = 0  # prompt tokens run so far
+    chunk: list[int] = field(default_factory=list)  # the tokens this step runs
+
+    @property
+    def last(self) -> bool:
+        """This step's chunk ends the prompt: the row joins the batch after it."""
+        return self.done + len(self.chunk) == len(self.seq.prompt_ids)
 
 
 class Decoder:
     """The running batch: its sequences, the backend's state for them (KV cache) and the next logits.
 
-    New sequences are prefilled one at a time, without padding (left-padding a batch of prompts to the
-    longest one cost 2-3x the prefill of their real tokens), then join the batch. With `prefill_chunk`
-    set and rows already streaming, a step runs at most that many prompt tokens before its decode step
-    (vLLM's chunked prefill), so those rows keep getting tokens while long prompts are admitted.
+    A step chooses every running row's next token from the last logits, then runs the model once on
+    those tokens and on the next prompt tokens of new sequences (no padding: each prompt is its own
+    chunk), which join the batch when their prompt is done. With `prefill_chunk` set and rows already
+    streaming, a step runs at most that many prompt tokens (vLLM's chunked prefill), so those rows keep
+    getting tokens while long prompts are admitted; with no row streaming, every waiting prompt runs.
     """
 
     def __init__(self, engine: Engine, prefill_chunk: int = 0) -> None:
@@ -111,32 +118,6 @@ class Decoder:
         """Queue new sequences; the next steps prefill them and merge them into the running batch."""
         self.prefilling.extend(_Prefill(s) for s in seqs if not self._finish_early(s))
 
-    @torch.inference_mode()
-    def _prefill(self) -> None:
-        # Chunks only protect running streams: with none, every waiting prompt runs now (a burst of
-        # requests then decodes as one batch from its first token).
-        budget = self.prefill_chunk if self.prefill_chunk and self.seqs else None
-        while self.prefilling and (budget is None or budget > 0):
-            job = self.prefilling[0]
-            if job.seq.cancelled:
-                job.seq.finished = True
-                self.prefilling.popleft()
-                continue
-            prompt = job.seq.prompt_ids
-            end = len(prompt) if budget is None else min(len(prompt), job.done + budget)
-            job.state, logits = self.engine.prefill(prompt[job.done : end], job.state)
-            if budget is not None:
-                budget -= end - job.done
-            job.done = end
-            if end == len(prompt):
-                self.prefilling.popleft()
-                if self.seqs:
-                    self.state = self.engine.join(self.state, job.state)
-                    self.last_logits = torch.cat([self.last_logits, logits])  # type: ignore[list-item]
-                else:
-                    self.state, self.last_logits = job.state, logits
-                self.seqs.append(job.seq)
-
     def _finish_early(self, s: Sequence) -> bool:
         if s.cancelled:
             s.finished = True
@@ -154,16 +135,48 @@ class Decoder:
             )
         return s.finished
 
-    def step(self) -> None:
-        """Prefill (a chunk of) waiting prompts, then choose every row's next token, report it, drop
-        finished rows and run the model once."""
-        if self.prefilling:
-            self._prefill()
-        if self.seqs:
-            self._decode()
-
     @torch.inference_mode()
-    def _decode(self) -> None:
+    def step(self) -> None:
+        """Choose every row's next token and report it, drop finished rows, then run the model once on
+        the chosen tokens and the next prompt chunks."""
+        tokens = self._choose() if self.seqs else []
+        chunks = self._chunks()
+        if tokens or chunks:
+            self.state, self.last_logits = self.engine.step(self.state, tokens, chunks)
+        for job in chunks:
+            if job.last:
+                self.prefilling.remove(job)
+                self.seqs.append(job.seq)
+            job.done += len(job.chunk)
+            job.chunk = []
+        if not self.seqs and not self.prefilling and self.state is not None:
+            self.engine.release(self.state)
+            self.state, self.last_logits = None, None
+
+    def _chunks(self) -> list[_Prefill]:
+        """The prompt tokens this step runs: all of them when no row is streaming, else `prefill_chunk`."""
+        budget = self.prefill_chunk if self.prefill_chunk and self.seqs else None
+        chunks = []
+        for job in list(self.prefilling):
+            if budget is not None and budget <= 0:
+                break
+            if job.seq.cancelled:
+                job.seq.finished = True
+                self.prefilling.remove(job)
+                if job.state is not None:
+                    self.engine.drop(self.state, job.state)
+                continue
+            prompt = job.seq.prompt_ids
+            end = len(prompt) if budget is None else min(len(prompt), job.done + budget)
+            job.chunk = prompt[job.done : end]
+            if budget is not None:
+                budget -= end - job.done
+            chunks.append(job)
+        return chunks
+
+    def _choose(self) -> list[int]:
+        """The next token of every row from the last logits; finished rows leave. Returns the tokens of
+        the rows still running, in order."""
         seqs = self.seqs
         tokens, logprobs = choose_tokens(
             self.last_logits,
@@ -180,13 +193,10 @@ class Decoder:
             self._advance(s, token, logprob)
             if not s.finished:
                 keep.append(row)
-        if not keep:
-            self.seqs, self.state, self.last_logits = [], None, None
-            return
         if len(keep) < len(seqs):
             self.seqs = [seqs[row] for row in keep]
             self.state = self.engine.keep(self.state, keep)
-        self.last_logits = self.engine.decode(self.state, [tokens[row] for row in keep])
+        return [tokens[row] for row in keep]
 
     def _tokens_left(self, s: Sequence) -> int:
         """What max_new_tokens and the context still allow this row: a JSON answer closes within it."""
@@ -272,8 +282,29 @@ class Engine:
         raise NotImplementedError
 
     def keep(self, state: Any, rows: list[int]) -> Any:
-        """Only these rows of the batch."""
+        """Only these rows of the batch (None, or a state with none, when `rows` is empty)."""
         raise NotImplementedError
+
+    def step(self, state: Any, tokens: list[int], chunks: list[_Prefill]) -> tuple[Any, torch.Tensor | None]:
+        """One token for each running row of `state`, and each job's next `chunk` of its prompt (a job
+        keeps its row's handle in `job.state`); jobs whose prompt is done join the batch. Returns the
+        state and the next logits [running rows + joined rows, vocab]. This version calls the methods
+        above one after the other; a backend that can run it all in one forward overrides it."""
+        logits = self.decode(state, tokens) if tokens else None
+        for job in chunks:
+            job.state, row_logits = self.prefill(job.chunk, job.state)
+            if job.last:
+                if state is None or logits is None:
+                    state, logits = job.state, row_logits
+                else:
+                    state, logits = self.join(state, job.state), torch.cat([logits, row_logits])
+        return state, logits
+
+    def drop(self, state: Any, row: Any) -> None:
+        """A row being prefilled was cancelled."""
+
+    def release(self, state: Any) -> None:
+        """The batch is over (every row finished)."""
 
     def logits_width(self) -> int:
         """The number of logits per position (the embedding rows, padding included)."""

@@ -104,5 +104,5 @@ class LlamaCppEngine(Engine):
     def join(self, a: Any, b: Any) -> Any:
         raise PacosError("the llama.cpp backend runs one sequence at a time")
 
-    def keep(self, state: int, rows: list[int]) -> int:
-        return state
+    def keep(self, state: int, rows: list[int]) -> int | None:
+        return state if rows else None

@@ -24,6 +24,7 @@ from pacos.infer.constrain import JsonGrammars
 from pacos.infer.engine import Engine
 from pacos.infer.loading import load_for_inference
 from pacos.infer.quantize import QUANTIZATIONS, decoding_weights, quantize_model
+from pacos.infer.ragged import ATTENTION, NO_MASK, RaggedBatch, SlotKV, StepPlan, register, supports_ragged
 from pacos.infer.sampling import SamplingParams
 
 log = logging.getLogger("pacos.engine")
@@ -48,7 +49,9 @@ class KVBatch:
 class TorchEngine(Engine):
     """A loaded model with its tokenizer and prompt format, ready to generate."""
 
-    def __init__(self, model: Any, tokenizer: Any, template: str, name: str = "model") -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, template: str, name: str = "model", ragged: bool = True
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.template = template
@@ -63,6 +66,20 @@ class TorchEngine(Engine):
         self.max_batch_size = 8
         self.compiled_step: Any = None  # torch.compile'd forward for decode steps, when asked for
         self._json_grammars: JsonGrammars | None = None
+        # One forward per step over every row's new tokens (pacos.infer.ragged) where the architecture
+        # is known to allow it; the padded DynamicCache path below otherwise.
+        self.ragged = False
+        self._spare_kv: SlotKV | None = None
+        self._padded_attention = model.config._attn_implementation
+        if ragged and supports_ragged(model):
+            register()
+            self._set_attention(ATTENTION)
+            self.ragged = True
+
+    def _set_attention(self, name: str) -> None:
+        config = self.model.config
+        for c in {id(c): c for c in (config, config.get_text_config())}.values():
+            c._attn_implementation = name
 
     def compile(self) -> float:
         """Compile decode steps with torch.compile (inductor): the dozens of small ops around each matmul
@@ -71,6 +88,9 @@ class TorchEngine(Engine):
         (about a minute on 2 cores the first time, seconds once inductor's on-disk cache has them).
         """
         start = time.perf_counter()
+        if self.ragged:  # the ragged step's Python-side plan changes every step: compile the padded path
+            self._set_attention(self._padded_attention)
+            self.ragged = False
         self.compiled_step = torch.compile(self.model.forward, dynamic=True)
         warm = SamplingParams(max_new_tokens=3, ignore_eos=True)
         self.generate([[self.pad_id + 1] * 3], warm)
@@ -160,8 +180,13 @@ class TorchEngine(Engine):
         a.mask = torch.cat([_left_pad(a.mask, length - a_len, 1), _left_pad(b.mask, length - b_len, 1)])
         return a
 
-    def keep(self, state: KVBatch, rows: list[int]) -> KVBatch:
+    def keep(self, state: Any, rows: list[int]) -> Any:
         """Only these rows; columns that are padding in every remaining row go."""
+        if isinstance(state, RaggedBatch):
+            state.keep(rows)
+            return state
+        if not rows:
+            return None
         index = torch.tensor(rows)
         mask = state.mask[index]
         start = int(mask.any(0).int().argmax())
@@ -171,6 +196,64 @@ class TorchEngine(Engine):
             layer.keys = layer.keys.index_select(0, index)[..., start:, :]
             layer.values = layer.values.index_select(0, index)[..., start:, :]
         return state
+
+    # -- ragged batches: one forward per step (pacos.infer.ragged) -------------------------------------
+    def step(self, state: Any, tokens: list[int], chunks: list[Any]) -> tuple[Any, torch.Tensor | None]:
+        if not self.ragged:
+            return super().step(state, tokens, chunks)
+        if state is None:
+            kv, self._spare_kv = self._spare_kv, None
+            state = RaggedBatch(kv or SlotKV(self.max_batch_size, 256, self.context_length))
+        for job in chunks:
+            if job.state is None:
+                job.state = state.new_row()
+        rows = len(tokens)
+        ids, positions, slots, plan_chunks = list(tokens), list(state.lengths), list(range(rows)), []
+        wanted = list(range(rows))  # the positions whose logits are needed: rows and finished prompts
+        for job in chunks:
+            row, n = job.state, len(job.chunk)
+            plan_chunks.append((row.slot, row.length, n, len(ids)))
+            ids += job.chunk
+            positions += range(row.length, row.length + n)
+            slots += [row.slot] * n
+            if job.last:
+                wanted.append(len(ids) - 1)
+        state.kv.ensure(state.kv.slots, max(positions) + 1)
+        position_ids = torch.tensor(positions, device=self.device)
+        plan = StepPlan(
+            batch=state,
+            decode_rows=rows,
+            decode_positions=position_ids[:rows],
+            write_slots=torch.tensor(slots, device=self.device),
+            write_positions=position_ids,
+            chunks=plan_chunks,
+        )
+        out = self.model(
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=position_ids[None],
+            attention_mask=NO_MASK,
+            use_cache=False,
+            logits_to_keep=torch.tensor(wanted, device=self.device),
+            pacos_step=plan,
+        )
+        logits = out.logits[0].float()
+        state.lengths = [n + 1 for n in state.lengths]
+        for job in chunks:
+            job.state.length += len(job.chunk)
+        for job in chunks:  # after every length is known: a join may swap two prefilling rows' slots
+            if job.last:
+                state.join(job.state)
+        return state, logits
+
+    def drop(self, state: Any, row: Any) -> None:
+        if isinstance(state, RaggedBatch):
+            state.drop(row)
+
+    def release(self, state: Any) -> None:
+        """Keep a finished batch's cache buffers for the next one (up to 2 GiB), as servers preallocate."""
+        if isinstance(state, RaggedBatch):
+            size = sum(t.numel() * t.element_size() for t in state.kv.keys.values()) * 2
+            self._spare_kv = state.kv if size <= 2 << 30 else None
 
     def logits_width(self) -> int:
         return int(self.model.get_input_embeddings().num_embeddings)  # int8 heads have no .weight
