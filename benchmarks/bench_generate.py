@@ -9,6 +9,9 @@ and memory), warms up once, then takes the median of `--repeats` timed calls.
 - hf: `model.generate(do_sample=False)` on the model loaded with `AutoModelForCausalLM`, in fp32 (what
   `from_pretrained` gives for this checkpoint) and, where the CPU computes bf16 natively (AMX,
   AVX512-BF16) or on a GPU, in bf16 (elsewhere bf16 is emulated, about 100x slower: skipped).
+- hfcb: transformers' own continuous batching (`model.generate_batch`: paged KV cache, prompts and
+  decode steps of all rows flattened in one forward), fp32, its cache sized for the batch (its default
+  sizes it to free memory and took 30+ s per call here).
 - pacos: `pacos.infer.TorchEngine` with fp32 weights, fp16 weights (`--quantize fp16`), the int8 head
   (`--quantize int8`), that with `--compile`, and bf16 where native.
 - pacos-fp16-json: fp16 with every row constrained to JSON_SCHEMA (llguidance computes each row's
@@ -45,6 +48,7 @@ SEQUENTIAL = 4  # prompts per timed call at batch 1
 CONFIGS = [
     "hf-fp32",
     "hf-bf16",
+    "hfcb-fp32",
     "pacos-fp32",
     "pacos-bf16",
     "pacos-fp16",
@@ -178,6 +182,36 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str,
                 rows += out[:, inputs.input_ids.shape[1] :].tolist()
             return rows
 
+    elif kind == "hfcb":
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        from pacos.models import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(model_name)
+        model = load_model(model_name, dtype=torch.float32).eval()
+        model.set_attn_implementation("sdpa")
+        encoded = [[tokenizer(p).input_ids for p in group] for group in groups]
+        longest = max(len(ids) for group in encoded for ids in group) + new_tokens
+        cache = ContinuousBatchingConfig(
+            num_blocks=len(encoded[0]) * (longest // 256 + 1) + 4,
+            max_batch_tokens=max(sum(len(ids) for ids in group) for group in encoded),
+        )
+        settings = GenerationConfig(
+            max_new_tokens=new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=tokenizer.pad_token_id
+        )
+
+        def call():
+            rows = []
+            for group in encoded:
+                with torch.inference_mode():
+                    out = model.generate_batch(
+                        group, settings, continuous_batching_config=cache, progress_bar=False, warmup=False
+                    )
+                order = sorted(out, key=lambda request: int(request.rsplit("_", 1)[1]))  # req_0, req_1, ...
+                rows += [out[request].generated_tokens for request in order]
+            return rows
+
     elif kind == "pacos":
         from pacos.infer import SamplingParams, TorchEngine
 
@@ -233,7 +267,7 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str,
 
 
 def _hf_best(rate: dict, batch: int) -> str | None:
-    candidates = [k for k in (f"hf-fp32/{batch}", f"hf-bf16/{batch}") if rate.get(k)]
+    candidates = [k for k in (f"hf-fp32/{batch}", f"hf-bf16/{batch}", f"hfcb-fp32/{batch}") if rate.get(k)]
     return max(candidates, key=lambda k: rate[k]) if candidates else None
 
 

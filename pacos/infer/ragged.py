@@ -191,30 +191,33 @@ def ragged_attention(
     keys, values = plan.batch.kv.layer(module.layer_idx, key)
     keys[plan.write_slots, :, plan.write_positions] = key[0].transpose(0, 1)
     values[plan.write_slots, :, plan.write_positions] = value[0].transpose(0, 1)
-    gqa = query.shape[1] != key.shape[1]
+    # Grouped-query attention without copying keys: the query heads that share a key head are stacked
+    # as extra query positions of that head (transformers maps query head h to key head h // group).
+    heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
+    group = heads // kv_heads
     outputs = []
     rows = plan.decode_rows
     if rows:
         length = int(plan.batch.lengths and max(plan.batch.lengths)) + 1
+        q = query[0, :, :rows].transpose(0, 1).reshape(rows, kv_heads, group, dim)
         out = F.scaled_dot_product_attention(
-            query[0, :, :rows].transpose(0, 1).unsqueeze(2),
+            q,
             keys[:rows, :, :length],
             values[:rows, :, :length],
             attn_mask=plan.decode_mask(sliding_window, length),
             scale=scaling,
-            enable_gqa=gqa,
         )
-        outputs.append(out[:, :, 0])
+        outputs.append(out.reshape(rows, heads, dim))
     for index, (slot, start, n, offset) in enumerate(plan.chunks):
+        q = query[0, :, offset : offset + n].reshape(kv_heads, group * n, dim)
         out = F.scaled_dot_product_attention(
-            query[:, :, offset : offset + n],
-            keys[slot : slot + 1, :, : start + n],
-            values[slot : slot + 1, :, : start + n],
-            attn_mask=plan.chunk_mask(index, sliding_window),
+            q,
+            keys[slot, :, : start + n],
+            values[slot, :, : start + n],
+            attn_mask=plan.chunk_mask(index, sliding_window).repeat(group, 1),
             scale=scaling,
-            enable_gqa=gqa,
         )
-        outputs.append(out[0].transpose(0, 1))
+        outputs.append(out.reshape(heads, n, dim).transpose(0, 1))
     return torch.cat(outputs).unsqueeze(0), None
 
 
