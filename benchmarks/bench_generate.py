@@ -130,6 +130,7 @@ def _serve_call(model: str, variant: str, batch: int, groups: list[list[str]], n
     port = free_port()
     dtype, quantize = WEIGHTS[variant]
     extra = ["--quantize", quantize, "--dtype", dtype, "--max-batch-size", str(batch), "--template", "alpaca"]
+    extra += os.environ.get("BENCH_SERVE_ARGS", "").split()  # e.g. "--prefill-chunk 64"
     server = start_server(model, port, extra)
     ids = [[tokenizer(p).input_ids for p in group] for group in groups]
 

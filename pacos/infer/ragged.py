@@ -100,7 +100,7 @@ class RaggedBatch:
         used = {row.slot for row in self.prefilling}
         slot = next((s for s in range(self.kv.slots - 1, len(self.lengths) - 1, -1) if s not in used), None)
         if slot is None:  # every slot taken: one more
-            slot = max(self.kv.slots, len(self.lengths) + len(self.prefilling))
+            slot = self.kv.slots
             self.kv.ensure(slot + 1, self.kv.capacity)
         row = RowSlot(slot)
         self.prefilling.append(row)

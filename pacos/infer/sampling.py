@@ -120,14 +120,17 @@ def choose_tokens(
     logprobs: list[TokenLogprob | None] = [None] * len(params)
     wanted = [row for row, p in enumerate(params) if p.logprobs is not None]
     if wanted:
-        # The model's distribution (after the repetition penalty, before temperature), as OpenAI reports it.
-        log_probs = torch.log_softmax(logits[wanted], dim=-1)
+        # The model's distribution (after the repetition penalty, before temperature), as OpenAI reports it:
+        # logit - logsumexp, without writing a log-softmax of the whole vocabulary for every row.
+        lse = torch.logsumexp(logits[wanted] if len(wanted) < len(params) else logits, dim=-1).tolist()
         for i, row in enumerate(wanted):
             k = params[row].logprobs or 0
-            top = torch.topk(log_probs[i], k) if k else None
+            top = torch.topk(logits[row], k) if k else None
             logprobs[row] = TokenLogprob(
                 tokens[row],
-                float(log_probs[i, tokens[row]]),
-                list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [],
+                float(logits[row, tokens[row]]) - lse[i],
+                [(t, v - lse[i]) for t, v in zip(top.indices.tolist(), top.values.tolist())]
+                if top is not None
+                else [],
             )
     return tokens, logprobs

@@ -1,12 +1,13 @@
 """The torch backend: batched generation with a KV cache over any transformers causal LM.
 
-Rows share one timeline: each prompt is prefilled alone (no padding), a row that joins a running batch
-is left-padded to the batch's cache length (or the batch to the row's), and finished rows leave at once;
-all-padding columns on the left are dropped. The attention mask and per-row position ids make every
-row see exactly its own tokens, so an answer does not depend on what it is batched with. The cache is
-a plain `DynamicCache` with full-length layers (sliding-window models get the window from the mask),
-so joining is a pad and a concatenation per layer. A lone row without padding runs with no mask at all,
-the fastest path for a single chat.
+Where the architecture allows (pacos.infer.ragged), a step is one forward over every row's new tokens,
+flattened without padding, over a preallocated cache of one slot per row. Elsewhere rows share one
+timeline: each prompt is prefilled alone (no padding), a row that joins a running batch is left-padded
+to the batch's cache length (or the batch to the row's), and finished rows leave at once; all-padding
+columns on the left are dropped. The attention mask and per-row position ids make every row see exactly
+its own tokens, so an answer does not depend on what it is batched with. That cache is a plain
+`DynamicCache` with full-length layers (sliding-window models get the window from the mask), so joining
+is a pad and a concatenation per layer. A lone row without padding runs with no mask at all.
 """
 
 from __future__ import annotations
@@ -203,10 +204,13 @@ class TorchEngine(Engine):
             return super().step(state, tokens, chunks)
         if state is None:
             kv, self._spare_kv = self._spare_kv, None
-            state = RaggedBatch(kv or SlotKV(self.max_batch_size, 256, self.context_length))
-        for job in chunks:
-            if job.state is None:
-                job.state = state.new_row()
+            state = RaggedBatch(kv or SlotKV(0, 256, self.context_length))
+        new = [job for job in chunks if job.state is None]
+        # Slots for the rows there are, not for max_batch_size: one long chat must not reserve its
+        # length for 32 rows.
+        state.kv.ensure(len(state.lengths) + len(state.prefilling) + len(new), state.kv.capacity)
+        for job in new:
+            job.state = state.new_row()
         rows = len(tokens)
         ids, positions, slots, plan_chunks = list(tokens), list(state.lengths), list(range(rows)), []
         wanted = list(range(rows))  # the positions whose logits are needed: rows and finished prompts
