@@ -506,7 +506,7 @@ def test_a_model_failure_is_an_error_not_a_crash(server, client, engine, monkeyp
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("device on fire")
 
-    monkeypatch.setattr(engine, "forward", broken)
+    monkeypatch.setattr(engine, "step", broken)
     status, _, body = call(server.port, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 3})
     assert_error(status, body, 500)
     assert "device on fire" in body["error"]["message"]

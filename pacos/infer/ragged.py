@@ -133,7 +133,7 @@ class RaggedBatch:
 
 
 @dataclass
-class StepPlan:
+class RaggedStep:
     """What the attention function needs to know about one flattened step."""
 
     batch: RaggedBatch
@@ -181,7 +181,7 @@ def ragged_attention(
 ) -> tuple[torch.Tensor, None]:
     """query [1, heads, T, dim], key/value [1, kv heads, T, dim] for the step's tokens; returns [1, T,
     heads, dim] as transformers' attention functions do."""
-    plan: StepPlan | None = kwargs.pop("pacos_step", None)
+    plan: RaggedStep | None = kwargs.pop("pacos_step", None)
     if plan is None:  # a plain forward (a caller using the model directly): transformers' SDPA path
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

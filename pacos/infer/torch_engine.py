@@ -25,7 +25,7 @@ from pacos.infer.constrain import JsonGrammars
 from pacos.infer.engine import Engine
 from pacos.infer.loading import load_for_inference
 from pacos.infer.quantize import QUANTIZATIONS, decoding_weights, quantize_model
-from pacos.infer.ragged import ATTENTION, NO_MASK, RaggedBatch, SlotKV, StepPlan, register, supports_ragged
+from pacos.infer.ragged import ATTENTION, NO_MASK, RaggedBatch, RaggedStep, SlotKV, register, supports_ragged
 from pacos.infer.sampling import SamplingParams
 
 log = logging.getLogger("pacos.engine")
@@ -224,7 +224,7 @@ class TorchEngine(Engine):
                 wanted.append(len(ids) - 1)
         state.kv.ensure(state.kv.slots, max(positions) + 1)
         position_ids = torch.tensor(positions, device=self.device)
-        plan = StepPlan(
+        plan = RaggedStep(
             batch=state,
             decode_rows=rows,
             decode_positions=position_ids[:rows],
