@@ -139,6 +139,7 @@ class RaggedStep:
     batch: RaggedBatch
     decode_rows: int
     decode_positions: torch.Tensor  # [D] position of each decoding row's new token
+    decode_length: int  # cache positions the decoding rows attend over: the longest row's, plus one
     write_slots: torch.Tensor  # [T] slot of every token in the step
     write_positions: torch.Tensor  # [T] its position
     chunks: list[tuple[int, int, int, int]]  # (slot, start position, tokens, offset in the step)
@@ -198,7 +199,7 @@ def ragged_attention(
     outputs = []
     rows = plan.decode_rows
     if rows:
-        length = int(plan.batch.lengths and max(plan.batch.lengths)) + 1
+        length = plan.decode_length
         q = query[0, :, :rows].transpose(0, 1).reshape(rows, kv_heads, group, dim)
         out = F.scaled_dot_product_attention(
             q,

@@ -228,6 +228,7 @@ class TorchEngine(Engine):
             batch=state,
             decode_rows=rows,
             decode_positions=position_ids[:rows],
+            decode_length=max(state.lengths, default=0) + 1,
             write_slots=torch.tensor(slots, device=self.device),
             write_positions=position_ids,
             chunks=plan_chunks,
