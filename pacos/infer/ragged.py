@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 ATTENTION = "pacos_ragged"
 # Decoder-only models whose attention modules call transformers' attention interface with rotary
-# positions from position_ids and nothing else from the mask (no soft-capping, no ALiBi): checked
-# against the padded path by tests on tiny Llama and Gemma 3 models and on the embedded models.
+# positions from position_ids and nothing else from the mask (no soft-capping, no ALiBi): each checked
+# against transformers' `generate` on a tiny model (tests/test_infer_engine.py).
 RAGGED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3"}
 
 
