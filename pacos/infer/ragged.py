@@ -80,7 +80,7 @@ class SlotKV:
                 buffer[b, :, :length] = kept
 
 
-@dataclass
+@dataclass(eq=False)  # rows are compared by identity
 class RowSlot:
     """A row being prefilled: its slot (which may change while it waits) and its length so far."""
 
