@@ -43,6 +43,20 @@ def cli(capsys):
     return run
 
 
+# The tiny random models' shape (any decoder architecture; vocab_size from the tokenizer).
+TINY_CONFIG = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -104,19 +118,7 @@ def build_tiny_model(out: Path, arch: str = "llama") -> Path:
         tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
     )
     torch.manual_seed(0)
-    common = dict(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=True,
-    )
+    common = {**TINY_CONFIG, "vocab_size": len(vocab), "tie_word_embeddings": True}
     if arch == "gemma3":
         from transformers import Gemma3TextConfig
 

@@ -12,6 +12,7 @@ from pacos.infer.detokenize import TextStream
 from pacos.infer.engine import Decoder
 from pacos.infer.sampling import apply_repetition_penalty, sample_row
 from pacos.infer.scheduler import QueueFull, Scheduler
+from tests.conftest import TINY_CONFIG
 
 PROMPTS = [
     "Hello there, how are you doing today my friend",
@@ -389,20 +390,7 @@ def test_every_ragged_architecture_decodes_as_transformers(model_type, tiny_toke
     assert model_type in RAGGED_MODEL_TYPES
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     extra = {"head_dim": 8} if model_type in ("qwen3", "smollm3") else {}
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        **extra,
-    )
+    config = AutoConfig.for_model(model_type, **TINY_CONFIG, vocab_size=len(tokenizer), **extra)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     prompts = [[1, *(3 + (7 * i) % (len(tokenizer) - 3) for i in range(n))] for n in (3, 17, 40)]
