@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -400,3 +401,23 @@ def test_every_ragged_architecture_decodes_as_transformers(model_type, tiny_toke
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
     assert [c.token_ids for c in engine.generate(prompts, params)] == expected
     assert [engine.generate([ids], params)[0].token_ids for ids in prompts] == expected
+
+
+def test_an_idle_scheduler_waits_for_requests_still_arriving(tiny_llama):
+    # A front end holds `arrival()` while it parses a burst of requests: the idle scheduler waits for
+    # all of them (gaps longer than its 20 ms window) and decodes them as one batch from the first step.
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
+    scheduler = Scheduler(engine, max_batch_size=8)
+    sizes: list[int] = []
+    step = scheduler.decoder.step
+    scheduler.decoder.step = lambda: (sizes.append(len(scheduler.decoder)), step())[1]
+    finished = threading.Semaphore(0)
+    params = SamplingParams(max_new_tokens=2, ignore_eos=True)
+    with scheduler.arrival():
+        scheduler.start()
+        for _ in range(3):
+            scheduler.submit(engine.encode("a b c"), params, lambda e: e.finish_reason and finished.release())
+            time.sleep(0.05)
+    assert all(finished.acquire(timeout=30) for _ in range(3))
+    scheduler.stop()
+    assert sizes[0] == 3 and scheduler.arriving == 0

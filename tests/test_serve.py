@@ -556,6 +556,7 @@ def test_50_concurrent_streams_are_batched(server, engine, monkeypatch):
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(one, range(50)))
+    assert server.scheduler.arriving == 0  # each request stopped arriving once submitted
     for prompt, events in results:
         assert events[-1] == "[DONE]"
         chunks = [ChatCompletionChunk.model_validate(json.loads(e)) for e in events[:-1]]  # strict shapes

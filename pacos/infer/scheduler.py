@@ -10,11 +10,12 @@ error event; the thread carries on with the next ones.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pacos.errors import PacosError, first_line
 from pacos.infer.engine import Decoder, Engine, Event, Sequence
@@ -51,6 +52,19 @@ class Scheduler:
         self.decoder = Decoder(engine, prefill_chunk)
         self.thread: threading.Thread | None = None  # None: not started, or run() on the caller's thread
         self.looping = False
+        self.arriving = 0  # requests a front end has received and not yet submitted (see `arrival()`)
+
+    @contextlib.contextmanager
+    def arrival(self) -> Iterator[None]:
+        """A front end holds this from receiving a request until it is submitted (or refused), so that an
+        idle server waits for a whole burst rather than guessing from the gaps between requests."""
+        with self.lock:
+            self.arriving += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.arriving -= 1
 
     def start(self) -> Scheduler:
         """Run the loop on a thread of its own (tests, embedding in another program)."""
@@ -124,7 +138,7 @@ class Scheduler:
             while idle and admitted and len(admitted) < self.max_batch_size and time.monotonic() < deadline:
                 time.sleep(ADMIT_WINDOW_S)
                 more = self._admit(room_taken=len(admitted))
-                if not more:
+                if not more and not self.arriving:
                     break
                 admitted += more
             try:

@@ -35,7 +35,7 @@ from pacos.serve.openai_format import (
 )
 from pacos.serve.page import add_chat_page
 from pacos.serve.protocol import ChatCompletionRequest, CompletionRequest
-from pacos.serve.runs import Run, collect, start
+from pacos.serve.runs import CountArrivals, Run, collect, start
 
 # Module level: FastAPI resolves the (postponed) annotations of endpoints in the module's namespace.
 _bearer = HTTPBearer(auto_error=False, description="The server's API key (`pacos serve --api-key`).")
@@ -58,6 +58,7 @@ def create_app(
     )
 
     install_error_handlers(app)
+    app.add_middleware(CountArrivals, scheduler=scheduler)
 
     # -- auth ----------------------------------------------------------------------------------------------
     async def authorize(credentials: Credentials) -> None:
