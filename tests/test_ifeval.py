@@ -8,14 +8,8 @@ from collections import Counter
 import pytest
 
 from pacos.errors import PacosError
-from pacos.evaluate.ifeval import (
-    CHECKERS,
-    check_prompt,
-    count_sentences,
-    load_ifeval_prompts,
-    loose_variants,
-    score,
-)
+from pacos.data.verifiable import load_ifeval_prompts
+from pacos.text.checks import CHECKERS, check_prompt, count_sentences, loose_variants, score
 
 
 def check(name: str, response: str, **kwargs) -> bool:

@@ -32,12 +32,20 @@ def train(
     lora: Annotated[
         bool | None, typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning.")
     ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="What is learned: sft (demonstrations), or dpo, simpo, orpo, kto on preference pairs "
+            "(--data holds chosen/rejected answers). Sets the recipe's `objective`."
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue from the latest checkpoint in the output directory.")
     ] = False,
     overrides: SetOption = None,
 ) -> None:
-    """Fine-tune a base model on instruction data (Alpaca template, loss on the response only)."""
+    """Fine-tune a model on instruction data (Alpaca template, loss on the response only), or on preference
+    pairs (--method dpo | simpo | orpo | kto)."""
     from pacos.config import load_config
     from pacos.train.config import TrainConfig
     from pacos.train.run import train as run_training
@@ -51,6 +59,7 @@ def train(
         "epochs": epochs,
         "lr": lr,
         "method": None if lora is None else ("lora" if lora else "full"),
+        "objective": method,
     }
     extra = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
     settings = load_config(TrainConfig, config, [*(overrides or []), *extra])

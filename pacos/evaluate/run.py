@@ -172,7 +172,8 @@ def evaluate_ifeval(
     """Verifiable instruction following on the bundled prompt set (or `prompts_path`): every answer is
     checked strictly and loosely; writes `ifeval.jsonl` (per prompt) and returns the scores.
     `per_language`: only the first N prompts of each language (a quick, fixed subset)."""
-    from pacos.evaluate.ifeval import check_prompt, load_ifeval_prompts, score
+    from pacos.data.verifiable import load_ifeval_prompts
+    from pacos.text.checks import check_prompt, score
 
     prompts = _first_per_language(load_ifeval_prompts(language, prompts_path), per_language)
     records = [{"instruction": p["instruction"], "input": ""} for p in prompts]
@@ -222,7 +223,7 @@ def evaluate_model(
     out = Path(out_dir)
     metrics: dict[str, Any] = {"model": model}
     if prompts and ifeval:  # both sets in one batch (one model load); the steps below read the cache
-        from pacos.evaluate.ifeval import load_ifeval_prompts
+        from pacos.data.verifiable import load_ifeval_prompts
 
         checks = _first_per_language(load_ifeval_prompts(), ifeval_per_language)
         everything = read_records(prompts, require_output=False)

@@ -84,7 +84,7 @@ def label(
 
 def _sample_problem(config: SelfTrainConfig, row: dict[str, Any], cleaner: Any) -> str | None:
     """Why a sample cannot be kept, or None."""
-    from pacos.evaluate.ifeval import check_prompt
+    from pacos.text.checks import check_prompt
 
     info = row["selftrain"]
     if config.keep.require_eos and info["finish_reason"] != "stop":

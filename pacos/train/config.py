@@ -49,6 +49,28 @@ class DistillConfig(BaseModel):
         return self
 
 
+# beta's default per preference loss: the papers' and TRL's (SimPO's beta scales average log-probs).
+DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
+
+
+class PreferenceConfig(BaseModel):
+    """Settings of the preference objectives (pacos/train/preference.py); `objective` picks the loss."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float | None = Field(None, gt=0)  # None: DEFAULT_BETA for the objective
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # DPO/SimPO: the share of pairs assumed mislabelled
+    simpo_gamma: float = Field(0.5, ge=0)  # SimPO's target margin between average log-probs (x beta)
+    # Weight of the chosen answer's mean negative log-likelihood added to each pair's loss (RPO; LLaMA-
+    # Factory's pref_ftx): keeps both answers' probabilities from falling together. ORPO always has it (1).
+    sft_weight: float = Field(0.0, ge=0)
+    desirable_weight: float = Field(1.0, gt=0)  # KTO's lambda_D and lambda_U
+    undesirable_weight: float = Field(1.0, gt=0)
+
+    def beta_for(self, objective: str) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA[objective]
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +89,13 @@ class TrainConfig(BaseModel):
     # None: per-example SDPA for packed rows (train/attention.py), else transformers' default.
     # "flash_attention_2" on GPUs with flash-attn installed: the same, from its varlen kernel.
     attn_implementation: str | None = None
+
+    # What is learned: "sft", demonstrations (`data` holds instruction/output records); or a preference
+    # loss on pairs (`data` holds chosen/rejected answers; train/pairs.py reads TRL, UltraFeedback and HH):
+    # DPO (reference log-probs computed once before the first step: the starting model is the reference),
+    # SimPO and ORPO (no reference), KTO (desirable/undesirable answers, paired or not).
+    objective: Literal["sft", "dpo", "simpo", "orpo", "kto"] = "sft"
+    preference: PreferenceConfig = PreferenceConfig()
 
     # How to train.
     method: Literal["full", "lora", "qlora"] = "full"
@@ -124,4 +153,11 @@ class TrainConfig(BaseModel):
             raise ValueError("give val_data or val_fraction, not both")
         if self.distill and (self.unlikelihood or self.loop_examples or self.eos_weight != 1.0):
             raise ValueError("distill does not combine with unlikelihood, loop_examples or eos_weight")
+        if self.objective != "sft" and (
+            self.distill or self.unlikelihood or self.loop_examples or self.eos_weight != 1.0
+        ):
+            raise ValueError(
+                f"objective {self.objective} does not combine with distill, unlikelihood, loop_examples "
+                "or eos_weight (they shape an SFT loss)"
+            )
         return self

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -145,6 +145,10 @@ class Batch:
     targets: torch.Tensor
     real_tokens: int
     unlike: torch.Tensor | None = None  # 1 where the target is to be unlearned; None: nowhere
+    # What the loss is averaged over when not tokens (preference pairs: pairs), and the objective's own
+    # tensors, passed to it as keyword arguments (train/pairs.py).
+    units: int | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def padded_tokens(self) -> int:
@@ -152,7 +156,7 @@ class Batch:
 
     @property
     def labelled(self) -> int:
-        return int((self.targets != IGNORE).sum())
+        return self.units if self.units is not None else int((self.targets != IGNORE).sum())
 
     def to(self, device: torch.device) -> Batch:
         move = {"device": device, "non_blocking": True}
@@ -164,6 +168,8 @@ class Batch:
             targets=self.targets.to(**move),
             real_tokens=self.real_tokens,
             unlike=None if self.unlike is None else self.unlike.to(**move),
+            units=self.units,
+            extra={k: v.to(**move) for k, v in self.extra.items()},
         )
 
 

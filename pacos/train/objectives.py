@@ -10,7 +10,9 @@ Hugging Face model being trained (what checkpoints save).
   unlikelihood on synthetic loops and an EOS weight: `pacos train`.
 - `DistillLoss` (distill.py): the teacher's token distributions as the target (forward / reverse KL,
   generalised JSD), live or from a cached top-k: `pacos distill`.
-A new objective (preference losses next) is a module with that call, chosen here from the settings.
+- `PreferenceLoss` (preference.py): DPO, SimPO, ORPO or KTO on pairs of answers (pairs.py batches them,
+  and passes each answer's reference log-prob): `pacos train --method dpo`.
+A new objective is a module with that call, chosen here from the settings.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from torch import nn
 from pacos.errors import PacosError
 from pacos.train import distributed as dist_utils
 from pacos.train.config import TrainConfig
-from pacos.train.data import Example
 from pacos.train.loss import CausalLMLoss
 
 
@@ -37,13 +38,17 @@ def check_objective(config: TrainConfig, tokenizer: Any, runtime: dist_utils.Run
 
 
 def build_objective(
-    config: TrainConfig, model: Any, tokenizer: Any, examples: list[Example], runtime: dist_utils.Runtime
+    config: TrainConfig, model: Any, tokenizer: Any, examples: list[Any], runtime: dist_utils.Runtime
 ) -> nn.Module:
     """The loss module for these settings (distillation may fill its teacher cache from `examples`)."""
     if config.distill:
         from pacos.train.distill import distill_loss
 
         return distill_loss(config, model, tokenizer, examples, runtime)
+    if config.objective != "sft":
+        from pacos.train.preference import PreferenceLoss
+
+        return PreferenceLoss(model, config.objective, config.preference, config.loss_chunk_size)
     return CausalLMLoss(
         model=model,
         chunk_size=config.loss_chunk_size,

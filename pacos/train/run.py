@@ -68,11 +68,20 @@ def _say(runtime: dist_utils.Runtime, message: str) -> None:
 
 
 def load_datasets(config: TrainConfig) -> tuple[list[dict], list[dict]]:
-    records = read_records(config.data)
+    """Instruction records for SFT, pairs (or KTO records) for a preference objective."""
+    if config.objective != "sft":
+        from pacos.data.pairs import read_pairs
+
+        if config.clean is not None:
+            raise PacosError("clean applies to instruction records, not to preference pairs")
+        read = read_pairs
+    else:
+        read = read_records
+    records = read(config.data)
     if config.clean is not None:
         records = clean_records(records, config.clean).kept
     if config.val_data:
-        return records, read_records(config.val_data)
+        return records, read(config.val_data)
     if config.val_fraction:
         parts = split_records(records, config.val_fraction, 0.0, config.seed)
         return parts["train"], parts["val"]
@@ -175,7 +184,12 @@ def accumulate_gradients(
             dist_utils.autocast(runtime),
         ):
             loss_sum, _ = loss_model(
-                batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets, batch.unlike
+                batch.input_ids,
+                batch.position_ids,
+                batch.attention_mask,
+                batch.targets,
+                batch.unlike,
+                **batch.extra,
             )
             # DDP/FSDP average gradients over ranks; scaling by world size turns that into the global sum.
             (loss_sum * runtime.world_size / labelled).backward()
@@ -247,6 +261,31 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
         raise PacosError(f"cannot resume: these settings differ from the checkpoint's: {', '.join(changed)}")
 
 
+def _preference_batches(
+    config: TrainConfig, objective: Any, examples: list[Any], runtime: dist_utils.Runtime
+) -> Any:
+    """The batch maker for pairs; DPO and KTO first get every answer's reference log-prob (computed by the
+    starting model, before any checkpoint loads, or read from the output directory's cache)."""
+    from functools import partial
+
+    from pacos.train.pairs import fill_reference, pair_batches
+    from pacos.train.preference import NEEDS_REFERENCE
+
+    if config.objective in NEEDS_REFERENCE:
+        cache = Path(config.output_dir) / "reference-logps.jsonl"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        pad_id = objective.model.config.pad_token_id
+        computed = fill_reference(objective, examples, cache, config.micro_batch_size, pad_id, runtime)
+        if computed:
+            _say(
+                runtime,
+                f"[train] reference log-probs of {computed} answers in {time.perf_counter() - started:.0f} s "
+                f"-> {cache}",
+            )
+    return partial(pair_batches, units=objective.units)
+
+
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     runtime = dist_utils.setup(config.device, config.precision, config.distributed)
     if config.num_threads:
@@ -262,12 +301,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # Settings the objective cannot work with (a teacher with another vocabulary) fail before any model loads.
     check_objective(config, tokenizer, runtime)
     hf_model = build_model(config, runtime, tokenizer)
-    train_examples, report = tokenize_records(
+    tokenize = tokenize_records
+    if config.objective != "sft":
+        from pacos.train.pairs import tokenize_pairs as tokenize
+    train_examples, report = tokenize(
         train_records, tokenizer, config.template, config.max_length, config.truncation
     )
-    val_examples, _ = tokenize_records(
-        val_records, tokenizer, config.template, config.max_length, config.truncation
-    )
+    val_examples, _ = tokenize(val_records, tokenizer, config.template, config.max_length, config.truncation)
     if not train_examples:
         raise PacosError(
             f"no training examples left: all {len(train_records)} are longer than max_length "
@@ -297,7 +337,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     total_steps = plan.total_steps(config.epochs, config.max_steps)
     pad_id = tokenizer.pad_token_id
 
-    loss_model = build_objective(config, hf_model, tokenizer, train_examples, runtime)
+    objective = loss_model = build_objective(config, hf_model, tokenizer, train_examples, runtime)
+    batches_of = micro_batches
+    if config.objective != "sft":
+        batches_of = _preference_batches(config, objective, train_examples + val_examples, runtime)
     on_policy = None
     if config.distill and config.distill.on_policy:
         from pacos.train.on_policy import OnPolicy
@@ -333,7 +376,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     loss_model.train()
     if not resume and config.eval_every and len(val_examples) >= runtime.world_size:
         # The untrained model's validation loss: the baseline every later value is read against.
-        baseline = round(validation_loss(loss_model, val_examples, config, pad_id, runtime), 6)
+        baseline = round(validation_loss(loss_model, val_examples, config, pad_id, runtime, batches_of), 6)
         if runtime.is_main:
             metrics.log({"step": 0, "val_loss": baseline})
         _say(runtime, f"[train] validation loss before training: {baseline:.4f}")
@@ -345,7 +388,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         answered_by_student = False
         if on_policy is not None:  # GKD: on some steps the student writes the answers it learns on
             step_examples, answered_by_student = on_policy(step, step_examples)
-        batches = micro_batches(
+        batches = batches_of(
             step_examples, list(range(len(step_examples))), config.micro_batch_size, pad_id, config.packing
         )
         labelled = dist_utils.all_reduce_sum(sum(b.labelled for b in batches), runtime)
@@ -378,6 +421,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         }
         if on_policy is not None:
             record["on_policy"] = int(answered_by_student)
+        if hasattr(objective, "pop_metrics"):  # preference objectives: margins, accuracy, log-probs
+            from pacos.train.preference import metric_means
+
+            sums = objective.pop_metrics()
+            record.update(
+                metric_means({k: dist_utils.all_reduce_sum(v, runtime) for k, v in sorted(sums.items())})
+            )
         if grad_norm is not None:
             record["grad_norm"] = round(
                 float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm), 4
@@ -387,7 +437,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             (config.eval_every and (step + 1) % config.eval_every == 0)
             or (not config.eval_every and end_of_epoch)
         ):
-            record["val_loss"] = round(validation_loss(loss_model, val_examples, config, pad_id, runtime), 6)
+            record["val_loss"] = round(
+                validation_loss(loss_model, val_examples, config, pad_id, runtime, batches_of), 6
+            )
             if state["best_val_loss"] is None or record["val_loss"] < state["best_val_loss"]:
                 state["best_val_loss"] = record["val_loss"]
                 save_model(output_dir / "best", loss_model, hf_model, tokenizer, config, runtime)
@@ -398,6 +450,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         info = f"loss {loss_value:.4f} lr {record['lr']:.2e} {record['tokens_per_second']:.0f} tok/s" + (
             f" val {record['val_loss']:.4f}" if "val_loss" in record else ""
         )
+        if "reward_margin" in record:
+            info += f" margin {record['reward_margin']:.3f} acc {record['accuracy']:.2f}"
         progress.update(step + 1, info, total_steps)
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total_steps:
             ckpt.save_checkpoint(

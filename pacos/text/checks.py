@@ -1,4 +1,4 @@
-"""Verifiable instruction following (in the spirit of IFEval, Zhou et al., 2023): prompts that carry
+"""Verifiable instructions (in the spirit of IFEval, Zhou et al., 2023): prompts that carry
 instructions a program can check ("answer in fewer than 80 words", "do not use commas"), and the checks.
 
 Each checker is a named function (response, **kwargs) -> bool in CHECKERS. Chinese counts characters where
@@ -15,13 +15,11 @@ import inspect
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pacos.errors import PacosError
 from pacos.text.cjk import CJK, HAN, count_words
 
-PROMPTS_FILE = Path(__file__).with_name("ifeval_prompts.jsonl")
 LANGUAGES = ("en", "zh")
 
 _WORDISH = re.compile(r"\w")
@@ -255,57 +253,20 @@ _KWARG_NEEDS = {"keywords": "a non-empty list of words", "keyword": "a word", "p
 _KWARG_NEEDS |= {"at_least": "a count", "at_most": "a count", "exactly": "a count", "language": "en or zh"}
 
 
-def _validate_check(prompt_id: str, check: Any) -> None:
+def validate_check(prompt_id: str, check: Any) -> None:
     if not isinstance(check, dict) or not isinstance(check.get("kwargs", {}), dict):
-        raise PacosError(f"ifeval prompt {prompt_id}: a check must be {{'type': name, 'kwargs': {{...}}}}")
+        raise PacosError(f"prompt {prompt_id}: a check must be {{'type': name, 'kwargs': {{...}}}}")
     name = check.get("type")
     if name not in CHECKERS:
-        raise PacosError(f"ifeval prompt {prompt_id}: unknown check type {name!r}")
+        raise PacosError(f"prompt {prompt_id}: unknown check type {name!r}")
     kwargs = check.get("kwargs", {})
     for key, value in kwargs.items():
         if not _KWARG_TYPES.get(key, lambda v: True)(value):
             raise PacosError(
-                f"ifeval prompt {prompt_id}: check {name}: {key}={value!r} is not {_KWARG_NEEDS[key]}"
+                f"prompt {prompt_id}: check {name}: {key}={value!r} is not {_KWARG_NEEDS[key]}"
             )
     try:
         inspect.signature(CHECKERS[name]).bind("response", **kwargs)
         CHECKERS[name]("a trial response", **kwargs)  # catches a count check with no bound, a bad language
     except (TypeError, PacosError) as e:
-        raise PacosError(f"ifeval prompt {prompt_id}: check {name} kwargs {kwargs}: {e}") from None
-
-
-def load_ifeval_prompts(language: str | None = None, path: str | Path | None = None) -> list[dict[str, Any]]:
-    """The bundled prompt set (or the one at `path`), optionally one language, each prompt validated."""
-    if language is not None and language not in LANGUAGES:
-        raise PacosError(f"ifeval language must be one of {', '.join(LANGUAGES)}, not {language!r}")
-    where = Path(path) if path else PROMPTS_FILE
-    try:
-        lines = where.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise PacosError(f"ifeval prompts '{where}': {e.strerror or e}") from None
-    prompts: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            prompt = json.loads(line)
-        except ValueError as e:
-            raise PacosError(f"ifeval prompts '{where}' line {number}: not JSON: {e}") from None
-        prompt_id = str(prompt.get("id", f"line {number}")) if isinstance(prompt, dict) else f"line {number}"
-        if not isinstance(prompt, dict) or not {"id", "language", "instruction", "checks"} <= prompt.keys():
-            raise PacosError(f"ifeval prompt {prompt_id}: needs id, language, instruction and checks")
-        if prompt_id in seen:
-            raise PacosError(f"ifeval prompt {prompt_id}: the id is used twice")
-        seen.add(prompt_id)
-        if prompt["language"] not in LANGUAGES:
-            raise PacosError(
-                f"ifeval prompt {prompt_id}: language must be en or zh, not {prompt['language']!r}"
-            )
-        if not isinstance(prompt["checks"], list) or not prompt["checks"]:
-            raise PacosError(f"ifeval prompt {prompt_id}: checks must be a non-empty list")
-        for check in prompt["checks"]:
-            _validate_check(prompt_id, check)
-        if language is None or prompt["language"] == language:
-            prompts.append(prompt)
-    return prompts
+        raise PacosError(f"prompt {prompt_id}: check {name} kwargs {kwargs}: {e}") from None
