@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from pacos.errors import PacosError
 from pacos.data.verifiable import load_ifeval_prompts
+from pacos.errors import PacosError
 from pacos.text.checks import CHECKERS, check_prompt, count_sentences, loose_variants, score
 
 

@@ -46,7 +46,10 @@ def test_every_supported_format_becomes_the_same_pair():
             "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}],
             "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "No."}],
         },  # UltraFeedback-binarized
-        {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: No."},  # HH
+        {
+            "chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.",
+            "rejected": "\n\nHuman: Hi?\n\nAssistant: No.",
+        },  # HH
     ]
     for row in rows:
         pair = normalize_pair(row)
@@ -88,8 +91,9 @@ def test_unpaired_kto_records():
         ('{"prompt": "Hi?", "chosen": 3, "rejected": "b"}', "field 'chosen': expected a string, got number"),
         ('{"prompt": "Hi?", "completion": "a", "label": "yes"}', "field 'label': expected true or false"),
         (
-            '{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "a"}, '
-            '{"role": "user", "content": "b"}], "rejected": [{"role": "assistant", "content": "c"}]}',
+            '{"prompt": [{"role": "user", "content": "Hi"}], '
+            '"chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}], '
+            '"rejected": [{"role": "assistant", "content": "c"}]}',
             "the answer must be one assistant turn",
         ),
         ('{"chosen": "\\n\\nHuman: Hi", "rejected": 4}', "field 'rejected': expected an HH transcript"),
@@ -100,7 +104,7 @@ def test_unpaired_kto_records():
 def test_bad_rows_are_one_line_errors_naming_line_and_field(tmp_path, row, message):
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps(PAIRS[0]) + "\n" + row + "\n", encoding="utf-8")
-    with pytest.raises(PacosError, match="pairs.jsonl") as error:
+    with pytest.raises(PacosError, match=r"pairs\.jsonl") as error:
         read_pairs(path)
     assert message in str(error.value) and ":2" in str(error.value) and "\n" not in str(error.value)
 
@@ -138,7 +142,9 @@ def test_each_loss_matches_a_hand_computation(tiny, objective):
     beta = settings.beta_for(objective)
     # A reference that differs from the policy: made-up log-probs, so the rewards are not all zero.
     for i, p in enumerate(pairs):
-        p.reference = [by_hand_logps(model, s)[0] + 0.3 * (i + 1) * (-1) ** j for j, s in enumerate(p.sequences)]
+        p.reference = [
+            by_hand_logps(model, s)[0] + 0.3 * (i + 1) * (-1) ** j for j, s in enumerate(p.sequences)
+        ]
     loss_module = PreferenceLoss(model, objective, settings).eval()
     batch = collate_pairs(pairs, tok.pad_token_id, True, loss_module.units)
     total, units = loss_module(
@@ -197,7 +203,9 @@ def test_dpo_loss_equals_trl_on_a_fixed_batch(tiny_llama, tmp_path):
     with torch.no_grad():
         for param in policy.parameters():
             param.add_(0.05 * torch.randn_like(param))
-    rows = [{"prompt": p["instruction"] + "\n", "chosen": p["chosen"], "rejected": p["rejected"]} for p in PAIRS]
+    rows = [
+        {"prompt": p["instruction"] + "\n", "chosen": p["chosen"], "rejected": p["rejected"]} for p in PAIRS
+    ]
     args = DPOConfig(
         output_dir=str(tmp_path / "trl"),
         per_device_train_batch_size=len(rows),
@@ -208,7 +216,11 @@ def test_dpo_loss_equals_trl_on_a_fixed_batch(tiny_llama, tmp_path):
         dataloader_num_workers=0,
     )
     trainer = DPOTrainer(
-        model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
     )
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():
@@ -241,7 +253,7 @@ def _single_runtime():
     return setup("cpu", "fp32", "auto")
 
 
-# --- whole runs ----------------------------------------------------------------------------------------------
+# --- whole runs ---------------------------------------------------------------------------------------
 
 
 def pair_file(tmp_path: Path) -> Path:
@@ -275,7 +287,9 @@ def test_lora_dpo_starts_at_ln2_for_every_pair_and_learns_to_prefer(tiny_llama, 
     assert rows[-1]["loss"] < math.log(2) and rows[-1]["reward_margin"] > 0 and rows[-1]["accuracy"] > 0.5
     assert {"logp_chosen", "logp_rejected", "reward_chosen", "reward_rejected"} <= rows[-1].keys()
     cached = (out / "reference-logps.jsonl").read_text().splitlines()
-    assert len(cached) == 2 * len({json.dumps(p, sort_keys=True) for p in PAIRS})  # one line per distinct answer
+    assert len(cached) == 2 * len(
+        {json.dumps(p, sort_keys=True) for p in PAIRS}
+    )  # one line per distinct answer
 
 
 def test_every_pair_loss_is_ln2_under_the_reference(tiny_llama, tmp_path):
@@ -332,7 +346,11 @@ def test_killed_dpo_run_resumes_with_identical_losses(tiny_llama, tmp_path, monk
 
 def test_preference_settings_errors(cli, tiny_llama, tmp_path):
     sft_data = write_jsonl(tmp_path / "sft.jsonl", [{"instruction": "a", "output": "b"}])
-    result = cli("train", "--model", tiny_llama, "--data", sft_data, "--method", "dpo", "--output-dir", tmp_path)
+    result = cli(
+        "train", "--model", tiny_llama, "--data", sft_data, "--method", "dpo", "--output-dir", tmp_path
+    )
     assert result.code != 0 and "missing field 'chosen'" in result.err and "Traceback" not in result.err
-    result = cli("train", "--model", tiny_llama, "--data", sft_data, "--method", "dpo", "--set", "unlikelihood=1")
+    result = cli(
+        "train", "--model", tiny_llama, "--data", sft_data, "--method", "dpo", "--set", "unlikelihood=1"
+    )
     assert result.code != 0 and "does not combine" in result.err

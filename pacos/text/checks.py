@@ -262,9 +262,7 @@ def validate_check(prompt_id: str, check: Any) -> None:
     kwargs = check.get("kwargs", {})
     for key, value in kwargs.items():
         if not _KWARG_TYPES.get(key, lambda v: True)(value):
-            raise PacosError(
-                f"prompt {prompt_id}: check {name}: {key}={value!r} is not {_KWARG_NEEDS[key]}"
-            )
+            raise PacosError(f"prompt {prompt_id}: check {name}: {key}={value!r} is not {_KWARG_NEEDS[key]}")
     try:
         inspect.signature(CHECKERS[name]).bind("response", **kwargs)
         CHECKERS[name]("a trial response", **kwargs)  # catches a count check with no bound, a bad language
