@@ -425,3 +425,32 @@ def data_score(
         skipped = summary["reference"]["too_long"]
         print(f"{skipped} records have no ppl/ifd: their prompt alone fills --max-length")
     print(f"wrote {len(records)} scored records to {out} ({summary['seconds']:.1f} s)")
+
+
+@data_app.command("pool")
+def data_pool(
+    out: Annotated[
+        Path, typer.Option("--out", help="The prompts (JSON Lines, the evaluation set's format).")
+    ],
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(help="Tasks to build on (with reference outputs) [default: the bundled seed tasks]."),
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="How many prompts.")] = 400,
+    max_checks: Annotated[int, typer.Option(help="Checks per prompt, at most (1 or 2).")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Prompts with verifiable instructions ("answer in under 60 words", "no commas", "start with ..."),
+    English and Chinese in equal shares, built from tasks: preference data scored by programs, no judge.
+
+    The bundled evaluation prompts (`pacos eval --ifeval`) are never among them."""
+    from pacos.data.io import read_records, write_records
+    from pacos.data.verifiable import prompt_pool
+
+    if n < 1 or max_checks not in (1, 2):
+        raise PacosError("--n must be >= 1 and --max-checks 1 or 2")
+    records = [r for source in (tasks or ["seed-tasks-en", "seed-tasks-zh"]) for r in read_records(source)]
+    pool = prompt_pool(records, n, seed=seed, max_checks=max_checks)
+    write_records(pool, out)
+    by_language = {lang: sum(p["language"] == lang for p in pool) for lang in ("en", "zh")}
+    print(f"{len(pool)} verifiable prompts ({by_language['en']} en, {by_language['zh']} zh) -> {out}")

@@ -145,3 +145,66 @@ def evaluate(
             f"{out / 'answers.jsonl'}, {out / 'metrics.json'}"
         )
     print(f"report: {page} ({md})")
+
+
+@app.command("pairs")
+def pairs(
+    prompts: Annotated[
+        list[str], typer.Argument(help="Prompts: records (with `checks` and/or reference `output`), files.")
+    ],
+    model: Annotated[str, typer.Option(help="The model that answers: local (name, directory) or endpoint.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for answers, samples, pairs.jsonl, summary.")],
+    k: Annotated[int, typer.Option("--k", help="Answers per prompt.")] = 4,
+    reward: Annotated[
+        str,
+        typer.Option(
+            help="Rewards, comma-separated, optionally weighted (checks=2): checks (the prompt's verifiable "
+            "instructions), reference (ROUGE-L to its output), judge (1-5 rating, --judge), eos, repetition."
+        ),
+    ] = "checks,eos,repetition",
+    min_margin: Annotated[float, typer.Option(help="Least reward difference that makes a pair.")] = 0.25,
+    judge: Annotated[
+        str | None, typer.Option(help="Judge for the judge reward: http(s)://HOST:PORT/v1 or local:NAME.")
+    ] = None,
+    judge_model: Annotated[str | None, typer.Option(help="The judge endpoint's model name.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.8,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Answer j is sampled with seed + j.")] = 0,
+    template: TemplateOption = None,
+    trl: Annotated[bool, typer.Option("--trl", help="Also write TRL's format (pairs-trl.jsonl).")] = False,
+) -> None:
+    """Preference pairs from a model's own answers: k samples per prompt, each scored, the best and the
+    worst paired when their rewards differ enough. Answers are cached as they come: a rerun resumes.
+    Train on the result with `pacos train --method dpo --data OUT/pairs.jsonl`."""
+    from pacos.data.io import read_records
+    from pacos.score.pairs import DEFAULT_WEIGHTS, PairSettings, build_pairs
+
+    names, weights = [], dict(DEFAULT_WEIGHTS)
+    for part in (p.strip() for p in reward.split(",") if p.strip()):
+        name, _, weight = part.partition("=")
+        try:
+            weights[name] = float(weight) if weight else weights.get(name, 1.0)
+        except ValueError:
+            raise PacosError(f"--reward {part}: the weight must be a number") from None
+        names.append(name)
+    records = [r for source in prompts for r in read_records(source, require_output=False)]
+    settings = PairSettings(
+        model=model,
+        k=k,
+        rewards=tuple(names),
+        weights=weights,
+        min_margin=min_margin,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        template=template,
+        judge=judge,
+        judge_model=judge_model,
+    )
+    summary = build_pairs(records, settings, out, trl=trl)
+    print(
+        f"{summary['pairs']} pairs from {summary['prompts']} prompts x {k} answers "
+        f"(mean reward {summary['mean_reward']:g}, {summary['ended']:.0%} ended) -> {out / 'pairs.jsonl'}"
+    )

@@ -1,0 +1,224 @@
+"""`pacos pairs`: preference pairs from a model's own answers, scored by programs, references or a judge.
+
+For every prompt the model answers k times (sampled, each answer cached as soon as its batch is done, so a
+killed run resumes without asking again); each answer gets a reward, a weighted sum of:
+
+- `checks`: the verifiable instructions the prompt carries (`checks`, as in the evaluation set and
+  pacos.data.verifiable's pool): the share of them passed, plus 1 when all pass (the prompt-level metric).
+  No judge needed (Tulu 3's verifiable rewards), English and Chinese alike;
+- `reference`: ROUGE-L F1 against the prompt's reference `output` (Chinese on characters);
+- `judge`: a 1-5 rating by any judge (pacos.score.judge: logprob-weighted, cached), as (rating - 1) / 4;
+- `eos`: -1 when the answer ran to max_new_tokens instead of ending;
+- `repetition`: minus twice the share of repeated 4-grams (loops).
+
+The best and the worst answer of a prompt make a pair when their rewards differ by at least `min_margin`
+and the best one ended by itself (a cut answer would be learned with an EOS it never produced).
+Writes samples.jsonl (every answer with its reward parts), pairs.jsonl (pacos's pair format, which
+`pacos train --method dpo` reads; `--trl` also writes TRL's) and summary.json.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pacos.data.io import write_records
+from pacos.data.pairs import to_trl
+from pacos.errors import PacosError
+from pacos.fileio import KeyedCache, write_json
+from pacos.llm.answers import Decoding, answer_records
+from pacos.text.checks import check_prompt
+from pacos.text.ngrams import repeated_ngram_share, rouge_l
+
+REWARDS = ("checks", "reference", "judge", "eos", "repetition")
+DEFAULT_WEIGHTS = {"checks": 1.0, "reference": 1.0, "judge": 1.0, "eos": 1.0, "repetition": 1.0}
+
+
+@dataclass
+class PairSettings:
+    model: str  # local model (name, directory, adapter) or an http(s)://HOST:PORT/v1 endpoint
+    k: int = 4
+    rewards: tuple[str, ...] = ("checks", "eos", "repetition")
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    min_margin: float = 0.25
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int = 0
+    template: str | None = None
+    served_model: str | None = None
+    dtype: str = "auto"
+    quantize: str = "auto"
+    judge: str | None = None  # needed by the `judge` reward
+    judge_model: str | None = None
+    batch_prompts: int = 48  # prompts per engine batch: what a killed run can lose at most
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.rewards) - set(REWARDS))
+        if unknown:
+            raise PacosError(f"unknown reward {', '.join(unknown)} (known: {', '.join(REWARDS)})")
+        if not self.rewards:
+            raise PacosError("give at least one reward")
+        if "judge" in self.rewards and not self.judge:
+            raise PacosError("the judge reward needs --judge (an endpoint or local:NAME)")
+        if self.k < 2:
+            raise PacosError(f"k={self.k}: a pair needs at least 2 answers per prompt")
+
+
+def _say(message: str) -> None:
+    print(f"[pairs] {message}", file=sys.stderr, flush=True)
+
+
+def sample_answers(
+    prompts: list[dict[str, Any]], settings: PairSettings, cache: KeyedCache
+) -> list[list[dict[str, Any]]]:
+    """k answers per prompt (answer j with sampling seed seed + j), from the cache where they are."""
+    from pacos.infer.quantize import decoding_weights
+
+    dtype, quantize = decoding_weights(settings.dtype, settings.quantize)
+    answers: list[list[dict[str, Any]]] = [[] for _ in prompts]
+    total, made, started = len(prompts) * settings.k, 0, time.monotonic()
+    for j in range(settings.k):
+        decoding = Decoding(
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed + j,
+            dtype=dtype,
+            quantize=quantize,
+        )
+        for start in range(0, len(prompts), settings.batch_prompts):
+            chunk = prompts[start : start + settings.batch_prompts]
+            got, fresh = answer_records(
+                settings.model,
+                chunk,
+                decoding,
+                served_model=settings.served_model,
+                template=settings.template,
+                cache=cache,
+            )
+            for i, answer in enumerate(got):
+                answers[start + i].append(answer)
+            made += len(chunk)
+            if fresh:
+                _say(f"answers {made}/{total} ({fresh} new, {time.monotonic() - started:.0f} s)")
+    return answers
+
+
+def answer_rewards(
+    prompt: dict[str, Any], answer: dict[str, Any], rewards: tuple[str, ...], judged: float | None = None
+) -> dict[str, float]:
+    """The reward parts of one answer (unweighted); a part that does not apply to the prompt is left out."""
+    text = answer["text"]
+    parts: dict[str, float] = {}
+    if "checks" in rewards and prompt.get("checks"):
+        result = check_prompt(text, prompt["checks"])
+        passed = [p["strict"] for p in result["instructions"]]
+        parts["checks"] = sum(passed) / len(passed) + float(result["strict"])
+    if "reference" in rewards and prompt.get("output"):
+        parts["reference"] = rouge_l(text, prompt["output"])
+    if "judge" in rewards and judged is not None:
+        parts["judge"] = (judged - 1) / 4
+    if "eos" in rewards:
+        parts["eos"] = -1.0 if answer.get("finish_reason") == "length" else 0.0
+    if "repetition" in rewards:
+        parts["repetition"] = -2.0 * repeated_ngram_share(text)
+    return parts
+
+
+def _judge_ratings(
+    prompts: list[dict[str, Any]], answers: list[list[dict[str, Any]]], settings: PairSettings, out: Path
+) -> list[list[float | None]]:
+    from pacos.score.common import ScoreTally
+    from pacos.score.judge import RatingSettings, judge_records
+
+    rows = [
+        {"instruction": p["instruction"], "input": p.get("input", ""), "output": a["text"]}
+        for p, group in zip(prompts, answers)
+        for a in group
+    ]
+    cache = KeyedCache(out / "judgments.jsonl")
+    try:
+        judge_records(rows, RatingSettings(settings.judge, settings.judge_model), cache, ScoreTally())
+    finally:
+        cache.close()
+    ratings = [r.get("scores", {}).get("judge") for r in rows]
+    return [ratings[i * settings.k : (i + 1) * settings.k] for i in range(len(prompts))]
+
+
+def choose_pair(
+    prompt: dict[str, Any], group: list[dict[str, Any]], min_margin: float
+) -> dict[str, Any] | None:
+    """The best and the worst of scored answers as a pair, or None (too close, or the best did not end)."""
+    ranked = sorted(group, key=lambda a: -a["reward"])  # stable: the earlier sample wins a tie
+    best, worst = ranked[0], ranked[-1]
+    if best["reward"] - worst["reward"] < min_margin or best.get("finish_reason") == "length":
+        return None
+    pair = {
+        "instruction": prompt["instruction"],
+        "input": prompt.get("input", ""),
+        "chosen": best["text"],
+        "rejected": worst["text"],
+        "chosen_reward": round(best["reward"], 4),
+        "rejected_reward": round(worst["reward"], 4),
+    }
+    for key in ("id", "language", "checks"):
+        if key in prompt:
+            pair[key] = prompt[key]
+    return pair
+
+
+def build_pairs(
+    prompts: list[dict[str, Any]], settings: PairSettings, out_dir: str | Path, trl: bool = False
+) -> dict[str, Any]:
+    """Sample, score and pair; returns the summary (also in summary.json)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not prompts:
+        raise PacosError("no prompts to answer")
+    started = time.monotonic()
+    cache = KeyedCache(out / "answers.jsonl")
+    try:
+        answers = sample_answers(prompts, settings, cache)
+    finally:
+        cache.close()
+    ratings = (
+        _judge_ratings(prompts, answers, settings, out)
+        if "judge" in settings.rewards
+        else [[None] * settings.k for _ in prompts]
+    )
+    samples, pairs = [], []
+    for prompt, group, judged in zip(prompts, answers, ratings):
+        scored = []
+        for j, (answer, rating) in enumerate(zip(group, judged)):
+            parts = answer_rewards(prompt, answer, settings.rewards, rating)
+            reward = sum(settings.weights.get(name, 1.0) * value for name, value in parts.items())
+            scored.append({**answer, "sample": j, "rewards": parts, "reward": reward})
+        samples.append({"id": prompt.get("id"), "instruction": prompt["instruction"], "answers": scored})
+        pair = choose_pair(prompt, scored, settings.min_margin)
+        if pair is not None:
+            pairs.append(pair)
+    write_records(samples, out / "samples.jsonl")
+    if pairs:
+        write_records(pairs, out / "pairs.jsonl")
+        if trl:
+            write_records([to_trl(p) for p in pairs], out / "pairs-trl.jsonl")
+    flat = [a for s in samples for a in s["answers"]]
+    summary = {
+        "prompts": len(prompts),
+        "answers": len(flat),
+        "pairs": len(pairs),
+        "mean_reward": round(sum(a["reward"] for a in flat) / len(flat), 4),
+        "ended": round(sum(a.get("finish_reason") != "length" for a in flat) / len(flat), 4),
+        "settings": {k: v for k, v in asdict(settings).items()},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if any("checks" in a["rewards"] for a in flat):
+        with_checks = [a for a in flat if "checks" in a["rewards"]]
+        summary["checks_all_passed"] = round(sum(a["rewards"]["checks"] >= 1.999 for a in with_checks)
+                                             / len(with_checks), 4)  # fmt: skip
+    write_json(out / "summary.json", summary)
+    return summary
