@@ -145,3 +145,29 @@ def test_annotations_in_alpaca_eval_layout():
     assert set(rows[0]) >= {"instruction", "output_1", "output_2", "generator_1", "generator_2", "preference"}
     assert rows[0]["preference"] == pytest.approx(1.75) and rows[0]["preference_both_orders"] == 2.0
     assert rows[1]["preference"] == 1.5  # no verdict: neither side
+
+
+def test_a_judge_that_follows_position_gets_no_headline_win_rate(tmp_path):
+    from pacos.evaluate.report import UNRELIABLE, judge_unreliable, metric_rows, write_report
+
+    biased, _ = judge_pairs(ScriptedJudge("position", logprobs=False), INSTRUCTIONS, SHORT, LONG)
+    rates = win_rates(biased, [1] * 4, [1] * 4)
+    assert rates["reliable"] is False and rates["first_position_raw"] == 1.0
+    assert "picks the answer shown first in 100% of its verdicts" in rates["unreliable_because"]
+    assert "same winner in both orders for only 0% of pairs" in rates["unreliable_because"]
+    run = {"name": "tuned", "metrics": {"judge": {**rates, "baseline": "base"}}}
+    rows = {row[0]: row[1] for row in metric_rows([run])}
+    assert rows["win rate vs baseline"] == UNRELIABLE and rows["length-controlled win rate"] == "-"
+    assert rows["judge: verdicts for the answer shown first"] == "100.0%"
+    assert judge_unreliable(run["metrics"]) == rates["unreliable_because"]
+    md, page = write_report([{**run, "answers": [], "annotations": []}], tmp_path)
+    assert "Unreliable judge." in md.read_text() and "Unreliable judge." in page.read_text()
+    assert "not reported: unreliable judge" in page.read_text()
+    # A judge whose verdicts follow quality in both orders is trusted.
+    fair = win_rates(
+        [PairJudgment(0.8, 0.7), PairJudgment(0.3, 0.2), PairJudgment(0.9, 0.6)], [1] * 3, [1] * 3
+    )
+    assert fair["reliable"] is True and fair["order_agreement"] == 1.0 and fair["unreliable_because"] is None
+    assert {row[0]: row[1] for row in metric_rows([{"name": "t", "metrics": {"judge": fair}}])}[
+        "win rate vs baseline"
+    ] == "66.7%"

@@ -131,7 +131,13 @@ def evaluate(
             f"{scores['prompt_loose']:.1%} loose; instruction-level {scores['instruction_strict']:.1%} "
             f"strict ({scores['prompts']} prompts) -> {out / 'ifeval.jsonl'}"
         )
-    if "judge" in metrics:
+    if "judge" in metrics and metrics["judge"].get("reliable") is False:
+        j = metrics["judge"]
+        print(
+            f"vs {j['baseline']}: no win rate reported: the judge {judge} is unreliable here: "
+            f"{j['unreliable_because']} (its raw numbers are in {out / 'metrics.json'})"
+        )
+    elif "judge" in metrics:
         j = metrics["judge"]
         print(
             f"vs {j['baseline']}: win rate {j['win_rate']:.1f}% +/- {j['standard_error']:.1f} "

@@ -159,6 +159,44 @@ def calibrate_position(judgments: list[PairJudgment]) -> tuple[list[PairJudgment
     return calibrated, _sigmoid(bias)
 
 
+# A judge is not trusted with a headline win rate when, before any calibration, it names the answer shown
+# first (or second) in more than this share of its verdicts, or names the same winner in both orders for
+# fewer than this share of pairs: its verdicts then say where an answer was shown, not how good it was.
+MAX_POSITION_PREFERENCE = 0.8
+MIN_ORDER_AGREEMENT = 0.5
+
+
+def judge_reliability(judgments: list[PairJudgment]) -> dict[str, Any]:
+    """The judge's raw position preference and order agreement, and whether its win rate can be reported
+    (`unreliable_because` says why not)."""
+    first_wins = [p < 0.5 for j in judgments if j.order1 is not None and j.order1 != 0.5 for p in [j.order1]]
+    first_wins += [p > 0.5 for j in judgments if j.order2 is not None and j.order2 != 0.5 for p in [j.order2]]
+    both = [j for j in judgments if j.order1 is not None and j.order2 is not None]
+    agreeing = [(j.order1 > 0.5) == (j.order2 > 0.5) for j in both if 0.5 not in (j.order1, j.order2)]
+    first = sum(first_wins) / len(first_wins) if first_wins else None
+    agreement = sum(agreeing) / len(both) if both else None
+    reasons = []
+    if first is not None and max(first, 1 - first) > MAX_POSITION_PREFERENCE:
+        side = "first" if first > 0.5 else "second"
+        reasons.append(
+            f"it picks the answer shown {side} in {max(first, 1 - first):.0%} of its verdicts "
+            f"(more than {MAX_POSITION_PREFERENCE:.0%})"
+        )
+    if agreement is not None and agreement < MIN_ORDER_AGREEMENT:
+        reasons.append(
+            f"it names the same winner in both orders for only {agreement:.0%} of pairs "
+            f"(at least {MIN_ORDER_AGREEMENT:.0%} needed)"
+        )
+    if not first_wins:
+        reasons.append("it gave no usable verdict")
+    return {
+        "first_position_raw": first,
+        "order_agreement": agreement,
+        "reliable": not reasons,
+        "unreliable_because": "; ".join(reasons) or None,
+    }
+
+
 def win_rates(
     judgments: list[PairJudgment], len_1: list[int], len_2: list[int], calibrate: bool = True
 ) -> dict[str, float]:
@@ -187,6 +225,7 @@ def win_rates(
         "position_calibrated": bias is not None,
         "first_position_preference": bias,
         "win_rate_uncalibrated": 100 * float(np.mean([j.discrete for j in raw])),
+        **judge_reliability(raw),
     }
 
 

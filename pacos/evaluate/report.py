@@ -39,7 +39,12 @@ ROWS = [
     ("length-controlled win rate", ("judge", "length_controlled_win_rate"), "{:.1f}%"),
     ("win rate before position calibration", ("judge", "win_rate_uncalibrated"), "{:.1f}%"),
     ("judge's preference for the first position", ("judge", "first_position_preference"), "{:.1%}"),
+    ("judge: verdicts for the answer shown first", ("judge", "first_position_raw"), "{:.1%}"),
+    ("judge: same winner in both orders", ("judge", "order_agreement"), "{:.1%}"),
 ]
+# Not shown for a judge that fails judge_reliability: its numbers stay in metrics.json, not in the table.
+_WIN_RATES = {"win_rate", "standard_error", "length_controlled_win_rate", "win_rate_uncalibrated"}
+UNRELIABLE = "not reported: unreliable judge"
 
 
 def _get(metrics: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -145,8 +150,20 @@ def metric_rows(runs: list[dict[str, Any]]) -> list[list[str]]:
         values = [_get(r["metrics"], path) for r in runs]
         if all(v is None for v in values):
             continue
-        rows.append([label, *("-" if v is None else fmt.format(v) for v in values)])
+        cells = []
+        for run, value in zip(runs, values):
+            if path[0] == "judge" and path[-1] in _WIN_RATES and judge_unreliable(run["metrics"]):
+                cells.append(UNRELIABLE if path[-1] == "win_rate" else "-")
+            else:
+                cells.append("-" if value is None else fmt.format(value))
+        rows.append([label, *cells])
     return rows
+
+
+def judge_unreliable(metrics: dict[str, Any]) -> str | None:
+    """Why the run's judge is not trusted with a win rate, or None (trusted, or no judge)."""
+    judge = metrics.get("judge") or {}
+    return judge.get("unreliable_because") if judge.get("reliable") is False else None
 
 
 def _side_by_side(runs: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
@@ -202,6 +219,12 @@ def write_report(
     md = [f"# pacos evaluation: {' vs '.join(names)}", "", "| metric | " + " | ".join(names) + " |",
           "| --- |" + " --- |" * len(names)]  # fmt: skip
     md += ["| " + " | ".join(row) + " |" for row in table]
+    warnings = [
+        f"{r['name']}: the judge's win rate is not reported: {why}."
+        for r in runs
+        if (why := judge_unreliable(r["metrics"]))
+    ]
+    md += [""] + [f"> **Unreliable judge.** {w}" for w in warnings]
     md += [""] + [f"![{name}]({name})" for name in images] + ["", "## Answers side by side", ""]
     for item in items:
         md += [f"### {item['instruction'].splitlines()[0][:120]}", "", f"> {item['instruction']}", ""]
@@ -216,6 +239,7 @@ def write_report(
     e = html.escape
     head = "".join(f"<th>{e(n)}</th>" for n in names)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table)
+    notes = "".join(f'<p class="warn"><b>Unreliable judge.</b> {e(w)}</p>' for w in warnings)
     figures = "".join(
         f'<img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         for name, data in images.items()
@@ -240,9 +264,9 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;t
 td:first-child{{text-align:left}}img{{max-width:49%;margin:4px}}pre{{white-space:pre-wrap;margin:0}}
 section{{border-top:1px solid #ddd;padding:10px 0}}.row{{display:flex;gap:12px}}
 .answer{{flex:1;background:#f7f7f9;padding:8px;border-radius:6px}}.prompt{{font-weight:600}}
-.ref{{white-space:pre-wrap}}.eos{{color:#2e7d32;font-size:small}}.limit{{color:#c62828;font-size:small}}.verdict{{color:#555}}
+.ref{{white-space:pre-wrap}}.eos{{color:#2e7d32;font-size:small}}.limit{{color:#c62828;font-size:small}}.verdict{{color:#555}}.warn{{background:#fff3e0;padding:6px}}
 </style></head><body><h1>pacos evaluation: {e(" vs ".join(names))}</h1>
-<table id="metrics"><tr><th>metric</th>{head}</tr>{body}</table>
+<table id="metrics"><tr><th>metric</th>{head}</tr>{body}</table>{notes}
 <div id="plots">{figures}</div><h2>Answers side by side</h2>{"".join(cards)}</body></html>
 """
     with atomic_open(out / "report.html") as f:
