@@ -12,7 +12,7 @@ from pacos.errors import PacosError
 from pacos.pipeline.stages import run_stage
 from tests.scripted_teacher import Action, ScriptedTeacher
 
-STAGES = ("data", "generate", "mix", "model", "eval")
+STAGES = ("data", "generate", "mix", "model", "pairs", "prefer", "eval")
 
 
 def _quickstart(out, teacher_url, model, *extra):
@@ -23,7 +23,9 @@ def _quickstart(out, teacher_url, model, *extra):
         "--set", f"train.model={model}", "--set", "train.max_steps=2", "--set", "train.max_length=1024",
         "--set", "train.eval_every=0", "--set", "train.save_every=0", "--set", "train.precision=fp32",
         "--set", f"eval.judge=local:{model}", "--set", "eval.max_new_tokens=8",
-        "--set", "eval.ifeval_per_language=2", "--set", "eval.embeddings=false", *extra,
+        "--set", "eval.ifeval_per_language=2", "--set", "eval.embeddings=false",
+        "--set", "prefer.prompts=8", "--set", "prefer.k=4", "--set", "prefer.max_new_tokens=48",
+        "--set", "prefer.min_margin=0", "--set", "prefer.epochs=1", *extra,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
@@ -49,7 +51,11 @@ def test_quickstart_runs_every_stage_then_skips_what_did_not_change(tmp_path, ti
         assert mixed["kept_generated"] == 6 and mixed["train"] == len(train) > 200
         for name in ("adapter_model.safetensors", "loss.png", "train_summary.json"):
             assert (tmp_path / "model" / name).exists(), name
-        for run in ("base", "tuned"):
+        pairs = json.loads((tmp_path / "pairs" / "stage.json").read_text())["result"]
+        assert pairs["prompts"] == 8 and pairs["answers"] == 32 and pairs["pairs"] >= 1
+        prefer = json.loads((tmp_path / "prefer" / "stage.json").read_text())["result"]
+        assert prefer["steps"] >= 1 and (tmp_path / "prefer" / "adapter_model.safetensors").exists()
+        for run in ("base", "tuned", "preferred"):
             metrics = json.loads((tmp_path / "eval" / run / "metrics.json").read_text())
             assert metrics["answers"] == 5 and "data_loss" in metrics and metrics["ifeval"]["prompts"] == 4
             assert metrics["by_language"]["zh"]["answers"] == 2 and "rouge_l" in metrics["by_language"]["zh"]
@@ -63,7 +69,7 @@ def test_quickstart_runs_every_stage_then_skips_what_did_not_change(tmp_path, ti
             judge["losses"],
         ]  # the report's verdicts are the ones the win rate counts
         page = (tmp_path / "eval" / "report.html").read_text()
-        assert "tuned (quickstart)" in page and "(base)" in page and 'alt="loss.png"' in page
+        assert "tuned (SFT)" in page and "SFT + DPO" in page and "(base)" in page and 'alt="loss.png"' in page
         assert "[done] report:" in first.stdout and "pacos chat --model" in first.stdout
 
         again = _quickstart(tmp_path, teacher.url, tiny_llama)

@@ -5,8 +5,11 @@
 2. generate: new examples from the remaining English seed tasks with an embedded teacher (`pacos generate`);
 3. mix: clean them, drop near-duplicates of seed or held-out tasks, mix them with the seed tasks;
 4. model: LoRA on Gemma 3 270M (base), Alpaca template, loss on the response only;
-5. eval: base vs tuned on the held-out tasks (reference metrics, verifiable instructions, pairwise judge)
-   and the report.
+5. pairs: verifiable prompts built from the training seed tasks (never the held-out ones), k answers each
+   from the tuned model, scored by programs (their checks, EOS, loops), best vs worst as pairs;
+6. prefer: DPO on those pairs, a new LoRA on the tuned model (its reference: the tuned model itself);
+7. eval: base vs tuned vs tuned + preference on the held-out tasks (reference metrics, verifiable
+   instructions, pairwise judge) and the report.
 Every stage writes under OUT/<stage>/ and is skipped on a rerun when its inputs did not change; a killed
 run resumes in the stage it was in (see stages.py). Settings: recipes/quickstart.yaml (built in here).
 """
@@ -28,7 +31,7 @@ from pacos.fileio import write_json
 from pacos.pipeline.quickstart_config import QuickstartConfig
 from pacos.pipeline.stages import file_digest, run_stage
 
-VERSION = 3  # bump when a stage's code changes what it writes, so old outputs are not reused
+VERSION = 4  # bump when a stage's code changes what it writes, so old outputs are not reused
 
 
 def _say(stage: str, message: str) -> None:
@@ -146,6 +149,89 @@ def train_stage(config: QuickstartConfig, out: Path, train_path: Path, held_out:
     }
 
 
+def pairs_stage(config: QuickstartConfig, out: Path, seeds: Path, model_dir: Path) -> dict[str, Any]:
+    from pacos.data.verifiable import prompt_pool
+    from pacos.score.pairs import PairSettings, build_pairs
+
+    settings = config.prefer
+    pool = prompt_pool(read_records(seeds), settings.prompts, seed=config.train.seed)
+    write_records(pool, out / "prompts.jsonl")
+    _say(
+        "pairs",
+        f"{len(pool)} verifiable prompts from the training seed tasks, {settings.k} answers each by the "
+        f"tuned model, rewards: {', '.join(settings.rewards)}",
+    )
+    summary = build_pairs(
+        pool,
+        PairSettings(
+            model=str(model_dir),
+            k=settings.k,
+            rewards=tuple(settings.rewards),
+            min_margin=settings.min_margin,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=config.train.seed,
+            template=config.train.template,
+            dtype=config.eval.dtype,
+            quantize=config.eval.quantize,
+        ),
+        out,
+    )
+    _say(
+        "pairs",
+        f"{summary['pairs']} pairs; {summary.get('checks_all_passed', 0):.0%} of answers pass all their "
+        f"checks, {summary['ended']:.0%} end by themselves -> {out / 'pairs.jsonl'}",
+    )
+    keys = ("prompts", "answers", "pairs", "mean_reward", "ended", "checks_all_passed", "seconds")
+    return {k: summary.get(k) for k in keys}
+
+
+def prefer_stage(config: QuickstartConfig, out: Path, model_dir: Path, pairs: Path) -> dict[str, Any]:
+    from pacos.train.checkpoint import list_checkpoints
+    from pacos.train.metrics import read_metrics
+    from pacos.train.run import train
+
+    p = config.prefer
+    settings = config.train.model_copy(
+        update={
+            "model": str(model_dir),
+            "data": str(pairs),
+            "val_data": None,
+            "val_fraction": 0.0,
+            "clean": None,
+            "objective": p.objective,
+            "preference": p.preference,
+            "lr": p.lr,
+            "epochs": p.epochs,
+            "max_steps": None,
+            "batch_size": p.batch_size,
+            "micro_batch_size": p.micro_batch_size,
+            "loop_examples": 0.0,
+            "unlikelihood": 0.0,
+            "eos_weight": 1.0,
+            "eval_every": 0,
+            "save_every": 10,
+            "precision": _cpu_precision(config.train.precision),
+            "output_dir": str(out),
+        }
+    )
+    _say(
+        "prefer",
+        f"{p.objective} on the pairs, a new LoRA on the tuned model, lr {p.lr:g}, {p.epochs:g} epochs",
+    )
+    result = train(settings, resume=bool(list_checkpoints(out / "checkpoints")))
+    last = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r][-1]
+    _say(
+        "prefer",
+        f"{result.steps} steps in {result.seconds:.0f} s; loss {result.final_loss:.3f}, reward margin "
+        f"{last.get('reward_margin', float('nan')):.3f}, "
+        f"preference accuracy {last.get('accuracy', float('nan')):.0%}",
+    )
+    return {"steps": result.steps, "final_loss": result.final_loss, "seconds": result.seconds,
+            "reward_margin": last.get("reward_margin"), "accuracy": last.get("accuracy")}  # fmt: skip
+
+
 def _cpu_precision(precision: str) -> str:
     """bf16 only where it runs natively: a CPU without AMX or AVX512-BF16 emulates it, slower than fp32."""
     import torch
@@ -158,7 +244,9 @@ def _cpu_precision(precision: str) -> str:
     return precision
 
 
-def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: Path) -> dict[str, Any]:
+def eval_stage(
+    config: QuickstartConfig, out: Path, model_dir: Path, held_out: Path, prefer_dir: Path | None = None
+) -> dict[str, Any]:
     from pacos.evaluate.report import write_report
     from pacos.evaluate.run import PairwiseSettings, evaluate_model
     from pacos.infer.quantize import decoding_weights
@@ -200,21 +288,29 @@ def eval_stage(config: QuickstartConfig, out: Path, model_dir: Path, held_out: P
             max_answer_chars=settings.judge_max_chars,
         )
     tuned = evaluate_model(str(model_dir), out / "tuned", **common, judge=judging)
-
-    loss_png = model_dir / "loss.png"
-    images = {"loss.png": loss_png.read_bytes()} if loss_png.exists() else {}
+    keys = ("eos_rate", "rouge_l", "embedding_similarity", "ifeval")
+    result = {"tuned": {k: tuned.get(k) for k in keys}, "judge": tuned.get("judge")}
+    images = {}
+    for name, directory in (("loss.png", model_dir), ("preference.png", prefer_dir)):
+        if directory is not None and (directory / "loss.png").exists():
+            images[name] = (directory / "loss.png").read_bytes()
+    if prefer_dir is not None:
+        _say("eval", "tuned + preference model: the same")
+        preferred = evaluate_model(str(prefer_dir), out / "preferred", **common, judge=judging)
+        result["preferred"] = {k: preferred.get(k) for k in keys}
+        result["preferred_judge"] = preferred.get("judge")
     write_report(_eval_runs(config, out), out, images=images)
-    return {
-        "tuned": {k: tuned.get(k) for k in ("eos_rate", "rouge_l", "embedding_similarity")},
-        "judge": tuned.get("judge"),
-    }
+    return result
 
 
 def _eval_runs(config: QuickstartConfig, eval_dir: Path) -> list[dict[str, Any]]:
     from pacos.evaluate.report import load_run
 
-    return [load_run(eval_dir / "base", f"{config.train.model} (base)"),
-            load_run(eval_dir / "tuned", "tuned (quickstart)")]  # fmt: skip
+    runs = [load_run(eval_dir / "base", f"{config.train.model} (base)"),
+            load_run(eval_dir / "tuned", "tuned (SFT)")]  # fmt: skip
+    if (eval_dir / "preferred" / "metrics.json").exists():
+        runs.append(load_run(eval_dir / "preferred", f"SFT + {config.prefer.objective.upper()}"))
+    return runs
 
 
 def print_table(runs: list[dict[str, Any]]) -> None:
@@ -225,6 +321,10 @@ def print_table(runs: list[dict[str, Any]]) -> None:
     print(f"\n{'held-out tasks':<{width}}  " + "  ".join(f"{r['name']:>22}" for r in runs))
     for row in rows:
         print(f"{row[0]:<{width}}  " + "  ".join(f"{v:>22}" for v in row[1:]))
+
+
+def _adapter_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
 
 
 def seed_files() -> list[Path]:
@@ -277,7 +377,48 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
         },
         lambda d: train_stage(config, d, mix_dir / "train.jsonl", data_dir / "held_out.jsonl"),
     )
-    adapter = [p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file()]
+    model_digest = file_digest(*_adapter_files(model_dir))
+    prefer_dir = None
+    if config.prefer.enabled:
+        pairs_dir, prefer_dir = out_dir / "pairs", out_dir / "prefer"
+        sampling = config.prefer.model_dump(
+            mode="json",
+            include={"prompts", "k", "max_new_tokens", "temperature", "top_p", "min_margin", "rewards"},
+        )
+        results["pairs"] = run_stage(
+            out_dir,
+            "pairs",
+            {
+                "version": VERSION,
+                "prefer": sampling,
+                "seed": config.train.seed,
+                "model": model_digest,
+                "template": config.train.template,
+                "seeds": file_digest(data_dir / "seeds.jsonl"),
+                "weights": [config.eval.dtype, config.eval.quantize],
+            },
+            lambda d: pairs_stage(config, d, data_dir / "seeds.jsonl", model_dir),
+        )
+    if prefer_dir is not None and not (out_dir / "pairs" / "pairs.jsonl").exists():
+        _say(
+            "prefer",
+            f"skipped: no prompt's answers differed by prefer.min_margin {config.prefer.min_margin} with a "
+            "best answer that ended (raise prefer.k or prefer.max_new_tokens, lower prefer.min_margin)",
+        )
+        prefer_dir = None
+    if prefer_dir is not None:
+        results["prefer"] = run_stage(
+            out_dir,
+            "prefer",
+            {
+                "version": VERSION,
+                "prefer": config.prefer.model_dump(mode="json"),
+                "train": config.train.model_dump(mode="json"),
+                "model": model_digest,
+                "pairs": file_digest(pairs_dir / "pairs.jsonl"),
+            },
+            lambda d: prefer_stage(config, d, model_dir, pairs_dir / "pairs.jsonl"),
+        )
     results["eval"] = run_stage(
         out_dir,
         "eval",
@@ -286,19 +427,21 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
             "eval": config.eval.model_dump(mode="json"),
             "base": config.train.model,
             "template": config.train.template,
-            "model": file_digest(*sorted(adapter)),
+            "model": model_digest,
+            "preferred": file_digest(*_adapter_files(prefer_dir)) if prefer_dir else None,
             "held_out": file_digest(data_dir / "held_out.jsonl"),
         },
-        lambda d: eval_stage(config, d, model_dir, data_dir / "held_out.jsonl"),
+        lambda d: eval_stage(config, d, model_dir, data_dir / "held_out.jsonl", prefer_dir),
     )
     print_table(_eval_runs(config, out_dir / "eval"))
     print(
         f"\n[done] report: {out_dir / 'eval' / 'report.html'}\n"
-        f"       chat with the model: pacos chat --model {model_dir}\n"
-        f"       serve it (OpenAI API): pacos serve --model {model_dir}\n"
-        f"       export it for llama.cpp: pacos export {model_dir} --format gguf "
+        f"       chat with the model: pacos chat --model {prefer_dir or model_dir}\n"
+        f"       serve it (OpenAI API): pacos serve --model {prefer_dir or model_dir}\n"
+        f"       export it for llama.cpp: pacos export {prefer_dir or model_dir} --format gguf "
         f"--out {out_dir / 'model.gguf'}\n"
-        f"       evaluate it on your prompts: pacos eval --model {model_dir} --prompts FILE --out runs/eval",
+        f"       evaluate it on your prompts: pacos eval --model {prefer_dir or model_dir} --prompts FILE "
+        "--out runs/eval",
         flush=True,
     )
     return results

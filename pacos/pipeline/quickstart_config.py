@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pacos.generate.config import GenerateConfig
-from pacos.train.config import TrainConfig
+from pacos.train.config import PreferenceConfig, TrainConfig
 
 # recipes/quickstart-cpu.yaml: the training stage alone (`pacos train --config recipes/quickstart-cpu.yaml`).
 TRAIN: dict[str, Any] = {
@@ -51,6 +51,21 @@ QUICKSTART: dict[str, Any] = {
         "client": {"api": "completions", "dtype": "auto", "quantize": "auto", "concurrency": 16},
     },
     "train": {k: v for k, v in TRAIN.items() if k not in ("data", "clean", "val_fraction", "output_dir")},
+    "prefer": {
+        "prompts": 96,
+        "k": 4,
+        "max_new_tokens": 192,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "min_margin": 0.5,
+        "rewards": ["checks", "eos", "repetition"],
+        "objective": "dpo",
+        "preference": {"beta": 0.1, "sft_weight": 0.0},
+        "lr": 5.0e-4,
+        "epochs": 2,
+        "batch_size": 8,
+        "micro_batch_size": 4,
+    },
     "eval": {
         "max_new_tokens": 256,
         "judge": "local:smollm2-135m-instruct",
@@ -87,10 +102,33 @@ class EvalStageConfig(BaseModel):
     quantize: str = "auto"
 
 
+class PreferStageConfig(BaseModel):
+    """After SFT: verifiable prompts from the training seed tasks, k answers each from the tuned model,
+    scored by their checks (no judge), best vs worst as pairs, and a preference loss on a new LoRA."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    prompts: int = Field(96, gt=0)
+    k: int = Field(4, ge=2)
+    max_new_tokens: int = Field(192, gt=0)
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    min_margin: float = Field(0.5, ge=0)
+    rewards: list[str] = ["checks", "eos", "repetition"]
+    objective: Literal["dpo", "simpo", "orpo", "kto"] = "dpo"
+    preference: PreferenceConfig = PreferenceConfig()
+    lr: float = Field(5e-4, gt=0)
+    epochs: float = Field(2, gt=0)
+    batch_size: int = Field(8, gt=0)
+    micro_batch_size: int = Field(4, gt=0)
+
+
 class QuickstartConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     held_out: HeldOutConfig = HeldOutConfig()
     generate: GenerateConfig = GenerateConfig()  # seeds and out_dir are set by the quickstart
     train: TrainConfig = TrainConfig()  # data, val_data and output_dir are set by the quickstart
+    prefer: PreferStageConfig = PreferStageConfig()
     eval: EvalStageConfig = EvalStageConfig()
