@@ -160,6 +160,16 @@ def test_judged_eval_writes_annotations_and_a_rerun_makes_no_calls(cli, tiny_lla
         again = cli("eval", *options, "--judge", judge.url)
         assert again.code == 0 and len(judge.requests) == 6  # zero judge calls
         assert "(0 generated" in again.out and "0 judge calls" in again.out
+        # The model against itself, with the references shown: identical answers, so this judge always says
+        # "A": it fails the position check and no win rate is reported.
+        guided = cli("eval", "--model", tiny_llama, "--prompts", prompts, "--out", tmp_path / "self",
+                     "--max-new-tokens", "8", "--no-embeddings", "--judge", judge.url, "--baseline",
+                     tiny_llama, "--reference-guided")  # fmt: skip
+        assert guided.code == 0, guided.err
+        shown = [r["body"].get("prompt") or r["body"]["messages"][-1]["content"] for r in judge.requests[6:]]
+        assert len(shown) == 6 and all("## Reference answer" in text for text in shown)
+        assert PROMPTS[0]["output"] in shown[0] or PROMPTS[0]["output"] in shown[1]
+        assert "no win rate reported" in guided.out and "picks the answer shown first" in guided.out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["judge"]
     assert metrics["n"] == 3 and metrics["wins"] + metrics["ties"] + metrics["losses"] == 3
     assert {"win_rate", "standard_error", "length_controlled_win_rate"} <= set(metrics)

@@ -53,6 +53,13 @@ def evaluate(
         str,
         typer.Option(help="What --model is judged against: another model spec, or references (the outputs)."),
     ] = "references",
+    reference_guided: Annotated[
+        bool,
+        typer.Option(
+            "--reference-guided",
+            help="Show the judge each reference output beside the two answers (with --baseline MODEL).",
+        ),
+    ] = False,
     ifeval: Annotated[
         bool,
         typer.Option(
@@ -99,7 +106,11 @@ def evaluate(
         raise PacosError("--max-new-tokens must be >= 1")
     from pacos.infer.quantize import decoding_weights
 
-    judging = PairwiseSettings(judge, judge_model, baseline or "references") if judge else None
+    judging = (
+        PairwiseSettings(judge, judge_model, baseline or "references", reference_guided=reference_guided)
+        if judge
+        else None
+    )
     dtype, quantize = decoding_weights(dtype, quantize)
     metrics = evaluate_model(
         model, out, prompts=prompts, data=data, ifeval=ifeval,

@@ -23,6 +23,9 @@ class PairwiseSettings:
     baseline: str = "references"
     baseline_template: str | None = None
     max_answer_chars: int | None = None  # answers cut for the judge
+    # Show the judge each prompt's reference output (MT-Bench's reference-guided judging); with baseline
+    # "references" the reference is already one of the two answers, so it is not shown again.
+    reference_guided: bool = False
 
 
 def cached_answers(
@@ -132,6 +135,9 @@ def _judge(
             lambda: make_llm(judge, settings.judge_model, weights, None),
             instructions, baseline_texts, texts, cache, f"{judge}#{settings.judge_model or ''}",
             max_answer_chars=settings.max_answer_chars,
+            references=[r.get("output") for r in records]
+            if settings.reference_guided and baseline != "references"
+            else None,
             top_logprobs=20 if judge.startswith("local:") else 5,  # OpenAI's completions API gives 5 at most
         )  # fmt: skip
     finally:
