@@ -354,3 +354,24 @@ def test_preference_settings_errors(cli, tiny_llama, tmp_path):
         "train", "--model", tiny_llama, "--data", sft_data, "--method", "dpo", "--set", "unlikelihood=1"
     )
     assert result.code != 0 and "does not combine" in result.err
+
+
+def test_reference_cache_resumes_where_a_killed_computation_stopped(tiny, tmp_path):
+    model, tok = tiny
+    pairs, _ = tokenize_pairs(PAIRS, tok, "alpaca", 512, "drop")
+    module = PreferenceLoss(model, "dpo", PreferenceConfig())
+    runtime = _single_runtime()
+    whole = tmp_path / "whole.jsonl"
+    assert fill_reference(module, pairs, whole, 1, tok.pad_token_id, runtime) == 8
+    expected = [p.reference for p in pairs]
+    lines = whole.read_text().splitlines()
+    killed = tmp_path / "killed.jsonl"
+    killed.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])  # 3 answers, then a line cut by the kill
+    again, _ = tokenize_pairs(PAIRS, tok, "alpaca", 512, "drop")
+    assert (
+        fill_reference(module, again, killed, 1, tok.pad_token_id, runtime) == 6
+    )  # pairs 2-4 whole (the second's chosen was there)
+    assert [v for p in again for v in p.reference] == pytest.approx(
+        [v for r in expected for v in r], abs=1e-9
+    )
+    assert fill_reference(module, again, killed, 1, tok.pad_token_id, runtime) == 0

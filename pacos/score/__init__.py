@@ -1,4 +1,5 @@
-"""`pacos data score`: quality scores on every record, for `pacos data select --by KEY`.
+"""`pacos data score`: quality scores on every record, for `pacos data select --by KEY` (and, in pairs.py,
+`pacos pairs`: a model's own answers scored and paired for preference training).
 
 Two kinds of score, both stored as numbers under `record["scores"]` (how each was obtained goes in
 `record["scoring"]`):
