@@ -375,3 +375,33 @@ def test_reference_cache_resumes_where_a_killed_computation_stopped(tiny, tmp_pa
         [v for r in expected for v in r], abs=1e-9
     )
     assert fill_reference(module, again, killed, 1, tok.pad_token_id, runtime) == 0
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_frozen_head_log_probs_have_the_gradient_of_the_definition(softcap):
+    from pacos.train.preference import token_log_probs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64)
+    targets = torch.randint(0, 50, (37,))
+    coefficient = torch.randn(37, dtype=torch.float64)
+
+    def plain(h):
+        logits = h @ weight.t()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
+
+    want = plain(hidden)
+    (want * coefficient).sum().backward()
+    want_grad, hidden.grad = hidden.grad.clone(), None
+    got = token_log_probs(hidden, weight, None, targets, chunk_size=8, softcap=softcap)
+    (got * coefficient).sum().backward()
+    assert torch.allclose(got.double(), want, atol=1e-5) and torch.allclose(hidden.grad, want_grad, atol=1e-6)
+    # A trained head takes the recomputing path: the same values and gradients, the head's included.
+    trained = weight.clone().requires_grad_(True)
+    hidden.grad = None
+    again = token_log_probs(hidden, trained, None, targets, chunk_size=8, softcap=softcap)
+    (again * coefficient).sum().backward()
+    assert torch.allclose(hidden.grad, want_grad, atol=1e-6) and trained.grad is not None

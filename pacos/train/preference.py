@@ -21,6 +21,8 @@ and rejected log-probs) for the training log.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,44 @@ def _token_logps(
     return logits.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
 
+class _FrozenHeadLogProbs(torch.autograd.Function):
+    """log p(y_t) per row with a frozen LM head: the gradient of log p(y_t) with respect to row t's hidden
+    state, (onehot - softmax) @ W, is an [N, H] tensor computed in forward, chunk by chunk; backward only
+    scales it by each row's incoming gradient. Two head matmuls per chunk, no [N, vocab] kept."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden, weight, bias, targets, chunk_size: int, softcap: float | None):
+        device = hidden.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != weight.dtype:
+            weight = weight.to(torch.get_autocast_dtype(device))  # one cast per call, not per matmul
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start : start + chunk_size].to(weight.dtype)
+            y = targets[start : start + chunk_size]
+            logits = (h @ weight.t()).float()
+            if bias is not None:
+                logits = logits + bias.float()
+            capped = None
+            if softcap:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            lse = torch.logsumexp(logits, dim=-1)
+            out[start : start + len(y)] = logits.gather(1, y[:, None]).squeeze(1) - lse
+            d = torch.exp(logits - lse[:, None]).neg_()
+            d.scatter_add_(1, y[:, None], torch.ones_like(y, dtype=d.dtype)[:, None])
+            if capped is not None:
+                d *= 1 - capped.square()
+            grad[start : start + len(y)] = (d.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out[:, None].to(grad.dtype), None, None, None, None, None
+
+
 def token_log_probs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -58,13 +98,16 @@ def token_log_probs(
     chunk_size: int = 512,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """log p(target) at each row of `hidden` [N, H], without ever holding [N, vocab] logits: each chunk's
-    logits are recomputed in backward (the loss is a function of whole answers' sums, so the cross-entropy
-    gradient cannot be formed chunk by chunk in forward as loss.py does)."""
+    """log p(target) at each row of `hidden` [N, H], without ever holding [N, vocab] logits. A frozen head
+    (LoRA, frozen embeddings): _FrozenHeadLogProbs. A trained head: each chunk's logits are recomputed in
+    backward (its gradient needs every answer's loss coefficient, known only after all chunks)."""
+    trains_head = weight.requires_grad or (bias is not None and bias.requires_grad)
+    if torch.is_grad_enabled() and hidden.requires_grad and not trains_head:
+        return _FrozenHeadLogProbs.apply(hidden, weight, bias, targets, chunk_size, softcap)
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        if torch.is_grad_enabled() and (hidden.requires_grad or trains_head):
             pieces.append(checkpoint(_token_logps, h, weight, bias, y, softcap, use_reentrant=False))
         else:
             pieces.append(_token_logps(h, weight, bias, y, softcap))
