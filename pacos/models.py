@@ -169,6 +169,12 @@ def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False, **
 
     hf_logging.disable_progress_bar()  # pacos shows its own progress; per-tensor bars are noise
     where = resolve_model(name)
+    if (Path(where) / "adapter_config.json").exists() and not (Path(where) / "config.json").exists():
+        if kwargs:
+            raise PacosError(f"model '{name}' is a LoRA adapter: merge it first (pacos export) to load it so")
+        # A LoRA run (a tuned model to tune further, or an adapter's base that is itself an adapter):
+        # merged into its base in fp32, then cast.
+        return merged_model(Path(where)).to(dtype or torch.float32)
     kind = "local directory" if Path(where).is_dir() else "Hugging Face hub id"
     try:
         return AutoModelForCausalLM.from_pretrained(
