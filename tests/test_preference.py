@@ -405,3 +405,32 @@ def test_frozen_head_log_probs_have_the_gradient_of_the_definition(softcap):
     again = token_log_probs(hidden, trained, None, targets, chunk_size=8, softcap=softcap)
     (again * coefficient).sum().backward()
     assert torch.allclose(hidden.grad, want_grad, atol=1e-6) and trained.grad is not None
+
+
+def test_dpo_under_torchrun_fsdp_matches_one_process(tiny_gemma, tmp_path):
+    """Reference log-probs computed by both processes and gathered; the same losses as one process."""
+    import os
+    import subprocess
+    import sys
+
+    data = pair_file(tmp_path)
+    args = ["train", "--model", str(tiny_gemma), "--data", str(data), "--method", "dpo", "--full",
+            "--max-steps", "3", "--lr", "1e-3", "--set", "batch_size=4", "--set", "micro_batch_size=1",
+            "--set", "tensorboard=false", "--set", "distributed=fsdp"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "pacos", *args, "--output-dir", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "pacos", *args, "--output-dir", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    rows = [[r for r in read_metrics(tmp_path / d / "metrics.jsonl") if "loss" in r] for d in ("one", "two")]
+    assert [r["loss"] for r in rows[0]] == pytest.approx([r["loss"] for r in rows[1]], abs=1e-4)
+    assert [r["reward_margin"] for r in rows[0]] == pytest.approx(
+        [r["reward_margin"] for r in rows[1]], abs=1e-4
+    )
+    cached = (tmp_path / "two" / "reference-logps.jsonl").read_text().splitlines()
+    assert len(cached) == 8  # every distinct answer once, gathered from both processes
