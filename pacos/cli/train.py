@@ -50,6 +50,8 @@ def train(
     from pacos.train.config import TrainConfig
     from pacos.train.run import train as run_training
 
+    if method is not None and method not in ("sft", "dpo", "simpo", "orpo", "kto"):
+        raise PacosError(f"--method {method}: expected sft, dpo, simpo, orpo or kto")
     flags = {
         "model": model,
         "data": data,
