@@ -354,6 +354,8 @@ def test_preference_settings_errors(cli, tiny_llama, tmp_path):
         "train", "--model", tiny_llama, "--data", sft_data, "--method", "dpo", "--set", "unlikelihood=1"
     )
     assert result.code != 0 and "does not combine" in result.err
+    result = cli("train", "--model", tiny_llama, "--data", sft_data, "--method", "ppo")
+    assert result.code != 0 and "--method ppo: expected sft, dpo, simpo, orpo or kto" in result.err
 
 
 def test_reference_cache_resumes_where_a_killed_computation_stopped(tiny, tmp_path):
