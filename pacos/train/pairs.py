@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +161,13 @@ def fill_reference(
     was_training = objective.training
     objective.eval()
     computed = 0
+    started, shown = time.monotonic(), time.monotonic()
     with off:
         for b in range(n_batches):
+            if runtime.is_main and time.monotonic() - shown > 30:  # long work shows progress
+                shown = time.monotonic()
+                print(f"[train] reference log-probs: batch {b}/{n_batches} ({shown - started:.0f} s)",
+                      file=sys.stderr, flush=True)  # fmt: skip
             chunk = mine[b * micro_batch_size : (b + 1) * micro_batch_size] or todo[:1]  # padding call
             batch = collate_pairs([pairs[i] for i in chunk], pad_id, True, "pairs").to(runtime.device)
             with dist_utils.autocast(runtime):
