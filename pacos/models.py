@@ -174,7 +174,9 @@ def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False, **
             raise PacosError(f"model '{name}' is a LoRA adapter: merge it first (pacos export) to load it so")
         # A LoRA run (a tuned model to tune further, or an adapter's base that is itself an adapter):
         # merged into its base in fp32, then cast.
-        return merged_model(Path(where)).to(dtype or torch.float32)
+        model = merged_model(Path(where)).to(dtype or torch.float32)
+        model.name_or_path = str(where)  # what an adapter trained on it names as its base
+        return model
     kind = "local directory" if Path(where).is_dir() else "Hugging Face hub id"
     try:
         return AutoModelForCausalLM.from_pretrained(

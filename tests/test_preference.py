@@ -436,3 +436,28 @@ def test_dpo_under_torchrun_fsdp_matches_one_process(tiny_gemma, tmp_path):
     )
     cached = (tmp_path / "two" / "reference-logps.jsonl").read_text().splitlines()
     assert len(cached) == 8  # every distinct answer once, gathered from both processes
+
+
+def test_dpo_on_an_sft_adapter_loads_as_the_chain_of_both(tiny_llama, tmp_path):
+    """The usual path: SFT with LoRA, then DPO with a new LoRA on it; loading the result merges both."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pacos.models import merged_model
+
+    sft = tmp_path / "sft"
+    train(TrainConfig(model=str(tiny_llama), data="seed-tasks-zh", output_dir=str(sft), method="lora",
+                      max_steps=2, batch_size=2, micro_batch_size=2, lr=1e-2, max_length=1024,
+                      tensorboard=False))  # fmt: skip
+    dpo = tmp_path / "dpo"
+    train(run_config(sft, pair_file(tmp_path), dpo, max_steps=2, lr=1e-2))
+    assert json.loads((dpo / "adapter_config.json").read_text())["base_model_name_or_path"] == str(sft)
+    chained = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama), sft
+    ).merge_and_unload()
+    chained = PeftModel.from_pretrained(chained, dpo).merge_and_unload()
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    with torch.no_grad():
+        assert torch.allclose(merged_model(dpo)(ids).logits, chained(ids).logits, atol=1e-5)
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama)(ids).logits
+        assert not torch.allclose(chained(ids).logits, base, atol=1e-3)
