@@ -52,16 +52,16 @@ QUICKSTART: dict[str, Any] = {
     },
     "train": {k: v for k, v in TRAIN.items() if k not in ("data", "clean", "val_fraction", "output_dir")},
     "prefer": {
-        "prompts": 96,
+        "prompts": 128,
         "k": 4,
-        "max_new_tokens": 192,
+        "max_new_tokens": 128,
         "temperature": 0.8,
         "top_p": 0.95,
-        "min_margin": 0.5,
+        "min_margin": 0.25,
         "rewards": ["checks", "eos", "repetition"],
         "objective": "dpo",
-        "preference": {"beta": 0.1, "sft_weight": 0.0},
-        "lr": 5.0e-4,
+        "preference": {"beta": 0.1, "sft_weight": 1.0},
+        "lr": 2.0e-4,
         "epochs": 2,
         "batch_size": 8,
         "micro_batch_size": 4,
@@ -109,16 +109,16 @@ class PreferStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    prompts: int = Field(96, gt=0)
+    prompts: int = Field(128, gt=0)
     k: int = Field(4, ge=2)
-    max_new_tokens: int = Field(192, gt=0)
+    max_new_tokens: int = Field(128, gt=0)
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    min_margin: float = Field(0.5, ge=0)
+    min_margin: float = Field(0.25, ge=0)
     rewards: list[str] = ["checks", "eos", "repetition"]
     objective: Literal["dpo", "simpo", "orpo", "kto"] = "dpo"
-    preference: PreferenceConfig = PreferenceConfig()
-    lr: float = Field(5e-4, gt=0)
+    preference: PreferenceConfig = PreferenceConfig(sft_weight=1.0)
+    lr: float = Field(2e-4, gt=0)
     epochs: float = Field(2, gt=0)
     batch_size: int = Field(8, gt=0)
     micro_batch_size: int = Field(4, gt=0)
