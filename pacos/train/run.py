@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,10 @@ def save_model(
         }  # CausalLMLoss holds the model as .model
         from pacos.fileio import atomic_files
 
-        with atomic_files(output) as tmp:
+        with atomic_files(output) as tmp, warnings.catch_warnings():
+            # A base that is itself a LoRA run (DPO on an SFT adapter) has no config.json for PEFT to
+            # check the vocabulary against; it is the base's own vocabulary, unchanged.
+            warnings.filterwarnings("ignore", message="Could not find a config file")
             hf_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             (tmp / "pacos_train.yaml").write_text(
