@@ -10,6 +10,8 @@ rendered with the Alpaca template; as many pairs as the steps use, so each is se
   copy), padding-free batches, its fused LM-head log-probs; LoRA's reference is the adapter switched off.
 - pacos: `pacos train --method dpo` with its defaults (reference log-probs computed once by the starting
   model, packed rows, chunked LM-head log-probs).
+TRL checkpoints activations by default (`gradient_checkpointing=True`: less memory, one more forward per
+step) and pacos does not: both are run both ways (`trl-nogc`, `pacos-gc`).
 
 Each run is a fresh process; its time runs from before the model loads to the end of training (reference
 log-probs included), and its peak RSS is its own. Prints one JSON document.
@@ -49,7 +51,9 @@ def make_pairs(n: int) -> list[dict]:
     ]  # fmt: skip
 
 
-def run_trl(method: str, steps: int, pairs: list[dict], out: str, bf16: bool) -> dict:
+def run_trl(
+    method: str, steps: int, pairs: list[dict], out: str, bf16: bool, checkpointing: bool = True
+) -> dict:
     import datasets
     import torch
     from peft import LoraConfig
@@ -73,6 +77,7 @@ def run_trl(method: str, steps: int, pairs: list[dict], out: str, bf16: bool) ->
         max_steps=steps, learning_rate=LR[method], lr_scheduler_type="constant", logging_steps=1,
         save_strategy="no", report_to=[], use_cpu=True, seed=42, disable_tqdm=True, bf16=bf16, beta=BETA,
         max_length=MAX_LENGTH, padding_free=True, precompute_ref_log_probs=True, dataloader_num_workers=0,
+        gradient_checkpointing=checkpointing,
     )  # fmt: skip
     peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
@@ -83,7 +88,9 @@ def run_trl(method: str, steps: int, pairs: list[dict], out: str, bf16: bool) ->
     return {"first_loss": logs[0]["loss"], "final_loss": logs[-1]["loss"]}
 
 
-def run_pacos(method: str, steps: int, pairs: list[dict], out: str, bf16: bool) -> dict:
+def run_pacos(
+    method: str, steps: int, pairs: list[dict], out: str, bf16: bool, checkpointing: bool = False
+) -> dict:
     from pacos.data.io import write_records
     from pacos.train.config import TrainConfig
     from pacos.train.metrics import read_metrics
@@ -96,13 +103,20 @@ def run_pacos(method: str, steps: int, pairs: list[dict], out: str, bf16: bool) 
         max_steps=steps, batch_size=MICRO_BATCH * ACCUMULATION, micro_batch_size=MICRO_BATCH,
         lr=LR[method], lr_scheduler="constant", warmup_ratio=0.0, max_length=MAX_LENGTH, lora=LORA,
         preference={"beta": BETA}, tensorboard=False, seed=42, precision="bf16-mixed" if bf16 else "fp32",
+        gradient_checkpointing=checkpointing,
     )  # fmt: skip
     train(config)
     rows = [r for r in read_metrics(Path(out) / "run" / "metrics.jsonl") if "loss" in r]
     return {"first_loss": rows[0]["loss"], "final_loss": rows[-1]["loss"]}
 
 
-RUNNERS = {"trl": run_trl, "pacos": run_pacos}
+# TRL's DPOConfig checkpoints activations by default (less memory, a recomputed forward); pacos does not.
+RUNNERS = {
+    "trl": run_trl,
+    "trl-nogc": lambda *a: run_trl(*a, checkpointing=False),
+    "pacos": run_pacos,
+    "pacos-gc": lambda *a: run_pacos(*a, checkpointing=True),
+}
 
 
 def tokens_of(pairs: list[dict]) -> int:
@@ -136,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--methods", default="lora,full")
-    parser.add_argument("--trainers", default="trl,pacos")
+    parser.add_argument("--trainers", default="trl,trl-nogc,pacos,pacos-gc")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--child", nargs=2, metavar=("TRAINER", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,10 +182,15 @@ def main() -> None:
             results["runs"][f"{trainer}/{method}"] = stats
             print(f"{trainer}/{method}: {stats}", file=sys.stderr, flush=True)
     for method in args.methods.split(","):
-        ours, theirs = results["runs"].get(f"pacos/{method}", {}), results["runs"].get(f"trl/{method}", {})
-        if "seconds" in ours and "seconds" in theirs:
-            results[f"{method}_speedup_vs_trl"] = round(theirs["seconds"] / ours["seconds"], 2)
-            results[f"{method}_memory_vs_trl"] = round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 2)
+        for ours_name in ("pacos", "pacos-gc"):
+            for theirs_name in ("trl", "trl-nogc"):
+                ours = results["runs"].get(f"{ours_name}/{method}", {})
+                theirs = results["runs"].get(f"{theirs_name}/{method}", {})
+                if "seconds" in ours and "seconds" in theirs:
+                    results[f"{method}: {ours_name} vs {theirs_name}"] = {
+                        "speed": round(theirs["seconds"] / ours["seconds"], 2),
+                        "memory": round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 2),
+                    }
     print(json.dumps(results, indent=2))
 
 
