@@ -354,6 +354,11 @@ def test_preference_settings_errors(cli, tiny_llama, tmp_path):
         "train", "--model", tiny_llama, "--data", sft_data, "--method", "dpo", "--set", "unlikelihood=1"
     )
     assert result.code != 0 and "does not combine" in result.err
+    kto = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "a", "completion": "b", "label": True}])
+    result = cli(
+        "train", "--model", tiny_llama, "--data", kto, "--method", "dpo", "--output-dir", tmp_path / "k"
+    )
+    assert result.code != 0 and "use --method kto" in result.err
     result = cli("train", "--model", tiny_llama, "--data", sft_data, "--method", "ppo")
     assert result.code != 0 and "--method ppo: expected sft, dpo, simpo, orpo or kto" in result.err
 

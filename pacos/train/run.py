@@ -273,8 +273,14 @@ def _preference_batches(
     from functools import partial
 
     from pacos.train.pairs import fill_reference, pair_batches
-    from pacos.train.preference import NEEDS_REFERENCE
+    from pacos.train.preference import NEEDS_REFERENCE, PAIRED
 
+    unpaired = sum(len(e.sequences) != 2 for e in examples)
+    if config.objective in PAIRED and unpaired:
+        raise PacosError(
+            f"objective {config.objective} learns from pairs, but {unpaired} records are single answers "
+            "with a label (KTO's format): use --method kto, or give chosen/rejected pairs"
+        )
     if config.objective in NEEDS_REFERENCE:
         cache = Path(config.output_dir) / "reference-logps.jsonl"
         cache.parent.mkdir(parents=True, exist_ok=True)
