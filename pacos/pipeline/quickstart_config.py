@@ -62,7 +62,7 @@ QUICKSTART: dict[str, Any] = {
         "objective": "dpo",
         "preference": {"beta": 0.1, "sft_weight": 1.0},
         "lr": 2.0e-4,
-        "epochs": 2,
+        "epochs": 1,
         "batch_size": 8,
         "micro_batch_size": 4,
     },
@@ -119,7 +119,7 @@ class PreferStageConfig(BaseModel):
     objective: Literal["dpo", "simpo", "orpo", "kto"] = "dpo"
     preference: PreferenceConfig = PreferenceConfig(sft_weight=1.0)
     lr: float = Field(2e-4, gt=0)
-    epochs: float = Field(2, gt=0)
+    epochs: float = Field(1, gt=0)
     batch_size: int = Field(8, gt=0)
     micro_batch_size: int = Field(4, gt=0)
 
