@@ -32,12 +32,11 @@ from torch.utils.checkpoint import checkpoint
 
 from pacos.errors import PacosError
 from pacos.models import load_model, load_tokenizer
-from pacos.train import attention as packed_attention
 from pacos.train import distributed as dist_utils
 from pacos.train.config import TrainConfig
 from pacos.train.data import IGNORE, Example, collate
 from pacos.train.divergences import TopK, divergence_sum, top_k
-from pacos.train.loss import _backbone
+from pacos.train.loss import decoder_hidden
 
 _SHARD_EXAMPLES = 64  # examples per cache shard: the unit a killed prefill loses at most
 
@@ -73,16 +72,7 @@ def _head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _hidden(model: nn.Module, input_ids, position_ids, attention_mask) -> torch.Tensor:
-    extra = {}
-    if model.config._attn_implementation == packed_attention.NAME:
-        extra["cu_seq_lens_q"] = packed_attention.example_bounds(position_ids)
-    return _backbone(model)(
-        input_ids=input_ids,
-        position_ids=position_ids,
-        attention_mask=attention_mask,
-        use_cache=False,
-        **extra,
-    ).last_hidden_state
+    return decoder_hidden(model, input_ids, position_ids, attention_mask)
 
 
 def example_key(input_ids: list[int] | torch.Tensor) -> str:

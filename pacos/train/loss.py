@@ -285,6 +285,25 @@ def _backbone(model: nn.Module) -> nn.Module:
     return base.get_decoder()
 
 
+def decoder_hidden(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """The decoder's last hidden states (no LM head), with per-example attention on packed rows."""
+    extra = {}
+    if model.config._attn_implementation == packed_attention.NAME:
+        extra["cu_seq_lens_q"] = packed_attention.example_bounds(position_ids)
+    return _backbone(model)(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        use_cache=False,
+        **extra,
+    ).last_hidden_state
+
+
 class CausalLMLoss(nn.Module):
     """A causal LM whose forward returns (summed response loss, labelled-token count).
 
@@ -317,16 +336,7 @@ class CausalLMLoss(nn.Module):
         targets: torch.Tensor,
         unlike: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        extra = {}
-        if self.model.config._attn_implementation == packed_attention.NAME:
-            extra["cu_seq_lens_q"] = packed_attention.example_bounds(position_ids)
-        hidden = _backbone(self.model)(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            **extra,
-        ).last_hidden_state
+        hidden = decoder_hidden(self.model, input_ids, position_ids, attention_mask)
         labelled = targets != IGNORE
         head = self.model.get_output_embeddings()
         example_ids = weights = None

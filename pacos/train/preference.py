@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pacos.train import attention as packed_attention
 from pacos.train.config import PreferenceConfig
 from pacos.train.data import IGNORE, Batch
-from pacos.train.loss import _backbone
+from pacos.train.loss import decoder_hidden
 
 PAIRED = ("dpo", "simpo", "orpo")
 NEEDS_REFERENCE = ("dpo", "kto")
@@ -190,16 +189,7 @@ class PreferenceLoss(nn.Module):
         sequence: torch.Tensor,
         n: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        extra = {}
-        if self.model.config._attn_implementation == packed_attention.NAME:
-            extra["cu_seq_lens_q"] = packed_attention.example_bounds(position_ids)
-        hidden = _backbone(self.model)(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            **extra,
-        ).last_hidden_state
+        hidden = decoder_hidden(self.model, input_ids, position_ids, attention_mask)
         labelled = targets != IGNORE
         head = self.model.get_output_embeddings()
         per_token = token_log_probs(
