@@ -272,6 +272,17 @@ def test_scheduler_batches_concurrent_requests_and_survives_failures(tiny_llama)
     scheduler.stop()
 
 
+def test_a_stopped_scheduler_ends_the_requests_it_holds_with_an_error(tiny_llama):
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32")
+    scheduler = Scheduler(engine)
+    events = []
+    scheduler.submit(engine.encode("x"), GREEDY, events.append)
+    scheduler.stopping = True  # as Ctrl-C or SIGTERM before the loop took the request
+    scheduler.run()
+    assert [(e.finish_reason, e.error) for e in events] == [("error", "the server is shutting down")]
+    assert not scheduler.waiting and not scheduler.alive
+
+
 def test_scheduler_refuses_when_the_queue_is_full(tiny_llama):
     engine = TorchEngine.load(str(tiny_llama), dtype="float32")
     scheduler = Scheduler(engine, max_batch_size=1, max_waiting=1)  # not started: nothing leaves the queue

@@ -142,3 +142,33 @@ def test_cli_pool_and_pairs(cli, tiny_llama, tmp_path):
     bad = cli("pairs", write_jsonl(tmp_path / "x.jsonl", [{"instruction": "a"}]), "--model", "m",
               "--out", tmp_path / "q", "--reward", "checks=high")  # fmt: skip
     assert bad.code != 0 and "the weight must be a number" in bad.err
+
+
+def test_repair_adds_an_edited_chosen_answer_only_where_no_answer_passes(tmp_path, monkeypatch):
+    upper = [{"type": "all_uppercase"}]
+    prompts = [
+        {"instruction": "Name a colour. Answer in capitals.", "id": "a", "checks": upper},
+        {"instruction": "Name a fruit. Answer in capitals.", "id": "b", "checks": upper},
+        {"instruction": "Write 300 words.", "id": "c",
+         "checks": [{"type": "word_count", "kwargs": {"at_least": 300}}]},
+    ]  # fmt: skip
+    texts = {"a": ["Red is a colour.", "blue", "Green, I think, maybe" * 3], "b": ["APPLE.", "pear"],
+             "c": ["Too short.", "Also short"]}  # fmt: skip
+
+    def answers(model, records, decoding, **kwargs):
+        j = decoding.seed
+        got = [{"text": texts[r["id"]][j % len(texts[r["id"]])], "finish_reason": "stop"} for r in records]
+        return got, 0
+
+    monkeypatch.setattr(pairs_module, "answer_records", answers)
+    settings = PairSettings(model="m", k=2, rewards=("checks",), repair=True)
+    summary = build_pairs(prompts, settings, tmp_path / "out")
+    pairs = {p["id"]: p for p in read_pairs(tmp_path / "out" / "pairs.jsonl")}
+    # a: no answer passes; the better one (by reward, then order) upper-cased is chosen over the worst.
+    assert pairs["a"]["chosen"] == "RED IS A COLOUR." and pairs["a"]["rejected"] == "blue"
+    # b: an answer passes already: no repair; c: cannot be repaired (more words needed): no pair.
+    assert pairs["b"]["chosen"] == "APPLE." and "c" not in pairs
+    assert summary["repaired"] == 1 and summary["pairs_with_repaired_chosen"] == 1
+    assert summary["answers"] == 6  # the model's own answers only
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert samples[0]["answers"][-1]["repaired_from"] == 0

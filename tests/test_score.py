@@ -153,7 +153,9 @@ def test_scripted_judge_ratings_cache_and_failures(cli, tmp_path):
     # One request is refused (400: not retried): recorded as a failure, not cached.
     script = [judge_action(), Action("status", status=400)]
     with ScriptedTeacher(script=script, default=judge_action()) as teacher:
-        args = ["data", "score", source, "--judge", teacher.url, "--out", out, "--cache", cache]
+        # One request at a time: the refusal (the 2nd request) must hit a rated record, not the unparseable.
+        args = ["data", "score", source, "--judge", teacher.url, "--out", out, "--cache", cache,
+                "--concurrency", "1"]  # fmt: skip
         first = cli(*args, "--report", tmp_path / "report.json")
         assert first.code == 0, first.err
         assert len(teacher.requests) == 7

@@ -190,6 +190,14 @@ def pairs(
     seed: Annotated[int, typer.Option(help="Answer j is sampled with seed + j.")] = 0,
     template: TemplateOption = None,
     trl: Annotated[bool, typer.Option("--trl", help="Also write TRL's format (pairs-trl.jsonl).")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="When no answer passes all of a prompt's checks, also try the best one edited to pass "
+            "them (upper-cased, regrouped into bullets, ...).",
+        ),
+    ] = False,
 ) -> None:
     """Preference pairs from a model's own answers: k samples per prompt, each scored, the best and the
     worst paired when their rewards differ enough. Answers are cached as they come: a rerun resumes.
@@ -219,9 +227,11 @@ def pairs(
         template=template,
         judge=judge,
         judge_model=judge_model,
+        repair=repair,
     )
     summary = build_pairs(records, settings, out, trl=trl)
+    repaired = f", {summary['pairs_with_repaired_chosen']} with a repaired chosen answer" if repair else ""
     print(
-        f"{summary['pairs']} pairs from {summary['prompts']} prompts x {k} answers "
+        f"{summary['pairs']} pairs{repaired} from {summary['prompts']} prompts x {k} answers "
         f"(mean reward {summary['mean_reward']:g}, {summary['ended']:.0%} ended) -> {out / 'pairs.jsonl'}"
     )

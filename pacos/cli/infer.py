@@ -131,13 +131,17 @@ def serve(
         flush=True,
     )
     app_ = create_app(engine, scheduler, api_key=api_key, model_name=name)
-    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level=log_level))
+    # A client that keeps a connection open must not hold the exit for long.
+    config = uvicorn.Config(app_, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
     # The HTTP server on a thread, the model on the main thread that loaded it (Scheduler.run says why).
     web = threading.Thread(target=server.run, name="pacos-http", daemon=True)
     web.start()
     watcher = threading.Thread(target=lambda: (web.join(), scheduler.stop()), daemon=True)
     watcher.start()  # the server failed to start (a port in use) or exited: stop the model too
-    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())  # as Ctrl-C: finish the step, then exit
+    # SIGTERM as Ctrl-C: KeyboardInterrupt on the main thread. A handler that took a lock (Event.set)
+    # could deadlock: it runs on the main thread, possibly while that thread holds the same lock.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         scheduler.run()
     except KeyboardInterrupt:

@@ -83,6 +83,29 @@ class Scheduler:
             self._run()
         finally:
             self.looping = False
+            # Clients of requests the loop will never finish get an error now, not a hang until they
+            # time out (stop, Ctrl-C or SIGTERM in the middle of a step).
+            with self.lock:
+                waiting, self.waiting = list(self.waiting), deque()
+            self._fail([*self._in_batch(), *waiting], "the server is shutting down")
+
+    def _in_batch(self) -> list[Sequence]:
+        return [*self.decoder.seqs, *(job.seq for job in self.decoder.prefilling)]
+
+    @staticmethod
+    def _fail(seqs: list[Sequence], error: str) -> None:
+        for seq in {id(s): s for s in seqs}.values():
+            if not seq.finished:
+                seq.finished = True
+                failure = Event(
+                    text="",
+                    token_ids=[],
+                    logprobs=[],
+                    finish_reason="error",
+                    prompt_tokens=len(seq.prompt_ids),
+                    error=error,
+                )
+                seq.emit(failure)
 
     @property
     def alive(self) -> bool:
@@ -148,19 +171,7 @@ class Scheduler:
                     self.decoder.step()
             except Exception as e:  # a model failure ends the requests it touched, not the server
                 log.exception("generation failed")
-                touched = [*self.decoder.seqs, *(job.seq for job in self.decoder.prefilling), *admitted]
-                for seq in {id(s): s for s in touched}.values():
-                    if not seq.finished:
-                        seq.finished = True
-                        failure = Event(
-                            text="",
-                            token_ids=[],
-                            logprobs=[],
-                            finish_reason="error",
-                            prompt_tokens=len(seq.prompt_ids),
-                            error=first_line(e),
-                        )
-                        seq.emit(failure)
+                self._fail([*self._in_batch(), *admitted], first_line(e))
                 self.decoder = Decoder(self.engine, self.prefill_chunk)
             if not len(self.decoder) and not self.waiting:
                 self.wake.wait()

@@ -13,6 +13,9 @@ killed run resumes without asking again); each answer gets a reward, a weighted 
 
 The best and the worst answer of a prompt make a pair when their rewards differ by at least `min_margin`
 and the best one ended by itself (a cut answer would be learned with an EOS it never produced).
+With `repair`, a prompt whose answers all miss some of its checks also gets the best ended answer edited
+to pass them (pacos.text.repair: its own words upper-cased, regrouped into bullets, ...) as a candidate:
+the instructions a small model never follows by chance get positive examples.
 Writes samples.jsonl (every answer with its reward parts), pairs.jsonl (pacos's pair format, which
 `pacos train --method dpo` reads; `--trl` also writes TRL's) and summary.json.
 """
@@ -32,6 +35,7 @@ from pacos.fileio import KeyedCache, write_json
 from pacos.llm.answers import Decoding, answer_records
 from pacos.text.checks import check_prompt
 from pacos.text.ngrams import repeated_ngram_share, rouge_l
+from pacos.text.repair import repair
 
 REWARDS = ("checks", "reference", "judge", "eos", "repetition")
 DEFAULT_WEIGHTS = {"checks": 1.0, "reference": 1.0, "judge": 1.0, "eos": 1.0, "repetition": 1.0}
@@ -55,6 +59,7 @@ class PairSettings:
     judge: str | None = None  # needed by the `judge` reward
     judge_model: str | None = None
     batch_prompts: int = 48  # prompts per engine batch: what a killed run can lose at most
+    repair: bool = False  # add the best answer edited to pass its checks (pacos.text.repair)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.rewards) - set(REWARDS))
@@ -149,6 +154,21 @@ def _judge_ratings(
     return [ratings[i * settings.k : (i + 1) * settings.k] for i in range(len(prompts))]
 
 
+def repaired_answer(prompt: dict[str, Any], scored: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best ended answer edited to pass the prompt's checks, when no answer passes them all and the
+    edit can (None otherwise). It carries the sample it came from."""
+    checks = prompt.get("checks")
+    if not checks or any(a["rewards"].get("checks", 0) >= 1.999 for a in scored):
+        return None
+    for answer in sorted(scored, key=lambda a: -a["reward"]):
+        if answer.get("finish_reason") == "length":
+            continue
+        text = repair(answer["text"], checks)
+        if text is not None:
+            return {"text": text, "finish_reason": "stop", "repaired_from": answer["sample"]}
+    return None
+
+
 def choose_pair(
     prompt: dict[str, Any], group: list[dict[str, Any]], min_margin: float
 ) -> dict[str, Any] | None:
@@ -165,6 +185,8 @@ def choose_pair(
         "chosen_reward": round(best["reward"], 4),
         "rejected_reward": round(worst["reward"], 4),
     }
+    if "repaired_from" in best:
+        pair["chosen_repaired"] = True
     for key in ("id", "language", "checks"):
         if key in prompt:
             pair[key] = prompt[key]
@@ -197,6 +219,12 @@ def build_pairs(
             parts = answer_rewards(prompt, answer, settings.rewards, rating)
             reward = sum(settings.weights.get(name, 1.0) * value for name, value in parts.items())
             scored.append({**answer, "sample": j, "rewards": parts, "reward": reward})
+        fixed = repaired_answer(prompt, scored) if settings.repair else None
+        if fixed is not None:
+            # The same content as its source: the same judge rating.
+            parts = answer_rewards(prompt, fixed, settings.rewards, judged[fixed["repaired_from"]])
+            reward = sum(settings.weights.get(name, 1.0) * value for name, value in parts.items())
+            scored.append({**fixed, "sample": len(scored), "rewards": parts, "reward": reward})
         samples.append({"id": prompt.get("id"), "instruction": prompt["instruction"], "answers": scored})
         pair = choose_pair(prompt, scored, settings.min_margin)
         if pair is not None:
@@ -206,11 +234,14 @@ def build_pairs(
         write_records(pairs, out / "pairs.jsonl")
         if trl:
             write_records([to_trl(p) for p in pairs], out / "pairs-trl.jsonl")
-    flat = [a for s in samples for a in s["answers"]]
+    every = [a for s in samples for a in s["answers"]]
+    flat = [a for a in every if "repaired_from" not in a]  # the model's own answers
     summary = {
         "prompts": len(prompts),
         "answers": len(flat),
         "pairs": len(pairs),
+        "repaired": len(every) - len(flat),
+        "pairs_with_repaired_chosen": sum(p.get("chosen_repaired", False) for p in pairs),
         "mean_reward": round(sum(a["reward"] for a in flat) / len(flat), 4),
         "ended": round(sum(a.get("finish_reason") != "length" for a in flat) / len(flat), 4),
         "settings": {k: v for k, v in asdict(settings).items()},

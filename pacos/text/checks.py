@@ -25,7 +25,7 @@ LANGUAGES = ("en", "zh")
 _WORDISH = re.compile(r"\w")
 _LATIN = re.compile(r"[A-Za-z]")
 # A sentence ends at . ! ? (followed by a space or the end) or at Chinese 。！？ (followed by anything).
-_SENTENCE_END = re.compile(r"(?:[.!?]+[\"')\]]*(?=\s|$))|[。！？]+[”’）」』]*")
+SENTENCE_END = re.compile(r"(?:[.!?]+[\"')\]]*(?=\s|$))|[。！？]+[”’）」』]*")
 _PARAGRAPH_BREAK = re.compile(r"^[ \t]*\*{3,}[ \t]*$|\n[ \t]*\n", re.MULTILINE)
 _BULLET = re.compile(r"^[ \t]*[*-][ \t]+(?![*\- \t]*$)\S", re.MULTILINE)  # not a `* * *` rule
 _TITLE = re.compile(r"<<([^<>\n]+)>>")
@@ -57,10 +57,10 @@ def _within(n: int, at_least: int | None, at_most: int | None, exactly: int | No
 
 
 def count_sentences(text: str) -> int:
-    return sum(1 for piece in _SENTENCE_END.split(text) if _WORDISH.search(piece))
+    return sum(1 for piece in SENTENCE_END.split(text) if _WORDISH.search(piece))
 
 
-def _keyword_pattern(word: str) -> re.Pattern[str]:
+def keyword_pattern(word: str) -> re.Pattern[str]:
     # Whole words for Latin keywords (so "art" is not found in "start"); substrings for Chinese ones.
     escaped = re.escape(word.strip())
     return re.compile(escaped if CJK.search(word) else rf"(?<!\w){escaped}(?!\w)", re.IGNORECASE)
@@ -87,19 +87,19 @@ def paragraph_count(
 
 @_checker
 def keywords_included(response: str, keywords: list[str]) -> bool:
-    return all(_keyword_pattern(k).search(response) for k in keywords)
+    return all(keyword_pattern(k).search(response) for k in keywords)
 
 
 @_checker
 def keywords_excluded(response: str, keywords: list[str]) -> bool:
-    return not any(_keyword_pattern(k).search(response) for k in keywords)
+    return not any(keyword_pattern(k).search(response) for k in keywords)
 
 
 @_checker
 def keyword_frequency(
     response: str, keyword: str, at_least: int | None = None, at_most: int | None = None
 ) -> bool:
-    return _within(len(_keyword_pattern(keyword).findall(response)), at_least, at_most)
+    return _within(len(keyword_pattern(keyword).findall(response)), at_least, at_most)
 
 
 @_checker

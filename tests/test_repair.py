@@ -1,0 +1,106 @@
+"""Repairs that make an answer pass the verifiable instructions it missed, without inventing content."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pacos.data.io import read_records
+from pacos.data.verifiable import prompt_pool
+from pacos.text.checks import CHECKERS, check_prompt
+from pacos.text.repair import FIXERS, repair, sentences
+
+EN = (
+    "Paris is the capital of France. It is known for the Eiffel Tower, museums and food. "
+    "Many visit it yearly."
+)
+ZH = "巴黎是法国的首都。它以埃菲尔铁塔、博物馆和美食而闻名，每年都有很多人参观。人们喜欢那里的咖啡馆。"
+
+
+def test_every_fixer_names_a_checker():
+    assert set(FIXERS) <= set(CHECKERS)
+
+
+@pytest.mark.parametrize(
+    ("text", "checks", "want"),
+    [
+        (EN, [{"type": "all_uppercase"}], EN.upper()),
+        (EN, [{"type": "all_lowercase"}], EN.lower()),
+        (EN, [{"type": "no_commas"}], EN.replace(",", "")),
+        (EN, [{"type": "bullet_count", "kwargs": {"exactly": 3}}],
+         "* Paris is the capital of France.\n* It is known for the Eiffel Tower, museums and food.\n"
+         "* Many visit it yearly."),
+        (EN, [{"type": "paragraph_count", "kwargs": {"exactly": 2}}],
+         "Paris is the capital of France. It is known for the Eiffel Tower, museums and food.\n\n"
+         "Many visit it yearly."),
+        (EN, [{"type": "sentence_count", "kwargs": {"at_most": 1}}], "Paris is the capital of France."),
+        (EN, [{"type": "word_count", "kwargs": {"at_most": 17}}],
+         "Paris is the capital of France. It is known for the Eiffel Tower, museums and food."),
+        (EN, [{"type": "ends_with", "kwargs": {"phrase": "Any other questions?"}}],
+         EN + "\nAny other questions?"),
+        (EN, [{"type": "starts_with", "kwargs": {"phrase": "My answer:"}}], "My answer: " + EN),
+        (EN, [{"type": "title"}], "<<Paris is the capital of France>>\n\n" + EN),
+        (EN, [{"type": "json_format"}], json.dumps({"answer": EN})),
+        (EN, [{"type": "keywords_excluded", "kwargs": {"keywords": ["France"]}}],
+         EN.replace(" France", "")),
+        (ZH, [{"type": "bullet_count", "kwargs": {"exactly": 3}}],
+         "* 巴黎是法国的首都。\n* 它以埃菲尔铁塔、博物馆和美食而闻名，每年都有很多人参观。\n"
+         "* 人们喜欢那里的咖啡馆。"),
+        (ZH, [{"type": "no_commas"}, {"type": "placeholders", "kwargs": {"at_least": 2}}],
+         ZH.replace("，", " ") + "\n\n[姓名] [日期]"),
+        (ZH, [{"type": "starts_with", "kwargs": {"phrase": "我的回答是："}}], "我的回答是：" + ZH),
+    ],
+)  # fmt: skip
+def test_a_repair_passes_its_checks_and_keeps_the_words(text, checks, want):
+    assert not check_prompt(text, checks)["strict"]
+    got = repair(text, checks)
+    assert got == want.replace("  ", " ")
+    assert check_prompt(got, checks)["strict"]
+
+
+def test_several_instructions_at_once_and_already_passing_ones_are_left_alone():
+    checks = [
+        {"type": "bullet_count", "kwargs": {"exactly": 2}},
+        {"type": "all_lowercase"},
+        {"type": "ends_with", "kwargs": {"phrase": "That is all."}},
+        {"type": "keywords_included", "kwargs": {"keywords": ["Paris"]}},  # passes: untouched
+    ]
+    got = repair(EN, checks)
+    assert got == ("* paris is the capital of france. it is known for the eiffel tower, museums and food.\n"
+                   "* many visit it yearly.\nthat is all.")  # fmt: skip
+    assert check_prompt(got, checks)["strict"]
+
+
+@pytest.mark.parametrize(
+    "checks",
+    [
+        [{"type": "word_count", "kwargs": {"at_least": 200}}],  # would need new content
+        [{"type": "sentence_count", "kwargs": {"at_least": 5}}],
+        [{"type": "bullet_count", "kwargs": {"exactly": 7}}],  # only 3 sentences to spread
+        [{"type": "keywords_included", "kwargs": {"keywords": ["Louvre"]}}],  # no fixer
+        [{"type": "response_language", "kwargs": {"language": "zh"}}],
+        [{"type": "json_format"}, {"type": "starts_with", "kwargs": {"phrase": "Answer:"}}],  # contradict
+    ],
+)
+def test_what_cannot_be_repaired_is_none(checks):
+    assert repair(EN, checks) is None
+    assert repair("", [{"type": "all_uppercase"}]) is None
+    assert repair(EN.upper(), [{"type": "all_uppercase"}]) is None  # nothing to repair
+
+
+def test_sentences_drop_list_marks_and_line_breaks():
+    assert sentences("1. First one.\n2. Second one!\n- third") == ["First one.", "Second one!", "third"]
+    assert sentences("第一句。第二句！") == ["第一句。", "第二句！"]
+
+
+def test_most_pool_prompts_are_repairable_from_a_plain_answer():
+    """A plain five-sentence answer can be repaired for most of the pool's prompts, in both languages."""
+    pool = prompt_pool(read_records("seed-tasks-en") + read_records("seed-tasks-zh"), 200, seed=0)
+    answer = {"en": " ".join(f"This is sentence number {i} of the answer." for i in range(5)),
+              "zh": "".join(f"这是回答的第{i}句话。" for i in range(5))}  # fmt: skip
+    for language in ("en", "zh"):
+        prompts = [p for p in pool if p["language"] == language]
+        fixed = [repair(answer[language], p["checks"]) for p in prompts]
+        assert all(check_prompt(f, p["checks"])["strict"] for f, p in zip(fixed, prompts) if f is not None)
+        assert sum(f is not None for f in fixed) >= 0.5 * len(prompts)
