@@ -483,6 +483,28 @@ def test_api_key(server, client):
     assert call(server.port, "GET", "/health", key=None)[0] == 200  # for load balancers: no key
 
 
+def test_any_content_type_is_read_as_json_and_the_model_by_any_path_form(server, engine, tiny_llama):
+    body = json.dumps({"prompt": "x", "max_tokens": 2}).encode()
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):  # curl -d, others
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        headers = {
+            "Authorization": f"Bearer {API_KEY}",
+            **({"Content-Type": content_type} if content_type else {}),
+        }
+        conn.request("POST", "/v1/completions", body=body, headers=headers)
+        response = conn.getresponse()
+        assert response.status == 200, (content_type, response.read())
+        conn.close()
+    relative = os.path.relpath(tiny_llama)
+    for name in (engine.name, relative, f"{tiny_llama}/", "./" + relative):
+        status, _, got = call(
+            server.port, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1, "model": name}
+        )
+        assert status == 200, (name, got)
+    status, _, got = call(server.port, "POST", "/v1/completions", {"prompt": "x", "model": "other/model"})
+    assert_error(status, got, 404, "model", "model_not_found")
+
+
 def test_queue_full_is_429_and_a_stopped_scheduler_503(engine):
     scheduler = Scheduler(engine, max_batch_size=8, max_waiting=0).start()  # every submit finds it full
     served = Served(create_app(engine, scheduler))

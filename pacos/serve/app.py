@@ -12,6 +12,7 @@ import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -35,7 +36,7 @@ from pacos.serve.openai_format import (
 )
 from pacos.serve.page import add_chat_page
 from pacos.serve.protocol import ChatCompletionRequest, CompletionRequest
-from pacos.serve.runs import CountArrivals, Run, collect, start
+from pacos.serve.runs import CountArrivals, JsonBodies, Run, collect, start
 
 # Module level: FastAPI resolves the (postponed) annotations of endpoints in the module's namespace.
 _bearer = HTTPBearer(auto_error=False, description="The server's API key (`pacos serve --api-key`).")
@@ -59,6 +60,7 @@ def create_app(
 
     install_error_handlers(app)
     app.add_middleware(CountArrivals, scheduler=scheduler)
+    app.add_middleware(JsonBodies)
 
     # -- auth ----------------------------------------------------------------------------------------------
     async def authorize(credentials: Credentials) -> None:
@@ -73,8 +75,16 @@ def create_app(
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)] if api_key else [])
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def same_path(a: str, b: str) -> bool:  # "runs/m" and "/home/me/runs/m/" are one model
+        try:
+            return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+        except (OSError, ValueError):
+            return False
+
     def check_model(name: str | None) -> None:
-        if name and name != model_id:
+        # A single-model server answers to every name it was given by: --served-model-name, --model as
+        # typed, or that path written another way. Anything else is a client's mistake worth a 404.
+        if name and name not in (model_id, engine.name) and not same_path(name, engine.name):
             raise APIError(
                 404,
                 f"The model `{name}` does not exist; this server serves `{model_id}`.",

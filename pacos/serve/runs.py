@@ -84,6 +84,20 @@ class Choice:
 ARRIVED: contextvars.ContextVar[Callable[[], object] | None] = contextvars.ContextVar("arrived", default=None)
 
 
+class JsonBodies:
+    """ASGI middleware: the API's POST bodies are JSON whatever their Content-Type says. `curl -d` sends
+    application/x-www-form-urlencoded, and clients often send none; OpenAI-compatible servers read them."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST" and scope["path"].startswith("/v1/"):
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 class CountArrivals:
     """ASGI middleware: a POST counts as arriving at the scheduler from the moment it is received until
     its sequences are submitted (or it fails), so that an idle server waits for a whole burst of requests
