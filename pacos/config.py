@@ -19,12 +19,31 @@ T = TypeVar("T", bound=BaseModel)
 _FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+RECIPES = Path(__file__).parent / "recipes"  # bundled with the package; `recipes/` in a checkout
+
+
+def bundled_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def find_recipe(path: str | Path) -> Path:
+    """A config file: the path if it exists, else a bundled recipe named like it (`alpaca-lora`,
+    `alpaca-lora.yaml` or `recipes/alpaca-lora.yaml`), so README commands work outside a checkout."""
     path = Path(path)
+    if path.exists() or path.parent.name not in ("", "recipes"):
+        return path
+    bundled = RECIPES / f"{path.name.removesuffix('.yaml').removesuffix('.yml')}.yaml"
+    return bundled if bundled.is_file() else path
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = find_recipe(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PacosError(f"{path}: config file not found") from None
+        raise PacosError(
+            f"{path}: config file not found (bundled recipes: {', '.join(bundled_recipes())})"
+        ) from None
     except UnicodeDecodeError:
         raise PacosError(f"{path}: config file is not valid UTF-8") from None
     try:
@@ -88,11 +107,28 @@ def known_names(names: list[str], known: Iterable[str]) -> list[str]:
     return names
 
 
-def build_config(cls: type[T], data: dict[str, Any], source: str) -> T:
+def _set_by(field: str, overrides: list[str]) -> str | None:
+    """The override (`key=value`, from --set or an option) that set `field` or a setting around it."""
+    for item in reversed(overrides):  # the last one wins, as when applied
+        key = item.partition("=")[0].strip()
+        if field == key or field.startswith(key + ".") or key.startswith(field + "."):
+            return item
+    return None
+
+
+def build_config(cls: type[T], data: dict[str, Any], source: str, overrides: list[str] | None = None) -> T:
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise PacosError(f"{source}: " + "; ".join(_describe(err) for err in e.errors())) from None
+        # Each error is blamed where its value came from: the command line or the file.
+        by_source: dict[str, list[str]] = {}
+        for err in e.errors():
+            item = _set_by(".".join(str(p) for p in err["loc"]), overrides or [])
+            where = f"command line ({item})" if item else source
+            by_source.setdefault(where, []).append(_describe(err))
+        raise PacosError(
+            "; ".join(f"{where}: {'; '.join(errs)}" for where, errs in by_source.items())
+        ) from None
 
 
 def load_config(
@@ -104,5 +140,5 @@ def load_config(
     """Settings from a YAML file (or `defaults`) with overrides applied; errors name the file and field."""
     data = load_yaml(path) if path else dict(defaults or {})
     data = apply_overrides(data, overrides or [])
-    source = str(path) if path else "--set"
-    return build_config(cls, data, source)
+    source = str(path) if path else "defaults"
+    return build_config(cls, data, source, overrides)

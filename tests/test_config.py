@@ -83,3 +83,30 @@ def test_quickstart_recipe_matches_built_in_defaults_and_alpaca_recipe_is_alpaca
         alpaca.distributed,
     ) == (2e-5, 3, 128, 512, "cosine", 0.03, 0.0, "full", "fsdp")
     assert load_config(CleanConfig, RECIPES / "clean.yaml").fix is True
+
+
+def test_errors_are_blamed_on_the_command_line_or_the_file_they_came_from(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("lr: 1e-4\nlora:\n  rank: 8\n")
+    with pytest.raises(PacosError) as info:
+        load_config(TrainConfig, path, ["max_step=3"])
+    message = str(info.value)
+    assert "command line (max_step=3): field 'max_step': unknown setting" in message
+    assert f"{path}: field 'lora.rank': unknown setting" in message
+    with pytest.raises(PacosError, match=r"^command line \(lora=4\): field 'lora'"):
+        load_config(TrainConfig, None, ["lora=4"])
+
+
+def test_bundled_recipes_load_by_name_outside_a_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ here
+    for name in ("alpaca-lora", "alpaca-lora.yaml", "recipes/alpaca-lora.yaml"):
+        assert (
+            load_config(TrainConfig, name).lora.r
+            == load_config(TrainConfig, RECIPES / "alpaca-lora.yaml").lora.r
+        )
+    with pytest.raises(
+        PacosError, match=r"^nope.yaml: config file not found \(bundled recipes: alpaca-7b-fsdp, "
+    ):
+        load_config(TrainConfig, "nope.yaml")
+    (tmp_path / "alpaca-lora.yaml").write_text("lr: 0.5\n")  # a file of that name wins
+    assert load_config(TrainConfig, "alpaca-lora.yaml").lr == 0.5

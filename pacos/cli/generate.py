@@ -46,7 +46,10 @@ def generate(
     force: Annotated[
         bool, typer.Option("--force", help="Continue a run directory made with other settings.")
     ] = False,
-    config: Annotated[Path | None, typer.Option(help="Recipe YAML (see recipes/generate*.yaml).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Recipe YAML, or a bundled recipe by name (generate-local, generate-vllm, ...)."),
+    ] = None,
     overrides: SetOption = None,
 ) -> None:
     """Self-Instruct data generation: a teacher continues lists of tasks; filters keep the good, novel ones.

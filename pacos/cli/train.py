@@ -17,7 +17,10 @@ from pacos.errors import PacosError
 
 @app.command("train")
 def train(
-    config: Annotated[Path | None, typer.Option(help="Recipe YAML (see recipes/).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Recipe YAML, or a bundled recipe by name (alpaca-lora, alpaca-7b-fsdp, ...)."),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Embedded name, .gguf file, directory or hub id.")] = None,
     data: Annotated[
         str | None, typer.Option(help="Training data: file, dataset directory, hub id or built-in name.")
@@ -78,7 +81,9 @@ def train(
 
 @app.command("selftrain")
 def selftrain(
-    config: Annotated[Path | None, typer.Option(help="Recipe YAML (recipes/selftrain*.yaml).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Recipe YAML, or a bundled recipe by name (selftrain).")
+    ] = None,
     output_dir: Annotated[str | None, typer.Option(help="Where every round writes.")] = None,
     overrides: SetOption = None,
 ) -> None:
