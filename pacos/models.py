@@ -121,6 +121,28 @@ def convert_gguf(gguf: Path, quiet: bool = False) -> Path:
     return target
 
 
+def hub_unavailable(repo: str) -> str | None:
+    """Why `repo` cannot come from the hub now (None when it can, or is in the local hub cache): said in
+    well under a second, instead of minutes of the hub client's retries on a machine without network."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    for name in ("config.json", "adapter_config.json", "tokenizer_config.json"):
+        if isinstance(try_to_load_from_cache(repo, name), str):
+            return None
+    if constants.HF_HUB_OFFLINE:
+        return "not in the local hub cache, and HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, url.port or (80 if url.scheme == "http" else 443)), timeout=5).close()
+    except OSError as e:
+        return f"not in the local hub cache, and {host} cannot be reached ({first_line(e)})"
+    return None
+
+
 def resolve_model(spec: str, quiet: bool = False) -> str:
     """A local directory or hub id that `from_pretrained` accepts, converting GGUF on first use."""
     if spec in EMBEDDED_MODELS:
@@ -139,8 +161,14 @@ def resolve_model(spec: str, quiet: bool = False) -> str:
                 "(no config.json, adapter_config.json or tokenizer_config.json)"
             )
         return str(path)
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        return spec  # a hub id; loading says whether it can be reached
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        owner = spec.split("/")[0]
+        if Path(owner).is_dir():  # `runs/pruned` beside an existing runs/: a path, not a hub id
+            raise PacosError(f"model '{spec}': no such directory ({owner}/ exists, {spec} does not)")
+        reason = hub_unavailable(spec)
+        if reason:
+            raise PacosError(f"model '{spec}': not a local directory, and as a Hugging Face hub id: {reason}")
+        return spec  # a hub id; loading says whether it can be fetched
     known = ", ".join(EMBEDDED_MODELS)
     raise PacosError(
         f"model '{spec}': not an embedded name ({known}), a .gguf file, a local directory or a "
