@@ -279,3 +279,5 @@ def test_pacos_serve_command_with_the_llama_cpp_backend(chat_model, torch_engine
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert "(gguf on cpu, template chat, context 8192 tokens)" in out, out
+    # transformers' GGUF conversion bar and its deprecation notices stay out of pacos's output.
+    assert "%|" not in out and "deprecated" not in out, out

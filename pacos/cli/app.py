@@ -108,9 +108,13 @@ def progress(items: list[Any], description: str) -> Iterable[Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # transformers' notices about its own upcoming renames say nothing to a pacos user.
-    for notice in ("`past_key_values` is deprecated", "`is_gradient_checkpointing` is deprecated"):
-        warnings.filterwarnings("ignore", message=notice, category=FutureWarning)
+    # transformers' notices about its own upcoming renames, and its per-tensor loading bars, say nothing to
+    # a pacos user (pacos reports its own progress); errors still show. Set before transformers loads.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.stderr.isatty():  # bars redrawn with \r are noise in a log; on a terminal they show downloads
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore", message=r"(?s).*\bdeprecated\b", category=FutureWarning)
     try:
         app(args=argv, prog_name="pacos")
     except PacosError as e:
