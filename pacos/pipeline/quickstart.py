@@ -175,15 +175,18 @@ def pairs_stage(config: QuickstartConfig, out: Path, seeds: Path, model_dir: Pat
             template=config.train.template,
             dtype=config.eval.dtype,
             quantize=config.eval.quantize,
+            repair=settings.repair,
         ),
         out,
     )
     _say(
         "pairs",
-        f"{summary['pairs']} pairs; {summary.get('checks_all_passed', 0):.0%} of answers pass all their "
-        f"checks, {summary['ended']:.0%} end by themselves -> {out / 'pairs.jsonl'}",
+        f"{summary['pairs']} pairs ({summary['pairs_with_repaired_chosen']} with a repaired chosen answer); "
+        f"{summary.get('checks_all_passed', 0):.0%} of answers pass all their checks, {summary['ended']:.0%} "
+        f"end by themselves -> {out / 'pairs.jsonl'}",
     )
-    keys = ("prompts", "answers", "pairs", "mean_reward", "ended", "checks_all_passed", "seconds")
+    keys = ("prompts", "answers", "pairs", "pairs_with_repaired_chosen", "mean_reward", "ended",
+            "checks_all_passed", "seconds")  # fmt: skip
     return {k: summary.get(k) for k in keys}
 
 
@@ -383,7 +386,16 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
         pairs_dir, prefer_dir = out_dir / "pairs", out_dir / "prefer"
         sampling = config.prefer.model_dump(
             mode="json",
-            include={"prompts", "k", "max_new_tokens", "temperature", "top_p", "min_margin", "rewards"},
+            include={
+                "prompts",
+                "k",
+                "max_new_tokens",
+                "temperature",
+                "top_p",
+                "min_margin",
+                "rewards",
+                "repair",
+            },
         )
         results["pairs"] = run_stage(
             out_dir,

@@ -116,6 +116,7 @@ class PreferStageConfig(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1)
     min_margin: float = Field(0.25, ge=0)
     rewards: list[str] = ["checks", "eos", "repetition"]
+    repair: bool = True  # the best answer edited to pass its checks competes (pacos pairs --repair)
     objective: Literal["dpo", "simpo", "orpo", "kto"] = "dpo"
     preference: PreferenceConfig = PreferenceConfig(sft_weight=1.0)
     lr: float = Field(2e-4, gt=0)

@@ -73,10 +73,14 @@ class _FrozenHeadLogProbs(torch.autograd.Function):
             if softcap:
                 capped = torch.tanh(logits / softcap)
                 logits = capped * softcap
-            lse = torch.logsumexp(logits, dim=-1)
-            out[start : start + len(y)] = logits.gather(1, y[:, None]).squeeze(1) - lse
-            # onehot - softmax, in the logits' own buffer: [chunk, vocab] is the largest tensor here.
-            d = logits.sub_(lse[:, None]).exp_().neg_()
+            # One [chunk, vocab] buffer, the logits', for everything (logsumexp would allocate another):
+            # the picked logit first, then exp(logits - max) in place, then -softmax, then onehot - softmax.
+            picked = logits.gather(1, y[:, None]).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            d = logits.sub_(top).exp_()
+            total = d.sum(dim=-1, keepdim=True)
+            out[start : start + len(y)] = picked - (top + total.log()).squeeze(1)
+            d.div_(total).neg_()
             d.scatter_add_(1, y[:, None], torch.ones_like(y, dtype=d.dtype)[:, None])
             if capped is not None:
                 d *= 1 - capped.square()

@@ -24,6 +24,7 @@ import yaml
 from pacos.data.clean import clean_records
 from pacos.data.io import read_records
 from pacos.data.split import split_records
+from pacos.device import return_freed_memory
 from pacos.errors import PacosError
 from pacos.models import ensure_pad_token, load_model, load_tokenizer
 from pacos.train import attention as packed_attention
@@ -298,6 +299,7 @@ def _preference_batches(
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     runtime = dist_utils.setup(config.device, config.precision, config.distributed)
+    return_freed_memory()  # a fragmented heap costs more peak memory than activations do on a CPU
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     random.seed(config.seed)

@@ -1,0 +1,37 @@
+"""Process-level settings of pacos.device that change what a run costs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+# Allocate blocks of 2-8 MiB between small ones that stay alive (as a training step's activations lie
+# between its small tensors, after earlier steps freed blocks as large), free the blocks, and report how
+# much memory the process still holds: with glibc's defaults, then after return_freed_memory().
+PROGRAM = """
+import numpy as np
+from pacos.device import return_freed_memory
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
+def held():
+    before, big, small = rss(), [], []
+    for i in range(300):
+        big.append(np.ones((2 + i % 7) << 17))  # 2-8 MiB, touched
+        small.append(np.ones(64 << 10 >> 3))  # 64 KiB, kept
+    del big
+    return rss() - before
+warm = np.ones(8 << 17)  # freeing an 8 MiB block raises glibc's default threshold past the sizes above
+del warm
+off = held()
+print(off, return_freed_memory(), held())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_large_blocks_go_back_to_the_system():
+    out = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, check=True)
+    off, applied, on = out.stdout.split()
+    assert applied == "True"
+    assert int(on) < 100 < 500 < int(off), out.stdout  # ~20 MiB of small blocks vs most of 1.5 GB kept
