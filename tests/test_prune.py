@@ -40,6 +40,7 @@ def test_a_layer_that_passes_its_input_through_is_the_one_dropped(
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = cli("compress", src, "--out", tmp_path / "pruned", "--drop", "1", "--data", data)
     assert result.code == 0, result.err
+    assert "[compress] block influence of" in result.err and "[compress] saving to" in result.err  # progress
     report = json.loads((tmp_path / "pruned" / "prune_report.json").read_text())
     assert report["dropped"] == [1] and report["block_influence"][1] == pytest.approx(0.0, abs=1e-6)
     assert report["block_influence"][0] > 0.01

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ def text_ids(
         if total >= max_tokens:
             break
     return sequences
+
+
+def _say(message: str) -> None:
+    print(f"[compress] {message}", file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
@@ -158,8 +163,10 @@ def prune(
     half = len(records) // 2  # calibrate on the first half, evaluate on the second: no overlap
     calibration = text_ids(tokenizer, records[:half], template, calibration_tokens, seq_len)
     held_out = text_ids(tokenizer, records[half:], template, eval_tokens, seq_len)
+    _say(f"block influence of {n_layers} layers on {sum(map(len, calibration))} calibration tokens")
     influence = block_influence(model, calibration)
     dropped = sorted(sorted(range(n_layers), key=lambda i: influence[i])[:drop])
+    _say(f"dropping layers {dropped}; comparing with the unpruned model on {sum(map(len, held_out))} tokens")
     before = sum(p.numel() for p in model.parameters())
     reference = load()
     pruned = drop_layers(model, dropped)
@@ -176,6 +183,7 @@ def prune(
         "unpruned": compare(reference, reference, held_out),
         "pruned": compare(reference, pruned, held_out),
     }
+    _say(f"saving to {out}")
     with atomic_dir(Path(out)) as tmp:
         pruned.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
