@@ -19,17 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from pacos.text.checks import CHECKERS, SENTENCE_END, check_prompt, count_sentences, keyword_pattern
-from pacos.text.cjk import CJK, count_words
+from pacos.text.cjk import count_words, has_cjk, language_of
 
 _LIST_MARK = re.compile(r"^[ \t]*(?:[*\-•]|\d+[.)、])[ \t]+", re.MULTILINE)
 _PLACEHOLDERS = {
     "en": ["[name]", "[date]", "[place]", "[amount]", "[contact]", "[detail]"],
     "zh": ["[姓名]", "[日期]", "[地点]", "[金额]", "[联系方式]", "[细节]"],
 }
-
-
-def _language(text: str) -> str:
-    return "zh" if CJK.search(text) else "en"
 
 
 def sentences(text: str) -> list[str]:
@@ -45,7 +41,7 @@ def sentences(text: str) -> list[str]:
 
 
 def _join(parts: list[str]) -> str:
-    return "".join(parts) if all(CJK.search(p) for p in parts) else " ".join(parts)
+    return "".join(parts) if all(has_cjk(p) for p in parts) else " ".join(parts)
 
 
 def _groups(items: list[str], n: int) -> list[list[str]] | None:
@@ -88,13 +84,13 @@ def _cut(text: str, fits: Callable[[str], bool]) -> str | None:
 def _title(text: str) -> str:
     first = sentences(text)[:1] or [text]
     words = re.sub(r"[^\w\s\u3400-\u9fff-]", "", first[0]).split()
-    name = first[0][:12] if _language(text) == "zh" else " ".join(words[:6])
+    name = first[0][:12] if language_of(text) == "zh" else " ".join(words[:6])
     name = re.sub(r"[<>\n。，,.!?！？]", "", name).strip() or "Answer"
     return f"<<{name}>>\n\n{text.strip()}"
 
 
 def _placeholders(text: str, at_least: int) -> str:
-    marks = _PLACEHOLDERS[_language(text)]
+    marks = _PLACEHOLDERS[language_of(text)]
     needed = [marks[i % len(marks)] for i in range(at_least)]
     return f"{text.rstrip()}\n\n{' '.join(needed)}"
 
@@ -106,7 +102,7 @@ def _without_keywords(text: str, keywords: list[str]) -> str:
 
 
 def _starting(text: str, phrase: str) -> str:
-    return f"{phrase.strip()}{'' if _language(phrase) == 'zh' else ' '}{text.strip()}"
+    return f"{phrase.strip()}{'' if language_of(phrase) == 'zh' else ' '}{text.strip()}"
 
 
 def _ending(text: str, phrase: str) -> str:
