@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import shutil
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -10,7 +11,7 @@ from pacos.data.templates import ALPACA
 from pacos.errors import PacosError
 from pacos.infer import SamplingParams, TorchEngine
 from pacos.infer.chat import ChatSession, read_message, run_chat
-from pacos.infer.prompting import alpaca_conversation, chat_prompt
+from pacos.infer.prompting import chat_prompt
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
@@ -32,7 +33,8 @@ def tiny_chat_model(tiny_llama, tmp_path_factory):
 
 
 def test_alpaca_conversation_is_the_training_prompt_then_continues():
-    single = alpaca_conversation([{"role": "user", "content": "Name a color."}], ALPACA)
+    tokenizer = SimpleNamespace(eos_token="</s>")
+    single = chat_prompt([{"role": "user", "content": "Name a color."}], "alpaca", tokenizer)
     assert single == ALPACA.prompt({"instruction": "Name a color."})
     turns = [
         {"role": "system", "content": "You are terse."},
@@ -40,8 +42,9 @@ def test_alpaca_conversation_is_the_training_prompt_then_continues():
         {"role": "assistant", "content": "Red."},
         {"role": "user", "content": "Another?"},
     ]
-    assert alpaca_conversation(turns, ALPACA) == (
-        "You are terse.\n\n### Instruction:\nName a color.\n\n### Response:Red.\n\n"
+    # Each earlier answer is closed by EOS, as multi-turn training data is.
+    assert chat_prompt(turns, "alpaca", tokenizer) == (
+        "You are terse.\n\n### Instruction:\nName a color.\n\n### Response:Red.</s>\n\n"
         "### Instruction:\nAnother?\n\n### Response:"
     )
 

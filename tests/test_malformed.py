@@ -27,7 +27,7 @@ DATA_CASES = {
     "not_utf8.jsonl": (":2:", "not valid UTF-8"),
     "record_not_object.jsonl": (":1:", "expected an object"),
     "bad_metadata.jsonl": (":1:", "field 'metadata': expected an object"),
-    "multi_turn.jsonl": (":1:", "field 'messages': only single-turn"),
+    "turns_out_of_order.jsonl": (":1:", "field 'messages[2]': expected a user turn"),
     "bad_role.jsonl": (":1:", "field 'conversations[0].from': unknown role"),
     "seed_bad_instances.jsonl": (":1:", "field 'instances': expected a non-empty array"),
     "whitespace_only.csv": (":", "empty file"),

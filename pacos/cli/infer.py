@@ -34,7 +34,10 @@ def chat(
     system: Annotated[str | None, typer.Option(help="A system message for every turn.")] = None,
     history: Annotated[
         bool | None,
-        typer.Option("--history/--no-history", help="Keep the conversation [default: for chat models]."),
+        typer.Option(
+            "--history/--no-history",
+            help="Keep the conversation [default: for chat models and models tuned on conversations].",
+        ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 512,
     temperature: Annotated[float, typer.Option(help="0: greedy.")] = 0.7,

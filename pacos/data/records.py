@@ -2,8 +2,10 @@
 
 A record is a plain dict: `instruction` (non-empty), `input` ("" when there is none), `output`, and
 optionally `id`, `source`, `metadata`. Other keys are kept as they are, so a round trip loses nothing.
-Three other shapes are converted on load: Self-Instruct seed tasks (`instances`), and single-turn
-chats in OpenAI (`messages`) or ShareGPT (`conversations`) form.
+Three other shapes are converted on load: Self-Instruct seed tasks (`instances`), and chats in OpenAI
+(`messages`) or ShareGPT (`conversations`) form. A single-turn chat becomes a plain record; a longer one
+keeps its turns in `messages` (role/content), its first question as `instruction` and its last answer
+as `output` (pacos.data.turns).
 """
 
 from __future__ import annotations
@@ -112,12 +114,13 @@ def _seed_task(raw: dict, require_output: bool, allow_empty: bool) -> list[Recor
 
 
 def _chat(raw: dict, key: str, require_output: bool, allow_empty: bool) -> Record:
-    """A single-turn chat (optional system message, one user turn, one assistant turn)."""
+    """A chat: one user turn becomes a plain record (its system message in metadata); more turns
+    become a multi-turn record that keeps them all in `messages` (pacos.data.turns)."""
     turns = raw[key]
     if not isinstance(turns, list) or not turns:
         raise RecordError([f"field '{key}': expected a non-empty array of messages, got {type_name(turns)}"])
     role_key, text_key = ("role", "content") if key == "messages" else ("from", "value")
-    system, user, assistant = [], [], []
+    messages: list[dict[str, str]] = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise RecordError([f"field '{key}[{i}]': expected an object, got {type_name(turn)}"])
@@ -127,24 +130,45 @@ def _chat(raw: dict, key: str, require_output: bool, allow_empty: bool) -> Recor
             raise RecordError([f"field '{key}[{i}].{role_key}': unknown role {turn.get(role_key)!r}"])
         if not isinstance(text, str):
             raise RecordError([f"field '{key}[{i}].{text_key}': expected a string, got {type_name(text)}"])
-        {"system": system, "user": user, "assistant": assistant}[role].append(text)
-    if len(user) != 1 or len(assistant) > 1:
-        raise RecordError(
-            [
-                f"field '{key}': only single-turn conversations convert to instruction records "
-                f"(found {len(user)} user and {len(assistant)} assistant turns)"
-            ]
-        )
-    plain = {"instruction": user[0], "input": ""}
-    if assistant:
-        plain["output"] = assistant[0]
-    for k, v in raw.items():
-        if k != key:
-            plain[k] = v
+        messages.append({"role": role, "content": text})
+    by_role = {r: [m["content"] for m in messages if m["role"] == r] for r in ("system", "user", "assistant")}
+    system, user, assistant = by_role["system"], by_role["user"], by_role["assistant"]
+    if not user:
+        raise RecordError([f"field '{key}': a conversation needs a user turn"])
+    rest = {k: v for k, v in raw.items() if k != key}
+    if len(user) == 1 and len(assistant) <= 1:
+        plain = {"instruction": user[0], "input": "", **rest}
+        if assistant:
+            plain["output"] = assistant[0]
+        record = _plain(plain, require_output, allow_empty)
+        if system:
+            record["metadata"] = {**record.get("metadata", {}), "system": system[0]}
+        return record
+    _check_turn_order(messages, key)
+    plain = {"instruction": user[0], "input": "", **rest}
+    if messages[-1]["role"] == "assistant":
+        plain["output"] = messages[-1]["content"]
     record = _plain(plain, require_output, allow_empty)
-    if system:
-        record["metadata"] = {**record.get("metadata", {}), "system": system[0]}
+    record["messages"] = messages
     return record
+
+
+def _check_turn_order(messages: list[dict[str, str]], key: str) -> None:
+    """System messages first, then user and assistant turns taking turns, a user first."""
+    expected = "user"
+    for i, m in enumerate(messages):
+        if m["role"] == "system":
+            if any(p["role"] != "system" for p in messages[:i]):
+                raise RecordError([f"field '{key}[{i}]': a system message must come before the turns"])
+            continue
+        if m["role"] != expected:
+            raise RecordError(
+                [
+                    f"field '{key}[{i}]': expected {'an' if expected == 'assistant' else 'a'} "
+                    f"{expected} turn (user and assistant turns alternate)"
+                ]
+            )
+        expected = "assistant" if expected == "user" else "user"
 
 
 def normalize(raw: Any, *, require_output: bool = True, allow_empty: bool = False) -> list[Record]:

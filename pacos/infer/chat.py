@@ -1,9 +1,10 @@
 """`pacos chat`: talk to a model in the terminal, the answer streaming as it is written.
 
-Chat models keep the conversation (the oldest turns go when it no longer fits the context); models
-tuned with the Alpaca template answer each instruction on its own, as they were trained to, unless
-asked to remember with --history. Input: a line ending in a backslash continues on the next line, and
-a block between two lines of triple quotes is sent as one message. Ctrl-C stops an answer.
+Chat models and models pacos tuned on conversations keep the conversation (the oldest turns go when it
+no longer fits the context); models tuned on single Alpaca instructions answer each one on its own, as
+they were trained to, unless asked to remember with --history. Input: a line ending in a backslash
+continues on the next line, and a block between two lines of triple quotes is sent as one message.
+Ctrl-C stops an answer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import replace
 from typing import Any, TextIO
 
 from pacos.errors import PacosError
+from pacos.infer.loading import trained_on_conversations
 from pacos.infer.sampling import SamplingParams
 
 HELP = """commands:
@@ -46,7 +48,9 @@ class ChatSession:
         self.engine = engine
         self.params = params
         self.system = system
-        self.keep_history = engine.template == "chat" if history is None else history
+        if history is None:  # chat models and models tuned on conversations remember; Alpaca's did not
+            history = engine.template == "chat" or trained_on_conversations(engine.name)
+        self.keep_history = history
         self.messages: list[dict[str, str]] = []
 
     def reset(self) -> None:

@@ -7,6 +7,7 @@ base once at load time, so generation runs at the speed of a plain model.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,17 @@ def trained_template(model_dir: Path) -> str | None:
     if recipe.is_file():
         return (yaml.safe_load(recipe.read_text()) or {}).get("template")
     return None
+
+
+def trained_on_conversations(spec: str) -> bool:
+    """Whether a pacos run tuned this model on multi-turn records (its chat then keeps the history)."""
+    summary = Path(spec) / "train_summary.json"
+    if not summary.is_file():
+        return False
+    try:
+        return bool(json.loads(summary.read_text()).get("tokenization", {}).get("conversations"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def pick_template(spec: str, tokenizer: Any, template: str | None) -> str:

@@ -2,18 +2,17 @@
 
 Chat models (a tokenizer chat template) get their own template. Models tuned with the Alpaca template
 get Alpaca blocks: the preamble once, then `### Instruction:` / `### Response:` per turn, with earlier
-answers filled in, so a conversation reads the way the training data did. A system message replaces
-the preamble (the sentence that tells the model what it is doing), as it does in the chat templates.
+answers filled in and closed by EOS, so a conversation reads the way multi-turn training data does
+(pacos.data.turns). A system message replaces the preamble, as it does in the chat templates.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pacos.data.templates import ALPACA, ALPACA_ZH, PromptTemplate, get_template
+from pacos.data.templates import ALPACA, ALPACA_ZH
+from pacos.data.turns import ROLES, conversation_prompt
 from pacos.errors import PacosError
-
-ROLES = ("system", "user", "assistant")
 
 
 def content_text(content: Any, where: str) -> str:
@@ -50,28 +49,8 @@ def check_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     return clean
 
 
-def alpaca_conversation(messages: list[dict[str, str]], template: PromptTemplate) -> str:
-    preamble, rest = template.prompt_no_input.split("\n\n", 1)
-    head = rest.split("{instruction}")[0]  # "### Instruction:\n"
-    tail = rest.split("{instruction}")[1]  # "\n\n### Response:"
-    system = " ".join(m["content"] for m in messages if m["role"] == "system")
-    blocks = [system or preamble]
-    for message in messages:
-        if message["role"] == "user":
-            blocks.append(f"{head}{message['content']}{tail}")
-        elif message["role"] == "assistant":
-            blocks[-1] += message["content"]
-    return "\n\n".join(blocks)
-
-
 def chat_prompt(messages: list[dict[str, Any]], template: str, tokenizer: Any) -> str:
-    messages = check_messages(messages)
-    if template == "chat":
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    chosen = get_template(template)
-    if not isinstance(chosen, PromptTemplate):
-        raise PacosError(f"template '{template}' cannot render a conversation")
-    return alpaca_conversation(messages, chosen)
+    return conversation_prompt(check_messages(messages), template, tokenizer)
 
 
 def turn_stops(template: str) -> list[str]:

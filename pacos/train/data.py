@@ -6,6 +6,9 @@ be lost at a tokenization boundary (trl #1920) and EOS is always present and tra
 
 Targets are shifted once, here: `targets[t]` is the token position `t` must predict, or -100. Only
 response tokens and EOS are targets; prompt and padding never are (pad == EOS cannot mask EOS out).
+
+A multi-turn record (`messages`) learns every assistant turn and the token that ends it, each piece
+tokenized as it was rendered (pacos.data.turns); a conversation too long keeps its first whole turns.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from pacos.data.records import Record
 from pacos.data.templates import render_prompt
+from pacos.data.turns import conversation_of, segments
 
 IGNORE = -100
 
@@ -41,6 +45,7 @@ class TokenizeReport:
     cut: int = 0
     prompt_tokens: int = 0
     response_tokens: int = 0
+    conversations: int = 0  # multi-turn records among those kept
 
 
 def prompt_token_ids(record: Record, tokenizer: Any, template: str) -> list[int]:
@@ -54,6 +59,9 @@ def tokenize_record(
     record: Record, tokenizer: Any, template: str, max_length: int, truncation: str
 ) -> tuple[Example | None, str]:
     """One training example, or None with the reason it cannot be one ('too_long')."""
+    messages = conversation_of(record)
+    if messages is not None:
+        return tokenize_conversation(messages, tokenizer, template, max_length, truncation)
     prompt_ids = prompt_token_ids(record, tokenizer, template)
     response_ids = [*tokenizer(record["output"], add_special_tokens=False).input_ids, tokenizer.eos_token_id]
     if len(prompt_ids) + len(response_ids) > max_length:
@@ -65,6 +73,53 @@ def tokenize_record(
         status = "ok"
     input_ids = prompt_ids + response_ids
     targets = [IGNORE] * (len(prompt_ids) - 1) + response_ids + [IGNORE]
+    return Example(input_ids, targets), status
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    """Token ids that end a turn (EOS, <|im_end|>, <end_of_turn>, ...): every special token."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special)
+    return ids
+
+
+def tokenize_conversation(
+    messages: list[dict[str, str]], tokenizer: Any, template: str, max_length: int, truncation: str
+) -> tuple[Example | None, str]:
+    """A conversation as one example: every answer learned up to and including the first special token
+    after it (the end of its turn; what follows, such as a newline, is the next turn's prompt)."""
+    while messages and messages[-1]["role"] != "assistant":
+        messages = messages[:-1]  # a question without its answer teaches nothing
+    if not messages:
+        return None, "no_answer"
+    specials = _special_ids(tokenizer)
+    turns: list[tuple[list[int], list[int]]] = []  # (ids, learn flags) per prompt and its answer
+    ids: list[int] = []
+    flags: list[int] = []
+    for i, (text, learn) in enumerate(segments(messages, template, tokenizer)):
+        # A chat template writes its own BOS; a plain template gets the tokenizer's, as single turns do.
+        piece = tokenizer(text, add_special_tokens=i == 0 and template != "chat").input_ids
+        ids += piece
+        if learn:
+            end = next((j for j, t in enumerate(piece) if t in specials), len(piece) - 1)
+            flags += [1] * (end + 1) + [0] * (len(piece) - end - 1)
+            turns.append((ids, flags))
+            ids, flags = [], []
+        else:
+            flags += [0] * len(piece)
+    kept = 0
+    while kept < len(turns) and sum(len(t[0]) for t in turns[: kept + 1]) <= max_length:
+        kept += 1
+    status = "ok" if kept == len(turns) else "cut"
+    if kept == 0:  # even the first turn is too long: as a single-turn record would be
+        first_ids, first_flags = turns[0]
+        prompt_len = first_flags.index(1) if 1 in first_flags else len(first_flags)
+        if truncation == "drop" or prompt_len >= max_length - 1:
+            return None, "too_long"
+        turns, kept = [(first_ids[:max_length], first_flags[:max_length])], 1
+    input_ids = [t for turn_ids, _ in turns[:kept] for t in turn_ids]
+    learn = [f for _, turn_flags in turns[:kept] for f in turn_flags]
+    targets = [t if f else IGNORE for t, f in zip(input_ids[1:], learn[1:], strict=True)] + [IGNORE]
     return Example(input_ids, targets), status
 
 
@@ -80,6 +135,7 @@ def tokenize_records(
             continue
         report.cut += status == "cut"
         report.kept += 1
+        report.conversations += conversation_of(record) is not None
         n_response = sum(t != IGNORE for t in example.targets)
         report.response_tokens += n_response
         report.prompt_tokens += len(example) - n_response
@@ -98,7 +154,9 @@ def loop_example(
     1-3 more times, as a small model loops under greedy decoding. The repeats' tokens are targets to
     unlearn (Welleck et al. 2019's sequence-level unlikelihood, on made-up loops instead of sampled ones:
     sampling answers is what a CPU cannot afford); nothing else in it is a target. None when the answer
-    has no unit of 6+ characters or the result is longer than max_length."""
+    has no unit of 6+ characters or the result is longer than max_length, or for a conversation."""
+    if conversation_of(record) is not None:
+        return None
     response = record["output"]
     units = [m for m in _UNIT.finditer(response) if len(m.group().strip()) >= 6]
     if not units:
