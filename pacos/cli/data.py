@@ -125,19 +125,41 @@ def data_mix(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="Evaluation set to keep out (repeatable): a record file or ifeval. Records that overlap its "
+            "prompts (pacos data contamination's 13-gram and ROUGE-L > 0.7 checks) are dropped before "
+            "drawing, into OUT's name + .rejected.jsonl.",
+        ),
+    ] = None,
 ) -> None:
     """Draw a weighted mixture of several instruction sets, each record tagged with its source."""
     from pacos.data.io import read_records, write_records
-    from pacos.data.mix import mix_records, parse_source
+    from pacos.data.mix import drop_contaminated, mix_records, parse_source
 
     specs = [parse_source(s) for s in sources]
-    mixed, summary = mix_records([(s, read_records(s.path)) for s in specs], n, seed)
+    loaded = [(s, read_records(s.path)) for s in specs]
+    rejects, dropped = [], {}
+    if exclude:
+        from pacos.data.contamination import ContaminationIndex, load_eval_sets
+
+        loaded, rejects, dropped = drop_contaminated(loaded, ContaminationIndex(load_eval_sets(exclude)))
+    mixed, summary = mix_records(loaded, n, seed)
     write_records(mixed, out)
+    if exclude:
+        rejected = out.with_name(out.name.split(".")[0] + ".rejected.jsonl")
+        write_records(rejects, rejected, "jsonl")
+        summary["excluded"] = {"eval_sets": exclude, "contaminated": dropped, "rejected": str(rejected)}
     if report:
         write_json(report, summary)
     for s in summary["sources"]:
         note = f" ({s['repeated']} repeated: only {s['available']} available)" if s["repeated"] else ""
-        print(f"{s['name']}: {s['drawn']} records (weight {s['weight']:g}){note}")
+        gone = f", {dropped[s['name']]} dropped as contaminated" if dropped.get(s["name"]) else ""
+        print(f"{s['name']}: {s['drawn']} records (weight {s['weight']:g}){note}{gone}")
+    if exclude:
+        print(f"{len(rejects)} records overlap {', '.join(exclude)}: dropped -> {rejected}")
     print(f"wrote {len(mixed)} records to {out}")
 
 
@@ -272,6 +294,113 @@ def data_dedup(
         f"kept {len(result.kept)} of {len(records)} records -> {out}; dropped {len(result.rejected)} "
         f"near-duplicates -> {rejected} ({seconds:.1f} s)" + (f"; report -> {report}" if report else "")
     )
+
+
+@data_app.command("contamination")
+def data_contamination(
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="TRAIN",
+            help="The training records (any file pacos reads); further arguments are evaluation sets too, "
+            "so `TRAIN --against A B` checks against A and B.",
+        ),
+    ],
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--against",
+            help="Evaluation set: a record file (JSON, JSON Lines, CSV, Parquet, chats ...) or ifeval (the "
+            "bundled 105 prompts of pacos eval --ifeval); their prompts are instruction + input.",
+        ),
+    ] = None,
+    ngram: Annotated[
+        int,
+        typer.Option(
+            help="Flag a record holding any N consecutive words (Chinese: characters) of a prompt, "
+            "lower-cased and without punctuation; a prompt shorter than N must occur whole (from 8 units "
+            "on; shorter ones get the ROUGE-L check only); 0: no n-gram check."
+        ),
+    ] = 13,
+    rouge: Annotated[
+        float,
+        typer.Option(
+            help="Flag a record whose instruction + input has a ROUGE-L F1 above this with a prompt "
+            "(1: no ROUGE-L check)."
+        ),
+    ] = 0.7,
+    drop: Annotated[
+        Path | None,
+        typer.Option(
+            "--drop", help="Write the records that overlap nothing here (the format follows the suffix)."
+        ),
+    ] = None,
+    rejected: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --drop: the dropped records, each with its reason [default: OUT's name + "
+            ".rejected.jsonl]."
+        ),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report (every match) here.")] = None,
+    show: Annotated[int, typer.Option(help="How many of the strongest matches to list.")] = 20,
+) -> None:
+    """Find training records that overlap evaluation prompts: n-gram overlap (lm-evaluation-harness's 13-gram
+    decontamination) and ROUGE-L near-copies; --drop writes the clean records."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pacos.data.contamination import (
+        ContaminationIndex,
+        contamination_report,
+        find_contamination,
+        load_eval_sets,
+        read_located,
+        split_clean,
+    )
+    from pacos.data.io import write_records
+
+    source, *more = files
+    evals = [*(against or []), *more]
+    if not evals:
+        raise PacosError("no evaluation set: pass --against EVAL (a record file, or ifeval)")
+    if ngram < 0 or show < 0:
+        raise PacosError("--ngram and --show must be >= 0")
+    records, where = read_located(source)
+    index = ContaminationIndex(load_eval_sets(evals), ngram=ngram, rouge=rouge)
+    matches = find_contamination(records, index, where=where)
+    summary = contamination_report(len(records), index, matches)
+    sets = ", ".join(f"{s['name']} ({s['prompts']} prompts)" for s in summary["eval_sets"])
+    print(f"{source}: {len(records)} records against {sets}: {summary['records_dropped']} contaminated")
+    labels = {"ngram": f"{ngram}-gram overlap", "rouge_l": f"ROUGE-L > {rouge:g}"}
+    for by, counts in summary["by_reason"].items():
+        if by == "ngram" and not ngram:
+            continue
+        per_set = ", ".join(f"{name} {count}" for name, count in counts["by_eval_set"].items())
+        print(f"  {labels[by]}: {counts['records']} records" + (f" ({per_set})" if per_set else ""))
+    if index.short:
+        print(f"  ({index.short} prompts shorter than {min(index.min_units, ngram)} units: ROUGE-L only)")
+    if matches and show:
+        # The strongest first: the larger share of a prompt's n-grams, then the higher ROUGE-L F1.
+        strongest = sorted(matches, key=lambda m: (m.by != "ngram", -(m.shared / m.of if m.of else m.score)))
+        table = Table("train record", "by", "eval prompt", "shared n-gram / ROUGE-L F1",
+                      title=f"strongest matches ({min(show, len(matches))} of {len(matches)})")  # fmt: skip
+        for m in strongest[:show]:
+            what = f"{m.ngram!r} ({m.shared}/{m.of})" if m.by == "ngram" else f"{m.score:.3f}"
+            train = f"id {m.record_id}" if m.record_id is not None else m.where or f"#{m.record}"
+            table.add_row(train, m.by, m.prompt.label, what)
+        Console().print(table)
+    payload = {"input": source, "against": evals, **summary}
+    if drop:
+        clean, rejects = split_clean(records, matches)
+        rejected = rejected or drop.with_name(drop.name.split(".")[0] + ".rejected.jsonl")
+        write_records(clean, drop)
+        write_records(rejects, rejected, "jsonl")
+        payload.update(output=str(drop), rejected=str(rejected))
+        print(f"kept {len(clean)} of {len(records)} records -> {drop}; dropped {len(rejects)} -> {rejected}")
+    if report:
+        write_json(report, payload)
+        print(f"report -> {report}")
 
 
 @data_app.command("select")

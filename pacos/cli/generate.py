@@ -43,6 +43,14 @@ def generate(
         str | None, typer.Option(help="chat or completions [default: chat; local: by the model].")
     ] = None,
     budget: Annotated[float | None, typer.Option(help="Stop cleanly once this many USD are spent.")] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="Evaluation set to keep out (repeatable): a record file or ifeval; examples that overlap "
+            "its prompts (a 13-gram, or ROUGE-L > 0.7) are rejected as contaminated.",
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Continue a run directory made with other settings.")
     ] = False,
@@ -64,6 +72,8 @@ def generate(
     flags = {"teacher": teacher, "out_dir": out, "num": num, "model": model, "seeds": seeds, "mode": mode,
              "language": language, "budget": budget, "client.api": api, "evol.rounds": rounds}  # fmt: skip
     extra = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
+    if exclude:
+        extra.append(f"exclude={json.dumps(exclude)}")
     settings = load_config(GenerateConfig, config, [*(overrides or []), *extra])
     console = stderr_console()
     summary = run_generation(settings, force=force, progress=GenerateProgress(settings.num, console))

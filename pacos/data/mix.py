@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pacos.data.contamination import ContaminationIndex, find_contamination, split_clean
 from pacos.data.records import Record
 from pacos.errors import PacosError
 
@@ -46,6 +47,25 @@ def allocate(total: int, weights: list[float]) -> list[int]:
     for i in by_remainder[: total - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def drop_contaminated(
+    sources: list[tuple[MixSource, list[Record]]], index: ContaminationIndex
+) -> tuple[list[tuple[MixSource, list[Record]]], list[Record], dict[str, int]]:
+    """Each source without its records that overlap an evaluation prompt of `index` (pacos data
+    contamination's checks), before anything is drawn: (the clean sources, the rejects with their reason
+    and source, how many each source lost)."""
+    clean_sources: list[tuple[MixSource, list[Record]]] = []
+    rejects: list[Record] = []
+    dropped: dict[str, int] = {}
+    for source, records in sources:
+        clean, rejected = split_clean(records, find_contamination(records, index))
+        if records and not clean:
+            raise PacosError(f"mix source '{source.path}': every record overlaps an evaluation prompt")
+        clean_sources.append((source, clean))
+        rejects += [{**r, "_rejected": {**r["_rejected"], "source": source.name}} for r in rejected]
+        dropped[source.name] = len(rejected)
+    return clean_sources, rejects, dropped
 
 
 def mix_records(

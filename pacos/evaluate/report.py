@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +204,11 @@ def write_report(
     out_dir: str | Path,
     examples: int = 30,
     images: dict[str, bytes] | None = None,
+    notes: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """report.md (with PNGs beside it) and report.html (self-contained) in `out_dir`; `images`: more
-    PNGs by file name (a training loss curve, say), shown first."""
+    PNGs by file name (a training loss curve, say), shown first; `notes`: lines shown under the metrics
+    (what the training data was, say)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = {**(images or {}), **plots(runs)}
@@ -225,6 +228,7 @@ def write_report(
         if (why := judge_unreliable(r["metrics"]))
     ]
     md += [""] + [f"> **Unreliable judge.** {w}" for w in warnings]
+    md += [f"- {note}" for note in notes]
     md += [""] + [f"![{name}]({name})" for name in images] + ["", "## Answers side by side", ""]
     for item in items:
         md += [f"### {item['instruction'].splitlines()[0][:120]}", "", f"> {item['instruction']}", ""]
@@ -239,7 +243,8 @@ def write_report(
     e = html.escape
     head = "".join(f"<th>{e(n)}</th>" for n in names)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table)
-    notes = "".join(f'<p class="warn"><b>Unreliable judge.</b> {e(w)}</p>' for w in warnings)
+    notes_html = "".join(f'<p class="warn"><b>Unreliable judge.</b> {e(w)}</p>' for w in warnings)
+    notes_html += "".join(f'<p class="note">{e(note)}</p>' for note in notes)
     figures = "".join(
         f'<img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         for name, data in images.items()
@@ -266,7 +271,7 @@ section{{border-top:1px solid #ddd;padding:10px 0}}.row{{display:flex;gap:12px}}
 .answer{{flex:1;background:#f7f7f9;padding:8px;border-radius:6px}}.prompt{{font-weight:600}}
 .ref{{white-space:pre-wrap}}.eos{{color:#2e7d32;font-size:small}}.limit{{color:#c62828;font-size:small}}.verdict{{color:#555}}.warn{{background:#fff3e0;padding:6px}}
 </style></head><body><h1>pacos evaluation: {e(" vs ".join(names))}</h1>
-<table id="metrics"><tr><th>metric</th>{head}</tr>{body}</table>{notes}
+<table id="metrics"><tr><th>metric</th>{head}</tr>{body}</table>{notes_html}
 <div id="plots">{figures}</div><h2>Answers side by side</h2>{"".join(cards)}</body></html>
 """
     with atomic_open(out / "report.html") as f:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -89,6 +89,17 @@ class MagpieConfig(BaseModel):
     tokenizer: str | None = None
 
 
+# What a teacher computing on a CPU gets unless a setting says otherwise: Alpaca's lists of 20 tasks in
+# up to 3,072 tokens, 8 at a time, take a 135M model on 2 cores over ten minutes for one request;
+# these finish one in well under a minute (benchmarks/README.md).
+CPU_TEACHER_DEFAULTS: dict[str, Any] = {
+    "max_tokens": 768,
+    "tasks_per_request": 8,
+    "client.concurrency": 2,
+    "magpie.instruction_max_tokens": 128,
+}
+
+
 class GenerateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -116,6 +127,9 @@ class GenerateConfig(BaseModel):
     similar_k: int = Field(5, ge=1)  # most similar instructions stored with each kept record
     filters: FilterConfig = FilterConfig()
     clean: bool = True  # `pacos data clean`'s rules (with fixes) on every candidate too
+    # Evaluation sets to keep out (record files, or "ifeval"): a candidate that overlaps one of their
+    # prompts (pacos data contamination's checks) is rejected as `contaminated`.
+    exclude: list[str] = []
     max_requests: int | None = Field(None, ge=1)  # a safety stop for teachers that never yield enough
     budget: float | None = Field(None, gt=0)  # USD; stops cleanly when reached
     prices: str | None = None  # YAML price table; None: the built-in pacos/llm/prices.yaml
@@ -132,6 +146,19 @@ class GenerateConfig(BaseModel):
         if name not in mode_names():
             raise ValueError(f"unknown mode '{name}': choose one of {', '.join(mode_names())}")
         return name
+
+    def for_cpu_teacher(self) -> tuple[GenerateConfig, list[str]]:
+        """These settings with CPU_TEACHER_DEFAULTS where none was given; and the ones changed."""
+        changed, config = [], self.model_copy(deep=True)
+        for key, value in CPU_TEACHER_DEFAULTS.items():
+            section, _, name = key.rpartition(".")
+            owner = getattr(config, section) if section else config
+            if name not in owner.model_fields_set and getattr(owner, name) != value:
+                setattr(owner, name, value)
+                changed.append(f"{key}={value}")
+        if config.prompt_examples >= config.tasks_per_request:  # the user asked for more examples shown
+            config.tasks_per_request = self.tasks_per_request
+        return config, changed
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:

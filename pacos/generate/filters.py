@@ -59,6 +59,21 @@ def refusal(answer: str) -> str | None:
     return None
 
 
+def _contamination_rule(eval_sets: list[str]) -> FilterRule:
+    """`exclude`: candidates that overlap an evaluation prompt (a 13-gram, or ROUGE-L > 0.7) are dropped."""
+    from pacos.data.contamination import ContaminationIndex, load_eval_sets
+
+    index = ContaminationIndex(load_eval_sets(eval_sets))
+
+    def contaminated(r: dict[str, Any]) -> str | None:
+        found = index.check(r)
+        return found[0].describe() if found else None
+
+    return FilterRule(
+        "contaminated", f"overlaps an evaluation prompt of {', '.join(eval_sets)}", contaminated
+    )
+
+
 class CandidateFilter:
     """Every enabled rule, in order; the first that fires names the reason."""
 
@@ -124,6 +139,8 @@ class CandidateFilter:
             )
         else:
             rules.append(FilterRule("wrong_language", "no Chinese in the instruction", wrong_language))
+        if config.exclude:
+            rules.append(_contamination_rule(config.exclude))
         self.rules = [r for r in rules if r.name not in f.disable]
         self.cleaner = RecordCleaner(CleanConfig(fix=True)) if config.clean else None
 

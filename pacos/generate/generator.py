@@ -85,6 +85,7 @@ class Generator:
     requests_log: AppendLog
     state: Any = None  # a mode's own state between rounds (evol: the pool)
     finished: str | None = None  # a mode that ran out of work says why (evol: every round done)
+    on_reply: Any = None  # hears of every reply as it comes (progress), before the round is judged
 
     def reject(self, record: dict[str, Any], rule: str, reason: str, request_id: str) -> None:
         self.tally.rejected[rule] += 1
@@ -145,7 +146,7 @@ class Generator:
             return c.budget is not None and tally.cost >= c.budget
 
         start = time.monotonic()
-        replies = await (teacher or self.teacher).run(requests, over_budget)
+        replies = await (teacher or self.teacher).run(requests, over_budget, on_reply=self.on_reply)
         share = (time.monotonic() - start) / max(len(requests), 1)  # the wall time, per request
         for reply, request, meta in zip(replies, requests, metas, strict=True):
             row = reply_record(reply, request, {**meta, "wall_seconds": round(share, 3)})

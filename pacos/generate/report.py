@@ -11,11 +11,12 @@ def _tokens(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
-def tally_line(tally: GenerateTally) -> str:
+def tally_line(tally: GenerateTally, pending: int = 0) -> str:
+    """`pending`: requests finished in the round under way, not yet in the tally."""
     failed = sum(tally.failed.values())
     reasons = ", ".join(f"{name} {count}" for name, count in tally.rejected.most_common(4))
     parts = [
-        f"requests {tally.requests}" + (f" ({failed} failed)" if failed else ""),
+        f"requests {tally.requests + pending}" + (f" ({failed} failed)" if failed else ""),
         f"rejected {sum(tally.rejected.values())}" + (f" ({reasons})" if reasons else ""),
         f"tokens {_tokens(tally.prompt_tokens + tally.completion_tokens)}",
     ]
@@ -25,13 +26,43 @@ def tally_line(tally: GenerateTally) -> str:
 
 
 class GenerateProgress:
-    """Kept / target as a bar, with requests, rejections by reason, tokens and cost beside it."""
+    """Kept / target as a bar, with requests, rejections by reason, tokens and cost beside it. Off a
+    terminal (a log file, CI) a line per finished request and per round instead: a slow teacher's
+    first request can take minutes, and a silent log looks like a hang."""
 
     def __init__(self, target: int, console: Any) -> None:
         self.target, self.console = target, console
         self.progress: Any = None
+        self.tally: GenerateTally | None = None
+        self.in_round = 0  # replies heard of since the tally last counted them
+        self.last_line: str | None = None
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[generate] {message}", markup=False, highlight=False)
+
+    def reply(self, reply: Any) -> None:
+        """A request finished (before its round is judged)."""
+        self.in_round += 1
+        tally = self.tally
+        if tally is None:
+            return
+        done = tally.requests + self.in_round
+        if not self.console.is_terminal:
+            status = reply.error or reply.finish_reason
+            self.console.print(
+                f"[generate] request {done} ({reply.request_id}): {status}, {reply.completion_tokens} tokens "
+                f"in {reply.seconds:.1f} s · kept {len(tally.accepted)}/{self.target}",
+                markup=False,
+                highlight=False,
+            )
+        elif self.progress is not None:
+            self.progress.update(self.task, stats=tally_line(tally, pending=self.in_round))
 
     def start(self, tally: GenerateTally) -> None:
+        self.tally = tally
+        if not self.console.is_terminal:
+            self.update(tally)
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
@@ -47,6 +78,15 @@ class GenerateProgress:
         self.progress.start()
 
     def update(self, tally: GenerateTally) -> None:
+        self.tally, self.in_round = tally, 0
+        if self.progress is None:
+            line = (
+                f"[generate] kept {min(len(tally.accepted), self.target)}/{self.target} · {tally_line(tally)}"
+            )
+            if line != self.last_line:  # a round that changed nothing says nothing
+                self.console.print(line, markup=False, highlight=False)
+                self.last_line = line
+            return
         self.progress.update(
             self.task, completed=min(len(tally.accepted), self.target), stats=tally_line(tally)
         )

@@ -26,7 +26,7 @@ from pacos.generate.config import GenerateConfig
 from pacos.generate.filters import CandidateFilter
 from pacos.generate.generator import GenerateTally, Generator, load_seeds, load_tally
 from pacos.generate.modes import get_mode, mode_names
-from pacos.llm.client import LLM, OpenAILLM, make_llm
+from pacos.llm.client import LLM, OpenAILLM, make_llm, teacher_device
 from pacos.llm.limits import load_prices, price_for
 from pacos.text.rouge import NoveltyFilter
 
@@ -45,6 +45,8 @@ def fingerprint(config: GenerateConfig) -> dict[str, Any]:
         if name != config.mode:
             settings.pop(name.replace("-", "_"), None)
     settings["client"] = {k: v for k, v in settings["client"].items() if k not in OPERATIONAL_CLIENT}
+    if not settings["exclude"]:  # so that runs made before the setting existed resume unchanged
+        del settings["exclude"]
     return settings
 
 
@@ -100,6 +102,12 @@ async def _generate(config: GenerateConfig, force: bool, progress: Any) -> dict[
         )
     if not config.out_dir:
         raise PacosError("no output directory: pass --out DIR")
+    if teacher_device(config.teacher, config.client) == "cpu":
+        config, changed = config.for_cpu_teacher()
+        if changed:
+            progress.note(
+                f"the teacher computes on a CPU: smaller requests ({', '.join(changed)}; set to override)"
+            )
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_run_dir(out_dir, fingerprint(config), force)
@@ -135,6 +143,7 @@ async def _generate(config: GenerateConfig, force: bool, progress: Any) -> dict[
             accepted_log=accepted_log,
             rejected_log=rejected_log,
             requests_log=requests_log,
+            on_reply=getattr(progress, "reply", None),
         )
         failed_rounds, stopped = 0, None
         try:
@@ -147,6 +156,7 @@ async def _generate(config: GenerateConfig, force: bool, progress: Any) -> dict[
                     stopped = f"every request of {failed_rounds} rounds in a row failed"
                     break
         finally:
+            progress.update(tally)  # an interrupted round's requests count too
             progress.stop()
             for log in logs:
                 log.close()
@@ -161,6 +171,9 @@ async def _generate(config: GenerateConfig, force: bool, progress: Any) -> dict[
 
 
 class QuietGenerateProgress:
+    def note(self, message: str) -> None:
+        pass
+
     def start(self, tally: GenerateTally) -> None:
         pass
 

@@ -38,6 +38,11 @@ class Request:
     stop: list[str]
     seed: int | None = None
     top_logprobs: int | None = None  # ask for the k most likely first tokens (LLM judges read them)
+    # The whole conversation for the chat API (a follow-up turn); None: `prompt` is the one user message.
+    messages: list[dict[str, str]] | None = None
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        return self.messages or [{"role": "user", "content": self.prompt}]
 
 
 @dataclass
@@ -68,7 +73,10 @@ class LLM:
     chat: bool
     batch_size: int  # requests worth sending together
 
-    async def run(self, requests: list[Request], stop_spending: Any = None) -> list[Reply]:
+    async def run(
+        self, requests: list[Request], stop_spending: Any = None, on_reply: Any = None
+    ) -> list[Reply]:
+        """The replies in the order of the requests; `on_reply(reply)` hears of each as it comes."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -160,7 +168,7 @@ class OpenAILLM(LLM):
             else:
                 body["logprobs"] = request.top_logprobs
         if self.chat:
-            body["messages"] = [{"role": "user", "content": request.prompt}]
+            body["messages"] = request.chat_messages()
         else:
             body["prompt"] = request.prompt
         return body
@@ -189,7 +197,7 @@ class OpenAILLM(LLM):
         reply = Reply(request.id)
         url = f"{self.base_url}/{'chat/completions' if self.chat else 'completions'}"
         body = self._body(request)
-        estimate = len(request.prompt) // 3 + request.max_tokens
+        estimate = sum(len(m["content"]) for m in request.chat_messages()) // 3 + request.max_tokens
         start = time.monotonic()
         async with self.semaphore:
             for attempt in range(self.config.max_retries + 1):
@@ -242,8 +250,16 @@ class OpenAILLM(LLM):
         reply.seconds = time.monotonic() - start
         return reply
 
-    async def run(self, requests: list[Request], stop_spending: Any = None) -> list[Reply]:
-        return list(await asyncio.gather(*(self._one(r, stop_spending) for r in requests)))
+    async def run(
+        self, requests: list[Request], stop_spending: Any = None, on_reply: Any = None
+    ) -> list[Reply]:
+        async def one(request: Request) -> Reply:
+            reply = await self._one(request, stop_spending)
+            if on_reply is not None:
+                on_reply(reply)
+            return reply
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -271,10 +287,7 @@ class EngineLLM(LLM):
 
         engine = self.engine
         prompts = [
-            engine.encode_chat([{"role": "user", "content": r.prompt}])
-            if self.chat
-            else engine.encode(r.prompt)
-            for r in requests
+            engine.encode_chat(r.chat_messages()) if self.chat else engine.encode(r.prompt) for r in requests
         ]
         params = [
             SamplingParams(
@@ -307,11 +320,37 @@ class EngineLLM(LLM):
             replies.append(reply)
         return replies
 
-    async def run(self, requests: list[Request], stop_spending: Any = None) -> list[Reply]:
+    async def run(
+        self, requests: list[Request], stop_spending: Any = None, on_reply: Any = None
+    ) -> list[Reply]:
         # On the calling thread, which loaded the model, not a worker thread: a second thread computing
         # gets a second OpenMP pool, 1.5x slower on a CPU (pacos.infer.scheduler.Scheduler.run). Nothing
         # else needs the event loop meanwhile: this process is the model.
-        return self._generate(requests)
+        replies = self._generate(requests)
+        for reply in replies if on_reply is not None else []:
+            on_reply(reply)
+        return replies
+
+
+def teacher_device(spec: str, config: ClientConfig) -> str | None:
+    """Where a teacher computes ("cpu", "cuda:0", ...) without loading it: a local one by this machine,
+    an endpoint by its /v1/models entry (pacos serve says; vLLM and OpenAI do not: None)."""
+    if not spec.startswith(("http://", "https://")):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    import httpx2
+
+    base = spec.rstrip("/") + ("/v1" if spec.rstrip("/").count("/") == 2 else "")
+    key = os.environ.get(config.api_key_env)
+    try:
+        response = httpx2.get(
+            f"{base}/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=5.0
+        )
+        devices = {m.get("device") for m in response.json()["data"]}
+    except Exception:  # unreachable or not OpenAI-shaped: the run itself will say so clearly
+        return None
+    return devices.pop() if len(devices) == 1 else None
 
 
 def make_llm(spec: str, model: str | None, config: ClientConfig, price: Price | None) -> LLM:

@@ -3,7 +3,8 @@
 1. data: clean the bundled seed tasks (English and Chinese) and split off held-out tasks first, so the
    teacher never sees them and nothing generated can copy them;
 2. generate: new examples from the remaining English seed tasks with an embedded teacher (`pacos generate`);
-3. mix: clean them, drop near-duplicates of seed or held-out tasks, mix them with the seed tasks;
+3. mix: clean them, drop near-duplicates of seed or held-out tasks, mix them with the seed tasks, and drop
+   every training record that overlaps a held-out task or an ifeval prompt (pacos data contamination);
 4. model: LoRA on Gemma 3 270M (base), Alpaca template, loss on the response only;
 5. pairs: verifiable prompts built from the training seed tasks (never the held-out ones), k answers each
    from the tuned model, scored by programs (their checks, EOS, loops), best vs worst as pairs;
@@ -21,6 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from pacos.data.clean import CleanConfig, clean_records
+from pacos.data.contamination import (
+    IFEVAL,
+    NGRAM,
+    ROUGE,
+    ContaminationIndex,
+    eval_prompts_of,
+    find_contamination,
+    load_eval_set,
+    split_clean,
+)
 from pacos.data.dedup import dedup_records
 from pacos.data.io import read_records, write_records
 from pacos.data.seeds import builtin_paths
@@ -89,9 +100,12 @@ def mix_stage(config: QuickstartConfig, out: Path, data_dir: Path, generated: Pa
     deduped = dedup_records([*held_out, *seeds, *cleaned.kept], threshold=0.7, tokenizer="cjk")
     held_keys = {(r["instruction"], r.get("input", "")) for r in held_out}
     train = [r for r in deduped.kept if (r["instruction"], r.get("input", "")) not in held_keys]
+    # Nothing trained on may overlap what is evaluated: the held-out tasks and the ifeval prompts.
+    index = ContaminationIndex([*eval_prompts_of(held_out, "held_out"), *load_eval_set(IFEVAL)])
+    train, contaminated = split_clean(train, find_contamination(train, index))
     random.Random(config.train.seed).shuffle(train)
     write_records(train, out / "train.jsonl")
-    write_records([*cleaned.rejected, *deduped.rejected], out / "rejected.jsonl")
+    write_records([*cleaned.rejected, *deduped.rejected, *contaminated], out / "rejected.jsonl")
     stats = compute_stats(train)
     plots = plot_stats(stats, out)
     stats.pop("_lengths")
@@ -101,7 +115,8 @@ def mix_stage(config: QuickstartConfig, out: Path, data_dir: Path, generated: Pa
     _say(
         "mix",
         f"{len(new)} generated: {len(cleaned.rejected)} failed cleaning, "
-        f"{len(deduped.rejected)} near-duplicates dropped; training set {len(train)} examples "
+        f"{len(deduped.rejected)} near-duplicates dropped, {len(contaminated)} records overlapping held-out "
+        f"or ifeval prompts dropped; training set {len(train)} examples "
         f"({kept_new} generated, {stats['chinese_share']:.0%} Chinese) -> {out / 'train.jsonl'}; plots: "
         + ", ".join(p.name for p in plots),
     )
@@ -111,6 +126,7 @@ def mix_stage(config: QuickstartConfig, out: Path, data_dir: Path, generated: Pa
         "train": len(train),
         "cleaning_rejects": len(cleaned.rejected),
         "near_duplicates": len(deduped.rejected),
+        "contaminated": len(contaminated),
     }
 
 
@@ -248,7 +264,12 @@ def _cpu_precision(precision: str) -> str:
 
 
 def eval_stage(
-    config: QuickstartConfig, out: Path, model_dir: Path, held_out: Path, prefer_dir: Path | None = None
+    config: QuickstartConfig,
+    out: Path,
+    model_dir: Path,
+    held_out: Path,
+    prefer_dir: Path | None = None,
+    notes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     from pacos.evaluate.report import write_report
     from pacos.evaluate.run import PairwiseSettings, evaluate_model
@@ -302,7 +323,7 @@ def eval_stage(
         preferred = evaluate_model(str(prefer_dir), out / "preferred", **common, judge=judging)
         result["preferred"] = {k: preferred.get(k) for k in keys}
         result["preferred_judge"] = preferred.get("judge")
-    write_report(_eval_runs(config, out), out, images=images)
+    write_report(_eval_runs(config, out), out, images=images, notes=notes)
     return result
 
 
@@ -330,6 +351,12 @@ def _adapter_files(model_dir: Path) -> list[Path]:
     return sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
 
 
+def _ifeval_digest() -> str:
+    from pacos.data.verifiable import PROMPTS_FILE
+
+    return file_digest(PROMPTS_FILE)
+
+
 def seed_files() -> list[Path]:
     return [p for name in ("seed-tasks-en", "seed-tasks-zh") for p in builtin_paths(name)]
 
@@ -354,7 +381,10 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
         "generate",
         {
             "version": VERSION,
-            "generate": config.generate.model_dump(mode="json"),
+            # `exclude` only when set: the setting came later, and runs made before it are not redone.
+            "generate": config.generate.model_dump(
+                mode="json", exclude=None if config.generate.exclude else {"exclude"}
+            ),
             "seeds": file_digest(data_dir / "seeds-en.jsonl"),
         },
         lambda d: generate_stage(config, d, data_dir / "seeds-en.jsonl"),
@@ -367,6 +397,7 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
             "seed": config.train.seed,
             "generated": file_digest(gen_dir / "data.json"),
             "data": file_digest(data_dir / "seeds.jsonl", data_dir / "held_out.jsonl"),
+            "contamination": {"ngram": NGRAM, "rouge": ROUGE, "ifeval": _ifeval_digest()},
         },
         lambda d: mix_stage(config, d, data_dir, gen_dir / "data.json"),
     )
@@ -431,6 +462,11 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
             },
             lambda d: prefer_stage(config, d, model_dir, pairs_dir / "pairs.jsonl"),
         )
+    dropped = results["mix"].get("contaminated", 0)
+    notes = (
+        f"Training data: {dropped} records dropped for contamination (a {NGRAM}-gram, or ROUGE-L F1 > "
+        f"{ROUGE:g}, shared with a held-out task or an ifeval prompt).",
+    )
     results["eval"] = run_stage(
         out_dir,
         "eval",
@@ -442,8 +478,9 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
             "model": model_digest,
             "preferred": file_digest(*_adapter_files(prefer_dir)) if prefer_dir else None,
             "held_out": file_digest(data_dir / "held_out.jsonl"),
+            "contaminated": results["mix"].get("contaminated"),  # stated in the report
         },
-        lambda d: eval_stage(config, d, model_dir, data_dir / "held_out.jsonl", prefer_dir),
+        lambda d: eval_stage(config, d, model_dir, data_dir / "held_out.jsonl", prefer_dir, notes),
     )
     print_table(_eval_runs(config, out_dir / "eval"))
     print(
