@@ -113,6 +113,50 @@ def test_filters_and_two_calls_against_the_scripted_teacher(cli, tmp_path, tiny_
     assert cli("data", "validate", out / "data.json").code == 0
 
 
+def test_multi_turn_conversations_follow_up_from_the_template(cli, tmp_path, tiny_tokenizer_dir):
+    """magpie.turns=2: the model writes a follow-up after the rendered conversation, a chat call with the
+    whole conversation answers it; a follow-up that fails a filter leaves a one-turn record."""
+    poem = "Write a short poem about the autumn moon over a quiet lake."
+    verse = "Silver light on water, the moon keeps its quiet watch."
+    again = "Now make the same poem rhyme in every line, please."
+    climate = "Explain the difference between weather and climate in simple words."
+    script = [
+        Action("text", text=poem),
+        Action("text", text=verse),
+        Action("text", text=again),  # the follow-up the model writes
+        Action("text", text="Moonlight on the lake, a silver flake."),
+        Action("text", text=climate),
+        Action("text", text="Weather is today's sky; climate is the pattern over decades."),
+        Action("text", text="Tell me"),  # a follow-up too short to be a request
+    ]
+    out = tmp_path / "run"
+    with ScriptedTeacher(script=script) as teacher:
+        result = cli(
+            "generate", "--mode", "magpie", "--teacher", teacher.url, "--num", "2", "--out", out,
+            "--set", f"magpie.tokenizer={tiny_tokenizer_dir}", "--set", "magpie.turns=2", *ONE_AT_A_TIME,
+        )  # fmt: skip
+        sent = teacher.requests
+    assert result.code == 0, result.err
+    prompts = [r["body"]["prompt"] for r in sent if r["path"] == "/v1/completions"]
+    assert prompts[1] == f"<|user|>\n{poem}\n<|assistant|>\n{verse}\n<|user|>\n"  # the conversation so far
+    follow_up = [r for r in sent if r["path"] == "/v1/chat/completions"][1]
+    assert follow_up["body"]["messages"] == [
+        {"role": "user", "content": poem},
+        {"role": "assistant", "content": verse},
+        {"role": "user", "content": again},
+    ]
+    data = json.loads((out / "data.json").read_text())
+    assert [m["content"] for m in data[0]["messages"]] == [poem, verse, again, data[0]["output"]]
+    assert "messages" not in data[1] and data[1]["instruction"] == climate
+    assert [r["_rejected"]["rule"] for r in lines(out / "rejected.jsonl")] == ["too_short"]
+    # The conversation trains as one: it converts back with its turns.
+    assert cli("data", "validate", out / "data.json").code == 0
+    from pacos.data.io import read_records
+    from pacos.data.turns import conversation_of
+
+    assert len(conversation_of(read_records(out / "data.json")[0])) == 4
+
+
 def test_chinese_gets_a_chinese_system_turn(cli, tmp_path, tiny_tokenizer_dir):
     out = tmp_path / "run"
     script = [

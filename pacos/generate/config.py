@@ -84,6 +84,8 @@ class MagpieConfig(BaseModel):
     system_prompt: str | None = None
     instruction_max_tokens: int = Field(256, ge=8)  # an instruction that hits it is dropped as truncated
     answer_temperature: float = Field(0.0, ge=0)  # Magpie answers greedily
+    # User turns per conversation: > 1 is Magpie's multi-turn mode (the model writes each follow-up).
+    turns: int = Field(1, ge=1, le=8)
     # Where the chat template comes from for an http(s) teacher: a model name, directory or hub id that
     # `load_tokenizer` accepts. None: the endpoint's model name (pacos serve: the embedded name).
     tokenizer: str | None = None

@@ -47,6 +47,8 @@ def fingerprint(config: GenerateConfig) -> dict[str, Any]:
     settings["client"] = {k: v for k, v in settings["client"].items() if k not in OPERATIONAL_CLIENT}
     if not settings["exclude"]:  # so that runs made before the setting existed resume unchanged
         del settings["exclude"]
+    if settings.get("magpie", {}).get("turns") == 1:  # likewise
+        del settings["magpie"]["turns"]
     return settings
 
 

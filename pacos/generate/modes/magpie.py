@@ -12,6 +12,11 @@ Filters, each a named rule: `empty`, `truncated` (the instruction hit `magpie.in
 `repeated` (the same as, or ROUGE-L-near to, an earlier instruction: the novelty filter), then for the
 answer `answer_truncated`, `empty_answer` and every record rule (`pacos data clean`'s included).
 
+Multi-turn (`magpie.turns` > 1, Magpie's multi-turn mode): the conversation so far is rendered with the
+template up to where the next user's words begin, the model writes that follow-up itself, and a chat
+call with the whole conversation answers it. A follow-up that fails its filters (or an answer that does)
+ends the conversation at the turns before it; conversations keep their turns in `messages`.
+
 Teachers: a local engine (its tokenizer is at hand), or an http(s) endpoint that takes raw prompts on
 /v1/completions (`pacos serve`, vLLM, llama.cpp's server); its template comes from `magpie.tokenizer`,
 by default the endpoint's model name.
@@ -50,14 +55,17 @@ def _adds_bos(tokenizer: Any) -> bool:
     return len(ids) > len(tokenizer("a", add_special_tokens=False).input_ids) and ids[0] == bos
 
 
-def user_turn(tokenizer: Any, system: str | None, where: str = "the teacher") -> UserTurn:
-    """The template's text before the user's words and the strings that end the user's turn."""
+def user_turn(
+    tokenizer: Any, system: str | None, where: str = "the teacher", before: list[dict[str, str]] | None = None
+) -> UserTurn:
+    """The template's text before the user's words and the strings that end the user's turn; after the
+    turns `before`, for a follow-up."""
     if not getattr(tokenizer, "chat_template", None):
         raise PacosError(
             f"magpie: {where} has no chat template: Magpie needs a chat model (or --set magpie.tokenizer)"
         )
     messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": MARKER})
+    messages += [*(before or []), {"role": "user", "content": MARKER}]
     try:
         closed = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         opened = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -92,6 +100,8 @@ class MagpieState:
     raw: LLM  # raw completions: the instructions
     chat: LLM  # chat messages: the answers
     system: str | None
+    tokenizer: Any = None
+    where: str = "the teacher"
 
 
 def load_state(generator: Generator) -> MagpieState:
@@ -114,7 +124,12 @@ def load_state(generator: Generator) -> MagpieState:
             )
         tokenizer, where = load_tokenizer(teacher.model), f"tokenizer '{teacher.model}'"
     return MagpieState(
-        user_turn(tokenizer, system, where), _view(teacher, False), _view(teacher, True), system
+        user_turn(tokenizer, system, where),
+        _view(teacher, False),
+        _view(teacher, True),
+        system,
+        tokenizer,
+        where,
     )
 
 
@@ -189,6 +204,7 @@ async def magpie_round(generator: Generator) -> bool:
         for i, (instruction, _, _) in enumerate(kept)
     ]
     answers = await g.send(asks, [{"step": "answer"}] * len(asks), state.chat)
+    conversations = []
     for answer, (instruction, reply, verdict) in zip(answers, kept, strict=True):
         if answer.error is not None:
             continue
@@ -199,9 +215,83 @@ async def magpie_round(generator: Generator) -> bool:
         if not record["output"]:
             g.reject(record, "empty_answer", "no answer", answer.request_id)
             continue
-        extra = {"answer_request_id": answer.request_id, "system_prompt": state.system}
+        turns = [{"role": "user", "content": instruction}, {"role": "assistant", "content": record["output"]}]
+        conversations.append((turns, reply, verdict, [answer.request_id]))
+    for turn in range(2, c.magpie.turns + 1):
+        conversations = await _follow_up(g, state, conversations, turn)
+    for turns, reply, verdict, request_ids in conversations:
+        record = {"instruction": turns[0]["content"], "input": "", "output": turns[-1]["content"]}
+        if len(turns) > 2:
+            record["messages"] = turns
+        extra = {"answer_request_id": request_ids[0], "system_prompt": state.system}
+        if len(request_ids) > 1:
+            extra["turn_request_ids"] = request_ids[1:]
         g.admit(record, reply, [], extra, verdict)
     return any(r.error is None for r in replies)
+
+
+Conversation = tuple[list[dict[str, str]], Any, Any, list[str]]  # turns, first reply, verdict, request ids
+
+
+async def _follow_up(
+    g: Generator, state: MagpieState, conversations: list[Conversation], turn: int
+) -> list[Conversation]:
+    """Each conversation that reached the last turn gets a follow-up question the model writes itself and
+    its answer; one that fails a filter stays as it was (and takes no further turns)."""
+    c = g.config
+    going = [conv for conv in conversations if len(conv[0]) == 2 * (turn - 1)]
+    if not going:
+        return conversations
+    asks = []
+    for turns, reply, _, _ in going:
+        follow = user_turn(state.tokenizer, state.system, state.where, before=turns)
+        rng = random.Random(f"{c.seed}-{reply.request_id}-{turn}")
+        asks.append(
+            Request(
+                id=f"{reply.request_id}-t{turn}",
+                prompt=follow.prefix,
+                max_tokens=c.magpie.instruction_max_tokens,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                stop=follow.stops,
+                seed=rng.randrange(2**31),
+            )
+        )
+    questions = await g.send(asks, [{"step": f"instruction {turn}"}] * len(asks), state.raw)
+    asking = []
+    for (turns, reply, verdict, ids), question in zip(going, questions, strict=True):
+        text = cut_at_stops(question.text, state.turn.stops) if question.error is None else ""
+        if not text or question.finish_reason == "length":
+            continue  # no usable follow-up: the conversation ends here
+        rule, reason = g.candidate_filter.check_instruction(text)
+        if rule:
+            g.reject({"instruction": text}, rule, f"turn {turn}: {reason or rule}", question.request_id)
+            continue
+        asking.append(((turns, reply, verdict, ids), text))
+    system = [{"role": "system", "content": state.system}] if state.system else []
+    answers = await g.send(
+        [
+            Request(
+                id=f"{conv[1].request_id}-t{turn}-answer",
+                prompt=text,
+                messages=[*system, *conv[0], {"role": "user", "content": text}],
+                max_tokens=c.max_tokens,
+                temperature=c.magpie.answer_temperature,
+                top_p=c.top_p if c.magpie.answer_temperature > 0 else 1.0,
+                stop=[],
+            )
+            for conv, text in asking
+        ],
+        [{"step": f"answer {turn}"}] * len(asking),
+        state.chat,
+    )
+    grown = {}
+    for ((turns, reply, verdict, ids), text), answer in zip(asking, answers, strict=True):
+        output = answer.text.strip()
+        if answer.error is None and answer.finish_reason != "length" and output:
+            more = [{"role": "user", "content": text}, {"role": "assistant", "content": output}]
+            grown[id(turns)] = ([*turns, *more], reply, verdict, [*ids, answer.request_id])
+    return [grown.get(id(conv[0]), conv) for conv in conversations]
 
 
 MODE = Mode(name="magpie", round=magpie_round, uses_seeds=False)
