@@ -249,6 +249,37 @@ def test_unlikelihood_per_example_in_training_only(tiny_llama):
     assert losses[True] - ce > 1.0  # the unlikelihood term is there
 
 
+def test_neftune_noise_is_bounded_per_example_and_only_in_training(tiny_gemma):
+    """Uniform noise within alpha / sqrt(L d), L each example's own length (packed or padded alike), on the
+    (Gemma: scaled) input embeddings; validation sees the clean model."""
+    from pacos.train.loss import example_lengths, neftune_embeddings
+
+    tok, model = load_tokenizer(str(tiny_gemma)), load_model(str(tiny_gemma))
+    records = [
+        {"instruction": f"Task {i}.", "input": "x" * (9 * i), "output": "y" * (5 + i)} for i in range(3)
+    ]
+    examples = [tokenize_record(r, tok, "alpaca", 512, "drop")[0] for r in records]
+    packed, padded = collate(examples, tok.pad_token_id, True), collate(examples, tok.pad_token_id, False)
+    lengths = [len(e) for e in examples]
+    assert example_lengths(packed.position_ids, None)[0].tolist() == [n for n in lengths for _ in range(n)]
+    assert example_lengths(padded.position_ids, padded.attention_mask)[:, 0].tolist() == lengths
+    torch.manual_seed(0)
+    alpha, width = 5.0, model.config.hidden_size
+    clean = model.get_input_embeddings()(packed.input_ids)
+    noisy = neftune_embeddings(model, packed.input_ids, packed.position_ids, None, alpha)
+    bound = alpha / torch.sqrt(example_lengths(packed.position_ids, None) * width).unsqueeze(-1)
+    delta = (noisy - clean).abs()
+    assert (delta <= bound + 1e-6).all() and (delta > 0.5 * bound).float().mean() > 0.4  # fills the range
+    loss_model = CausalLMLoss(model, chunk_size=16, neftune_alpha=alpha)
+    args = (packed.input_ids, packed.position_ids, None, packed.targets)
+    clean_loss = CausalLMLoss(model, chunk_size=16)(*args)[0]
+    assert not torch.allclose(loss_model(*args)[0], clean_loss)
+    loss_model.eval()
+    assert torch.allclose(loss_model(*args)[0], clean_loss)
+    with pytest.raises(ValueError, match="NEFTune noises supervised fine-tuning only"):
+        TrainConfig(model="x", objective="dpo", neftune_alpha=5)
+
+
 @pytest.mark.parametrize(
     ("output", "unit", "separator"),
     [

@@ -130,6 +130,9 @@ class TrainConfig(BaseModel):
     # The EOS target's cross-entropy counts this many times: the one token that decides where an answer ends.
     eos_weight: float = Field(1.0, gt=0)
     loss_chunk_size: int = Field(512, gt=0)  # labelled tokens per LM-head chunk ([chunk, vocab] logits)
+    # NEFTune (Jain et al. 2023): uniform noise of size alpha / sqrt(length x width) on the input
+    # embeddings of every training forward pass (the paper: alpha 5 for 7B models). 0: off.
+    neftune_alpha: float = Field(0.0, ge=0)
     distill: DistillConfig | None = None  # learn a teacher's distributions instead of (or beside) labels
     seed: int = 42
 
@@ -160,4 +163,6 @@ class TrainConfig(BaseModel):
                 f"objective {self.objective} does not combine with distill, unlikelihood, loop_examples "
                 "or eos_weight (they shape an SFT loss)"
             )
+        if self.neftune_alpha and (self.objective != "sft" or self.distill):
+            raise ValueError("neftune_alpha: NEFTune noises supervised fine-tuning only (objective sft)")
         return self

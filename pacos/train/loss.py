@@ -285,18 +285,48 @@ def _backbone(model: nn.Module) -> nn.Module:
     return base.get_decoder()
 
 
+def example_lengths(position_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """[rows, length]: the length of the example each position belongs to (packed rows hold several, one
+    starting wherever the position id is 0; padded rows one, as long as its mask)."""
+    if attention_mask is not None:
+        return attention_mask.sum(1, keepdim=True).expand_as(attention_mask)
+    starts = (position_ids == 0).flatten()
+    example = torch.cumsum(starts, 0) - 1
+    return torch.bincount(example)[example].view_as(position_ids)
+
+
+def neftune_embeddings(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    alpha: float,
+) -> torch.Tensor:
+    """NEFTune: the input embeddings plus uniform noise in +-alpha / sqrt(L * d), L the example's own length
+    (not the padded or packed row's: the same example gets the same noise scale however it is batched)."""
+    embeds = model.get_input_embeddings()(input_ids)
+    scale = alpha / torch.sqrt(example_lengths(position_ids, attention_mask) * embeds.shape[-1])
+    noise = torch.rand_like(embeds).mul_(2).sub_(1)
+    return embeds + noise * scale.unsqueeze(-1).to(embeds.dtype)
+
+
 def decoder_hidden(
     model: nn.Module,
     input_ids: torch.Tensor,
     position_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
+    neftune_alpha: float = 0.0,
 ) -> torch.Tensor:
     """The decoder's last hidden states (no LM head), with per-example attention on packed rows."""
-    extra = {}
+    extra: dict[str, Any] = {}
     if model.config._attn_implementation == packed_attention.NAME:
         extra["cu_seq_lens_q"] = packed_attention.example_bounds(position_ids)
+    if neftune_alpha:
+        extra["inputs_embeds"] = neftune_embeddings(
+            model, input_ids, position_ids, attention_mask, neftune_alpha
+        )
     return _backbone(model)(
-        input_ids=input_ids,
+        input_ids=None if neftune_alpha else input_ids,
         position_ids=position_ids,
         attention_mask=attention_mask,
         use_cache=False,
@@ -318,9 +348,11 @@ class CausalLMLoss(nn.Module):
         eos_weight: float = 1.0,
         eos_id: int | None = None,
         loop_weight: float = 1.0,
+        neftune_alpha: float = 0.0,
     ):
         super().__init__()
         self.model = model
+        self.neftune_alpha = neftune_alpha
         self.chunk_size = chunk_size
         self.unlikelihood = unlikelihood
         self.eos_weight, self.eos_id = eos_weight, eos_id
@@ -336,7 +368,8 @@ class CausalLMLoss(nn.Module):
         targets: torch.Tensor,
         unlike: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = decoder_hidden(self.model, input_ids, position_ids, attention_mask)
+        noise = self.neftune_alpha if self.training else 0.0  # validation sees the clean embeddings
+        hidden = decoder_hidden(self.model, input_ids, position_ids, attention_mask, noise)
         labelled = targets != IGNORE
         head = self.model.get_output_embeddings()
         example_ids = weights = None

@@ -56,4 +56,5 @@ def build_objective(
         eos_weight=config.eos_weight,
         eos_id=tokenizer.eos_token_id,
         loop_weight=config.loop_weight,
+        neftune_alpha=config.neftune_alpha,
     )
