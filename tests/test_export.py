@@ -40,9 +40,9 @@ def test_lora_merge_gives_the_same_logits_as_the_adapter(cli, tiny_llama, tmp_pa
 
 def test_export_errors_are_one_line(cli, tiny_llama, tmp_path):
     result = cli("export", tiny_llama, "--out", tmp_path / "x", "--format", "xyz")
-    assert result.code == 1 and "unknown export format 'xyz'; choose hf or gguf" in result.err
+    assert result.code == 1 and "unknown export format 'xyz'; choose hf, gguf or ollama" in result.err
     result = cli("export", tiny_llama, "--out", tmp_path / "x", "--outtype", "q8_0")
-    assert result.code == 1 and "--outtype applies to --format gguf only" in result.err
+    assert result.code == 1 and "--outtype applies to --format gguf and ollama only" in result.err
     (tmp_path / "empty").mkdir()
     result = cli("export", tmp_path / "empty", "--out", tmp_path / "y")
     assert result.code == 1 and "holds no Hugging Face model" in result.err

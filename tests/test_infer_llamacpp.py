@@ -29,7 +29,7 @@ from pacos.infer.scheduler import Scheduler
 from pacos.serve import create_app
 from tests import fake_llama_cpp
 from tests.test_export_gguf import lively
-from tests.test_serve import API_KEY, Served, call, sse
+from tests.test_serve import API_KEY, Served, assert_error, call, sse
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 OTHER = "abc"
@@ -237,6 +237,19 @@ def test_serve_with_the_llama_cpp_backend(cpp_server, torch_engine):
         assert list(pool.map(one, prompts * 2)) == [wanted[p] for p in prompts * 2]
     status, _, health = call(port, "GET", "/health")
     assert status == 200 and health == {"status": "ok", "running": 0, "queued": 0}
+
+
+def test_echo_with_logprobs_is_a_clear_400_on_llama_cpp(cpp_server, cpp):
+    # llama-cpp-python keeps every position's logits only with logits_all (n_ctx x vocab floats).
+    body = {"prompt": PROMPT, "echo": True, "logprobs": 1, "max_tokens": 0}
+    status, _, got = call(cpp_server.port, "POST", "/v1/completions", body)
+    assert_error(status, got, 400, "echo")
+    assert got["error"]["message"] == "echo: echo with logprobs needs the torch backend (--backend torch)"
+    with pytest.raises(PacosError, match="need the torch backend"):
+        cpp.generate([PROMPT], SamplingParams(max_new_tokens=0, prompt_logprobs=1))
+    # echo alone needs no prompt log-probs: the prompt comes back before the answer.
+    status, _, got = call(cpp_server.port, "POST", "/v1/completions", {**body, "logprobs": None})
+    assert status == 200 and got["choices"][0]["text"] == PROMPT, got
 
 
 def test_pacos_serve_command_with_the_llama_cpp_backend(chat_model, torch_engine, tmp_path):

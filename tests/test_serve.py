@@ -365,7 +365,7 @@ LONG = "a" * 3000  # byte-level: one token per byte, past the 2048-token context
         (TEXT_URL, {"prompt": "x", "n": 0}, 400, "n", None),
         (TEXT_URL, {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
         (TEXT_URL, {"prompt": "x", "logprobs": 6}, 400, "logprobs", None),
-        (TEXT_URL, {"prompt": "x", "echo": True}, 400, "echo", None),
+        (TEXT_URL, {"prompt": "x", "echo": True, "stream": True}, 400, "echo", None),  # echo: not streamed
         (TEXT_URL, {"prompt": 5}, 400, "prompt", None),
         (TEXT_URL, {"prompt": "\ud800"}, 400, "prompt", None),  # valid JSON, not Unicode: was a 500
         (TEXT_URL, {"prompt": ["ok", "a\udfffb"]}, 400, "prompt[1]", None),

@@ -171,13 +171,16 @@ def export(
         typer.Option(
             "--out",
             help="hf: the directory to write. gguf: the .gguf file, or an existing directory to put "
-            "MODEL-OUTTYPE.gguf in.",
+            "MODEL-OUTTYPE.gguf in. ollama: the directory for MODEL-OUTTYPE.gguf and its Modelfile "
+            "(created if missing; other files there stay).",
         ),
     ],
     fmt: Annotated[
         str,
         typer.Option(
-            "--format", help="hf: merged Hugging Face safetensors directory. gguf: one llama.cpp GGUF file."
+            "--format",
+            help="hf: merged Hugging Face safetensors directory. gguf: one llama.cpp GGUF file. ollama: "
+            "a GGUF file and a Modelfile (`ollama create NAME -f Modelfile`).",
         ),
     ] = "hf",
     outtype: Annotated[
@@ -191,27 +194,98 @@ def export(
     base: Annotated[
         str | None, typer.Option(help="Base model of a LoRA adapter [default: the one it was trained on].")
     ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help="Prompt format for the Modelfile and the model card [default: the model's own]."),
+    ] = None,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval",
+            help="A `pacos eval` directory to quote in the model card [default: one of this model "
+            "found beside it].",
+        ),
+    ] = None,
+    push: Annotated[
+        str | None,
+        typer.Option(
+            help="Upload the export to this Hugging Face repository (created if missing; the token comes "
+            "from HF_TOKEN or `hf auth login`)."
+        ),
+    ] = None,
 ) -> None:
-    """Merge a LoRA adapter into its base and save safetensors (hf), or write one GGUF file (gguf).
+    """Merge a LoRA adapter into its base and save safetensors (hf), write one GGUF file (gguf), or a
+    GGUF file and an Ollama Modelfile (ollama); a README.md model card goes with each.
 
     GGUF (no llama.cpp needed): Llama/SmolLM2, Qwen2/3 and Gemma 3 text models, tokenizer included.
     """
+    from pacos.export.card import model_card, write_card
     from pacos.export.gguf import OUTTYPES
 
-    if fmt not in ("hf", "gguf"):
-        raise PacosError(f"unknown export format '{fmt}'; choose hf or gguf")
+    if fmt not in ("hf", "gguf", "ollama"):
+        raise PacosError(f"unknown export format '{fmt}'; choose hf, gguf or ollama")
     if outtype not in OUTTYPES:
         raise PacosError(f"unknown --outtype '{outtype}'; choose one of {', '.join(OUTTYPES)}")
-    if fmt == "gguf":
+    if fmt == "hf" and outtype != "f16":
+        raise PacosError("--outtype applies to --format gguf and ollama only")
+    if template is not None:
+        from pacos.data.templates import get_template
+
+        get_template(template)  # an unknown name fails now, not after the export
+    if eval_dir is not None and not (eval_dir / "metrics.json").is_file():
+        raise PacosError(f"--eval {eval_dir}: no metrics.json there (a `pacos eval --out` directory)")
+    if push:
+        from pacos.export.push import check_repo_id
+
+        check_repo_id(push)
+    if fmt == "ollama":
+        from pacos.export.ollama import export_ollama
+
+        result = export_ollama(model, out, outtype, base, template)
+        size = result.gguf.stat().st_size / 2**20
+        print(
+            f"wrote {result.gguf} ({outtype}, {size:.1f} MiB) and {result.modelfile} (prompt format "
+            f"{result.prompt.family}); then: ollama create NAME -f {result.modelfile} && ollama run NAME"
+        )
+        if result.note:
+            print(f"pacos: note: {result.note}", file=sys.stderr)
+        folder, files, chosen = out, [result.gguf.name, result.modelfile.name], result.prompt.family
+        chosen = chosen if chosen.startswith("alpaca") else "chat"
+    elif fmt == "gguf":
         from pacos.export.gguf import export_gguf
 
         path = export_gguf(model, out, outtype, base)
         size = path.stat().st_size / 2**20
         print(f"wrote {path} ({outtype}, {size:.1f} MiB; loads with llama.cpp or transformers gguf_file=)")
-        return
-    if outtype != "f16":
-        raise PacosError("--outtype applies to --format gguf only")
-    from pacos.export.hf import export_hf
+        folder, files, chosen = path.parent, [path.name], _prompt_format(model, template, base)
+    else:
+        from pacos.export.hf import export_hf
 
-    path = export_hf(model, out, base)
-    print(f"wrote a standalone model to {path} (loads with AutoModelForCausalLM.from_pretrained)")
+        path = export_hf(model, out, base)
+        print(f"wrote a standalone model to {path} (loads with AutoModelForCausalLM.from_pretrained)")
+        folder, chosen = path, _prompt_format(model, template, base)
+        files = sorted(p.name for p in path.iterdir() if p.is_file())
+    card = model_card(
+        model, fmt, folder, files, template=chosen, eval_dir=eval_dir, base=base, repo=push, outtype=outtype
+    )
+    readme = write_card(folder, card)
+    if readme is None:
+        print(f"pacos: note: {folder / 'README.md'} was not written by pacos: left as it is, no model card")
+    else:
+        print(f"wrote the model card {readme}")
+        files.append(readme.name)
+    if push:
+        from pacos.export.push import push_folder
+
+        url = push_folder(folder, push, None if fmt == "hf" else files)
+        print(f"pushed to {url}")
+
+
+def _prompt_format(model: str, template: str | None, base: str | None) -> str | None:
+    """The template name `pacos chat` would prompt the model with, for its card (None: not known)."""
+    from pacos.export.ollama import model_prompt
+
+    try:
+        return model_prompt(model, template, base)[0]
+    except PacosError:
+        return None

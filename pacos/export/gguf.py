@@ -20,7 +20,7 @@ The tokenizer comes from the HF tokenizer's tokenizer.json: a byte-fallback BPE 
 Gemma, Llama 2) is written as llama.cpp's "llama" vocabulary, each token scored by its first merge's rank
 (so llama.cpp's score-greedy merging matches the BPE merge order); a byte-level BPE (GPT-2 style: SmolLM2,
 Llama 3, Qwen) as "gpt2" with its merges and a pre-tokenizer name. Special ids, add_bos/add_eos and the
-chat template come from `gguf.SpecialVocab`.
+chat template come from `gguf.SpecialVocab`; add_bos is always written, as the HF tokenizer behaves.
 """
 
 from __future__ import annotations
@@ -463,7 +463,17 @@ def _add_tokenizer(writer: Any, tokenizer_dir: Path, n_vocab: int) -> None:
         if not merges:  # llama.cpp needs the key even when empty (a byte-only vocabulary)
             writer.add_key_value(gguf.Keys.Tokenizer.MERGES, [], gguf.GGUFValueType.ARRAY)
     special = gguf.SpecialVocab(tokenizer_dir, load_merges=not spm and bool(merges), n_vocab=n_vocab)
+    # llama.cpp (and so Ollama) puts BOS before a prompt as this flag says, with a per-vocabulary default
+    # where it is missing: always written, as the Hugging Face tokenizer behaves (what pacos sends).
+    special.add_special_token["bos"] = _adds_bos(tokenizer_dir)
     special.add_to_gguf(writer, quiet=True)
+
+
+def _adds_bos(tokenizer_dir: Path) -> bool:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return tokenizer.bos_token_id is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
 
 
 def _steps(pre: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -22,9 +22,13 @@ from pacos.errors import PacosError
 from pacos.infer.constrain import JsonGrammars, RowConstraint
 from pacos.infer.detokenize import TextStream
 from pacos.infer.prompting import chat_prompt, turn_stops
-from pacos.infer.sampling import SamplingParams, TokenLogprob, choose_tokens
+from pacos.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 
 log = logging.getLogger("pacos.engine")
+
+# Prompt tokens scored per step, over all the sequences that want their prompts' log-probs: each needs a
+# row of logits (262K floats for Gemma 3, 1 MiB), so long prompts, and many at once, go in pieces.
+SCORED_PER_STEP = 256
 
 
 @dataclass
@@ -38,6 +42,9 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    # On a request's first event when it asked for them (SamplingParams.prompt_logprobs): one per prompt
+    # token, None for the first, which nothing predicts.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
@@ -63,13 +71,22 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     cancelled: bool = False
     finished: bool = False
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # filled chunk by chunk during prefill
+
+    @property
+    def scores_prompt(self) -> bool:
+        return self.params.prompt_logprobs is not None
 
     def cancel(self) -> None:
         self.cancelled = True
 
     def emit(self, event: Event) -> None:
         """Hand an event to the request's owner; an owner that fails (a closed event loop) loses only its
-        own request, not the batch it shares."""
+        own request, not the batch it shares. The first event carries the prompt's log-probs, once all of
+        them are known (never a partial list: a failed prefill reports none)."""
+        lps = self.prompt_logprobs
+        if lps is not None and len(lps) == len(self.prompt_ids):
+            event.prompt_logprobs, self.prompt_logprobs = lps, None
         try:
             self.on_event(event)
         except Exception:
@@ -85,6 +102,9 @@ class _Prefill:
     state: Any = None  # the backend's handle on this row, once its first chunk has run
     done: int = 0  # prompt tokens run so far
     chunk: list[int] = field(default_factory=list)  # the tokens this step runs
+    # The backend's logits at every position of `chunk` [len(chunk), vocab], when the sequence wants its
+    # prompt's log-probs (the backend sets them in `step`).
+    logits: torch.Tensor | None = None
 
     @property
     def last(self) -> bool:
@@ -119,9 +139,10 @@ class Decoder:
         self.prefilling.extend(_Prefill(s) for s in seqs if not self._finish_early(s))
 
     def _finish_early(self, s: Sequence) -> bool:
+        nothing_to_run = s.params.max_new_tokens == 0 and not s.scores_prompt
         if s.cancelled:
             s.finished = True
-        elif s.params.max_new_tokens == 0 or len(s.prompt_ids) >= self.engine.context_length:
+        elif nothing_to_run or len(s.prompt_ids) >= self.engine.context_length:
             s.finished = True
             s.emit(
                 Event(
@@ -144,18 +165,23 @@ class Decoder:
         if tokens or chunks:
             self.state, self.last_logits = self.engine.step(self.state, tokens, chunks)
         for job in chunks:
+            if job.logits is not None:
+                self._score_prompt(job)
             if job.last:
                 self.prefilling.remove(job)
                 self.seqs.append(job.seq)
             job.done += len(job.chunk)
             job.chunk = []
+        self._finish_scored()
         if not self.seqs and not self.prefilling and self.state is not None:
             self.engine.release(self.state)
             self.state, self.last_logits = None, None
 
     def _chunks(self) -> list[_Prefill]:
-        """The prompt tokens this step runs: all of them when no row is streaming, else `prefill_chunk`."""
+        """The prompt tokens this step runs: all of them when no row is streaming, else `prefill_chunk`;
+        of prompts being scored, at most SCORED_PER_STEP (the first such prompt always gets some)."""
         budget = self.prefill_chunk if self.prefill_chunk and self.seqs else None
+        scoring = SCORED_PER_STEP
         chunks = []
         for job in list(self.prefilling):
             if budget is not None and budget <= 0:
@@ -168,11 +194,42 @@ class Decoder:
                 continue
             prompt = job.seq.prompt_ids
             end = len(prompt) if budget is None else min(len(prompt), job.done + budget)
+            if job.seq.scores_prompt:
+                if scoring <= 0:
+                    continue  # waits for a later step
+                end = min(end, job.done + scoring)
+                scoring -= end - job.done
             job.chunk = prompt[job.done : end]
             if budget is not None:
                 budget -= end - job.done
             chunks.append(job)
         return chunks
+
+    def _score_prompt(self, job: _Prefill) -> None:
+        """The log-probs of the prompt tokens this chunk's positions predict: position i predicts token
+        i + 1; the prompt's last position predicts the answer's first token, which sampling scores."""
+        seq, logits = job.seq, job.logits
+        job.logits = None
+        targets = seq.prompt_ids[job.done + 1 : job.done + len(job.chunk) + 1]
+        if seq.prompt_logprobs is None:
+            seq.prompt_logprobs = [None]
+        if targets:
+            k = seq.params.prompt_logprobs or 0
+            seq.prompt_logprobs += token_logprobs(logits[: len(targets)], targets, [k] * len(targets))
+
+    def _finish_scored(self) -> None:
+        """Rows that only wanted their prompt scored (max_new_tokens 0) finish as soon as it is run."""
+        done = [row for row, s in enumerate(self.seqs) if s.params.max_new_tokens == 0]
+        if not done:
+            return
+        for row in done:
+            s = self.seqs[row]
+            s.finished = True
+            s.emit(Event("", [], [], "length", prompt_tokens=len(s.prompt_ids), completion_tokens=0))
+        keep = [row for row in range(len(self.seqs)) if row not in done]
+        self.seqs = [self.seqs[row] for row in keep]
+        self.state = self.engine.keep(self.state, keep)
+        self.last_logits = self.last_logits[keep] if self.last_logits is not None and keep else None
 
     def _choose(self) -> list[int]:
         """The next token of every row from the last logits; finished rows leave. Returns the tokens of
@@ -266,11 +323,13 @@ class Engine:
     eos_ids: set[int]
     pad_id: int
     max_batch_size: int  # rows decoded together
+    scores_prompts: bool = True  # the backend can return logits at every prompt position (echo)
 
     # -- the backend: a row's life is prefill, then decode steps; rows join and leave the batch ----------
-    def prefill(self, prompt: list[int], state: Any = None) -> tuple[Any, torch.Tensor]:
+    def prefill(self, prompt: list[int], state: Any = None, every: bool = False) -> tuple[Any, torch.Tensor]:
         """Run (the next chunk of) one row's prompt after `state` (None: a new row); returns the row's
-        state and its next-token logits [1, vocab]."""
+        state and its next-token logits [1, vocab], or with `every` the logits at every position of
+        the chunk [len(prompt), vocab], the last of them the next token's."""
         raise NotImplementedError
 
     def decode(self, state: Any, tokens: list[int]) -> torch.Tensor:
@@ -292,7 +351,10 @@ class Engine:
         above one after the other; a backend that can run it all in one forward overrides it."""
         logits = self.decode(state, tokens) if tokens else None
         for job in chunks:
-            job.state, row_logits = self.prefill(job.chunk, job.state)
+            every = job.seq.scores_prompt
+            job.state, row_logits = self.prefill(job.chunk, job.state, every=every)
+            if every:
+                job.logits, row_logits = row_logits, row_logits[-1:]
             if job.last:
                 if state is None or logits is None:
                     state, logits = job.state, row_logits
@@ -332,6 +394,8 @@ class Engine:
     def new_sequence(
         self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]
     ) -> Sequence:
+        if params.prompt_logprobs is not None and not self.scores_prompts:
+            raise PacosError("prompt log-probs (echo with logprobs) need the torch backend")
         constraint = (
             self.json_grammars.constraint(params.json_schema) if params.json_schema is not None else None
         )
@@ -380,6 +444,7 @@ class Engine:
                         prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens,
                         logprobs=[lp for p in parts for lp in p.logprobs],
+                        prompt_logprobs=parts[0].prompt_logprobs,
                     )
 
             return on_event

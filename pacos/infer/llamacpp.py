@@ -48,6 +48,9 @@ class LlamaCppEngine(Engine):
         }
         self.pad_id = 0
         self.max_batch_size = 1
+        # llama-cpp-python keeps logits at every position only with logits_all, an n_ctx x vocab array
+        # for the whole session (8 GiB for Gemma 3 at 8K context): prompt log-probs stay torch's.
+        self.scores_prompts = False
 
     @classmethod
     def load(
@@ -91,7 +94,11 @@ class LlamaCppEngine(Engine):
         pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).copy())[None]
 
-    def prefill(self, prompt: list[int], state: int | None = None) -> tuple[int, torch.Tensor]:
+    def prefill(
+        self, prompt: list[int], state: int | None = None, every: bool = False
+    ) -> tuple[int, torch.Tensor]:
+        if every:
+            raise PacosError("prompt log-probs (echo with logprobs) need the torch backend")
         if state is None:  # a new row: the one KV cache starts afresh
             self.llm.reset()
         self.llm.eval(prompt)

@@ -24,6 +24,9 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: no logprobs; k: the chosen token's plus the k most likely
+    # The same for every prompt token but the first (nothing predicts it), from the prefill's forward
+    # pass: OpenAI's `echo` with `logprobs`, what lm-evaluation-harness scores continuations with.
+    prompt_logprobs: int | None = None
     ignore_eos: bool = False
     # A JSON schema the answer must parse and validate against ({"type": "object"}: any JSON object).
     json_schema: dict[str, Any] | None = None
@@ -36,6 +39,10 @@ class SamplingParams:
             (self.top_k >= 0, "top_k must be >= 0"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be between 0 and 20"),
+            (
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+                "prompt_logprobs must be between 0 and 20",
+            ),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
         ]
         for ok, message in checks:
@@ -120,17 +127,33 @@ def choose_tokens(
     logprobs: list[TokenLogprob | None] = [None] * len(params)
     wanted = [row for row, p in enumerate(params) if p.logprobs is not None]
     if wanted:
-        # The model's distribution (after the repetition penalty, before temperature), as OpenAI reports it:
-        # logit - logsumexp, without writing a log-softmax of the whole vocabulary for every row.
-        lse = torch.logsumexp(logits[wanted] if len(wanted) < len(params) else logits, dim=-1).tolist()
-        for i, row in enumerate(wanted):
-            k = params[row].logprobs or 0
-            top = torch.topk(logits[row], k) if k else None
-            logprobs[row] = TokenLogprob(
-                tokens[row],
-                float(logits[row, tokens[row]]) - lse[i],
-                [(t, v - lse[i]) for t, v in zip(top.indices.tolist(), top.values.tolist())]
-                if top is not None
-                else [],
-            )
+        # The model's distribution (after the repetition penalty, before temperature), as OpenAI reports it.
+        rows = logits[wanted] if len(wanted) < len(params) else logits
+        scored = token_logprobs(
+            rows, [tokens[row] for row in wanted], [params[row].logprobs or 0 for row in wanted]
+        )
+        for row, lp in zip(wanted, scored):
+            logprobs[row] = lp
     return tokens, logprobs
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], ks: list[int]) -> list[TokenLogprob]:
+    """log p of each row's token under that row of `logits` [rows, V] (float32), with the row's k most
+    likely tokens: logit - logsumexp (training's cross-entropy, negated), without writing a log-softmax
+    of the whole vocabulary. Generated and prompt tokens (echo) are scored by this one function, so a
+    token's log-prob is the same whichever way it was asked for; the chosen token's and its top entry's
+    are the same float, so "was it the most likely" is an exact comparison."""
+    lse = torch.logsumexp(logits, dim=-1).double()
+    index = torch.tensor(tokens, device=logits.device)[:, None]
+    picked = (logits.gather(1, index).squeeze(1).double() - lse).tolist()
+    k = max(ks, default=0)
+    top_ids: list[list[int]] = [[] for _ in tokens]
+    top_values: list[list[float]] = [[] for _ in tokens]
+    if k:
+        top = torch.topk(logits, min(k, logits.shape[-1]))
+        top_ids = top.indices.tolist()
+        top_values = (top.values.double() - lse[:, None]).tolist()
+    return [
+        TokenLogprob(token, logprob, list(zip(ids[:n], values[:n])))
+        for token, logprob, ids, values, n in zip(tokens, picked, top_ids, top_values, ks)
+    ]

@@ -148,15 +148,20 @@ class TorchEngine(Engine):
                 self.compiled_step = None
         return self.model(**kwargs, logits_to_keep=logits_to_keep).logits.float()
 
-    def prefill(self, prompt: list[int], state: KVBatch | None = None) -> tuple[KVBatch, torch.Tensor]:
-        """Run one row's prompt (or its next chunk), no padding; returns its state and logits [1, vocab]."""
+    def prefill(
+        self, prompt: list[int], state: KVBatch | None = None, every: bool = False
+    ) -> tuple[KVBatch, torch.Tensor]:
+        """Run one row's prompt (or its next chunk), no padding; returns its state and logits [1, vocab]
+        (with `every`, at every position: [len(prompt), vocab])."""
         from transformers import DynamicCache
 
         if state is None:  # no config: full-length layers for every layer type, so rows can be joined
             state = KVBatch(DynamicCache(), torch.zeros((1, 0), dtype=torch.long))
         state.mask = torch.cat([state.mask, state.mask.new_ones(1, len(prompt))], dim=1)
-        logits = self.forward(torch.tensor([prompt]), state.mask, state.cache, logits_to_keep=1)
-        return state, logits[:, -1]
+        logits = self.forward(
+            torch.tensor([prompt]), state.mask, state.cache, logits_to_keep=0 if every else 1
+        )
+        return state, logits[0] if every else logits[:, -1]
 
     def decode(self, state: KVBatch, tokens: list[int]) -> torch.Tensor:
         state.mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], dim=1)
@@ -214,14 +219,18 @@ class TorchEngine(Engine):
         rows = len(tokens)
         ids, positions, slots, plan_chunks = list(tokens), list(state.lengths), list(range(rows)), []
         wanted = list(range(rows))  # the positions whose logits are needed: rows and finished prompts
+        scored: list[tuple[Any, int]] = []  # chunks scored at every position (echo), after `wanted`
         for job in chunks:
             row, n = job.state, len(job.chunk)
             plan_chunks.append((row.slot, row.length, n, len(ids)))
+            if job.seq.scores_prompt:
+                scored.append((job, len(ids)))
             ids += job.chunk
             positions += range(row.length, row.length + n)
             slots += [row.slot] * n
             if job.last:
                 wanted.append(len(ids) - 1)
+        extra = [at + i for job, at in scored for i in range(len(job.chunk))]
         state.kv.ensure(state.kv.slots, max(positions) + 1)
         position_ids = torch.tensor(positions, device=self.device)
         plan = RaggedStep(
@@ -238,10 +247,15 @@ class TorchEngine(Engine):
             position_ids=position_ids[None],
             attention_mask=NO_MASK,
             use_cache=False,
-            logits_to_keep=torch.tensor(wanted, device=self.device),
+            logits_to_keep=torch.tensor(wanted + extra, device=self.device),
             pacos_step=plan,
         )
         logits = out.logits[0].float()
+        at = len(wanted)
+        for job, _ in scored:
+            job.logits = logits[at : at + len(job.chunk)]
+            at += len(job.chunk)
+        logits = logits[: len(wanted)]
         state.lengths = [n + 1 for n in state.lengths]
         for job in chunks:
             job.state.length += len(job.chunk)

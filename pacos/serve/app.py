@@ -36,7 +36,7 @@ from pacos.serve.openai_format import (
 )
 from pacos.serve.page import add_chat_page
 from pacos.serve.protocol import ChatCompletionRequest, CompletionRequest
-from pacos.serve.runs import CountArrivals, JsonBodies, Run, collect, start
+from pacos.serve.runs import Choice, CountArrivals, JsonBodies, Run, collect, start
 
 # Module level: FastAPI resolves the (postponed) annotations of endpoints in the module's namespace.
 _bearer = HTTPBearer(auto_error=False, description="The server's API key (`pacos serve --api-key`).")
@@ -124,6 +124,7 @@ def create_app(
         stops: list[str],
         logprobs: int | None,
         index: int,
+        prompt_logprobs: int | None = None,
     ) -> SamplingParams:
         # n choices of a seeded request get seed, seed+1, ...: different answers, each reproducible.
         seed = (body.seed + index) % 2**64 if body.seed is not None else None
@@ -137,6 +138,7 @@ def create_app(
                 seed=seed,
                 stop=stops,
                 logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
                 ignore_eos=body.ignore_eos,
                 json_schema=body.json_schema(),
             )
@@ -151,6 +153,8 @@ def create_app(
             "created": started,
             "owned_by": "pacos",
             "max_model_len": engine.context_length,
+            # Where it computes: clients (pacos generate) size their requests to a CPU teacher.
+            "device": str(engine.device),
         }
 
     @v1.get("/models", summary="The served model")
@@ -166,14 +170,20 @@ def create_app(
     async def completions(body: CompletionRequest, request: Request) -> Any:
         check_model(body.model)
         prompts = completion_prompts(body.prompt)
+        # echo with logprobs: the prompt tokens' log-probs, from the prefill's forward pass.
+        scored = body.logprobs if body.echo else None
+        if scored is not None and not engine.scores_prompts:
+            raise APIError(
+                400, "echo: echo with logprobs needs the torch backend (--backend torch)", param="echo"
+            )
         jobs = []
-        for ids in prompts:
+        for ids, _ in prompts:
             max_new = budget(ids, body.max_tokens, "prompt")
             jobs += [
-                (ids, sampling(body, max_new, body.stop_list(), body.logprobs, len(jobs) + j))
+                (ids, sampling(body, max_new, body.stop_list(), body.logprobs, len(jobs) + j, scored))
                 for j in range(body.n)
             ]
-        prompt_tokens = sum(len(ids) for ids in prompts)
+        prompt_tokens = sum(len(ids) for ids, _ in prompts)
         head = {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
@@ -187,22 +197,41 @@ def create_app(
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return streaming(stream_completion(run, head, prompt_tokens, want_logprobs, include_usage))
         choices = await collect(run, request)
+        # Choices run prompt by prompt, n per prompt.
+        echoed = [prompts[i // body.n] if body.echo else None for i in range(len(choices))]
         return {
             **head,
             "choices": [
                 {
                     "index": i,
-                    "text": c.text,
-                    "logprobs": legacy_logprobs(tokens, c.logprobs, 0) if want_logprobs else None,
+                    "text": (echo_text(prompt) if prompt is not None else "") + c.text,
+                    "logprobs": completion_logprobs(c, prompt) if want_logprobs else None,
                     "finish_reason": c.finish_reason,
                 }
-                for i, c in enumerate(choices)
+                for i, (c, prompt) in enumerate(zip(choices, echoed))
             ],
             "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices)),
         }
 
-    def completion_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
-        """One prompt or a batch of them, as text or token ids, encoded and checked."""
+    def echo_text(prompt: tuple[list[int], str | None]) -> str:
+        """The prompt as sent, or its token ids' text (special tokens too, as the tokens list shows them)."""
+        ids, text = prompt
+        return text if text is not None else engine.tokenizer.decode(ids)
+
+    def completion_logprobs(c: Choice, echoed: tuple[list[int], str | None] | None) -> dict[str, Any]:
+        if echoed is None:
+            return legacy_logprobs(tokens, c.logprobs, 0)
+        ids = echoed[0]
+        entries = [lp for lp in (c.prompt_logprobs or [])[1:] if lp is not None]
+        if len(entries) != len(ids) - 1:  # the engine reports all of them or none (see Sequence.emit)
+            raise generation_failed("the prompt's log-probs are missing")
+        return legacy_logprobs(tokens, [*entries, *c.logprobs], 0, first=ids[0])
+
+    def completion_prompts(
+        prompt: str | list[str] | list[int] | list[list[int]],
+    ) -> list[tuple[list[int], str | None]]:
+        """One prompt or a batch of them, as text or token ids, encoded and checked: (ids, the text as
+        sent, None for token ids)."""
         if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
             items: list[Any] = [prompt]
         else:
@@ -214,11 +243,11 @@ def create_app(
             if not item:
                 raise APIError(400, "prompt: must not be empty", param="prompt")
             if isinstance(item, str):
-                prompts.append(engine.encode(item))
+                prompts.append((engine.encode(item), item))
             else:
                 if not all(0 <= t < vocab_size for t in item):
                     raise APIError(400, f"prompt: token ids must be in [0, {vocab_size})", param="prompt")
-                prompts.append(list(item))
+                prompts.append((list(item), None))
         return prompts
 
     async def stream_choices(

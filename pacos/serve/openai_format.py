@@ -72,17 +72,24 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def legacy_logprobs(tokens: TokenText, entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
-    """The completions API's format; each top dict also holds the chosen token, as OpenAI's does."""
-    texts = [tokens.text(lp.token_id) for lp in entries]
+def legacy_logprobs(
+    tokens: TokenText, entries: list[TokenLogprob], offset: int, first: int | None = None
+) -> dict[str, Any]:
+    """The completions API's format; each top dict also holds the chosen token, as OpenAI's does.
+    `first`: an echoed prompt's first token, which nothing predicts: null log-prob and top entry, as
+    OpenAI and vLLM write it. text_offset adds up the tokens' texts, as vLLM does."""
+    ids = ([] if first is None else [first]) + [lp.token_id for lp in entries]
+    texts = [tokens.text(i) for i in ids]
     offsets = []
     for text in texts:
         offsets.append(offset)
         offset += len(text)
+    unscored: list[None] = [] if first is None else [None]
     return {
         "tokens": texts,
-        "token_logprobs": [_finite(lp.logprob) for lp in entries],
-        "top_logprobs": [
+        "token_logprobs": unscored + [_finite(lp.logprob) for lp in entries],
+        "top_logprobs": unscored
+        + [
             {
                 **{tokens.text(i): _finite(v) for i, v in lp.top},
                 tokens.text(lp.token_id): _finite(lp.logprob),

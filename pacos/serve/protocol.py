@@ -1,9 +1,10 @@
 """Request bodies of the OpenAI API that `pacos serve` answers, as pydantic models.
 
 Field names, defaults and ranges follow OpenAI's, so the official clients work unchanged. Unknown fields
-are ignored (clients send many). Fields whose meaning pacos cannot honour (echo, logit_bias, tools,
-non-zero presence/frequency penalties, schema keywords the JSON grammar cannot enforce) are rejected with
-a 400 rather than silently ignored, so a client never trusts an answer that did not follow its request.
+are ignored (clients send many). Fields whose meaning pacos cannot honour (suffix, logit_bias, tools,
+non-zero presence/frequency penalties, schema keywords the JSON grammar cannot enforce, a streamed echo)
+are rejected with a 400 rather than silently ignored, so a client never trusts an answer that did not
+follow its request.
 
 Python's json module, which parses the body, reads the non-standard literals NaN, Infinity and -Infinity
 (and 1e999 as infinity); a non-finite number in any field is a 400 naming that field.
@@ -154,14 +155,16 @@ class CompletionRequest(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default; null: up to the context length
     logprobs: int | None = Field(None, ge=0, le=5)
+    # The prompt before the answer; with logprobs, the prompt tokens' log-probs too (the first null), which
+    # is how lm-evaluation-harness's `local-completions` scores continuations (max_tokens 0 or 1).
     echo: StrictBool = False
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
 
     @model_validator(mode="after")
     def _completion_only(self) -> CompletionRequest:
-        if self.echo:
-            raise ValueError("echo: not supported")
+        if self.echo and self.stream:
+            raise ValueError("echo: not supported with stream; send stream: false")
         if self.suffix:
             raise ValueError("suffix: not supported")
         if self.best_of is not None and self.best_of != self.n:

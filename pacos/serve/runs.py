@@ -71,10 +71,13 @@ class Choice:
     finish_reason: str | None = None
     completion_tokens: int = 0
     error: str | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # asked for with echo and logprobs
 
     def add(self, event: Event) -> None:
         self.text += event.text
         self.logprobs += event.logprobs
+        if event.prompt_logprobs is not None:
+            self.prompt_logprobs = event.prompt_logprobs
         if event.finish_reason:
             self.finish_reason, self.completion_tokens = event.finish_reason, event.completion_tokens
             self.error = event.error

@@ -124,12 +124,12 @@ def load_state(generator: Generator) -> MagpieState:
             )
         tokenizer, where = load_tokenizer(teacher.model), f"tokenizer '{teacher.model}'"
     return MagpieState(
-        user_turn(tokenizer, system, where),
-        _view(teacher, False),
-        _view(teacher, True),
-        system,
-        tokenizer,
-        where,
+        turn=user_turn(tokenizer, system, where),
+        raw=_view(teacher, False),
+        chat=_view(teacher, True),
+        system=system,
+        tokenizer=tokenizer,
+        where=where,
     )
 
 
