@@ -5,7 +5,7 @@ Importing the package registers every command on `app` (in pipeline order, which
 """
 
 # isort: off
-from pacos.cli import data, generate, train, evaluate, infer, quickstart  # noqa: F401  (register commands)
+from pacos.cli import data, data_select, generate, train, evaluate, infer, quickstart  # noqa: F401  (register commands)
 
 # isort: on
 from pacos.cli.app import app, main
