@@ -227,6 +227,12 @@ def test_a_model_tuned_on_conversations_answers_a_follow_up_from_the_earlier_tur
     assert recalled(session) >= len(WORDS) - 1
     session.keep_history = False
     assert recalled(session) <= 1
+    # `pacos eval` on conversations asks for the last answer in its context, too.
+    from pacos.llm.answers import Decoding, answer_records
+
+    records = [{"instruction": "x", "output": w, "messages": recall_conversation(w)} for w in WORDS]
+    answers, _ = answer_records(str(out), records, Decoding(max_new_tokens=12))
+    assert sum(a["text"].strip() == w for a, w in zip(answers, WORDS)) >= len(WORDS) - 1
 
 
 def test_single_turn_models_still_answer_each_message_alone(tiny_llama):

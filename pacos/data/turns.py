@@ -117,3 +117,16 @@ def conversation_prompt(messages: list[dict[str, str]], template: str, tokenizer
     if template == "chat":
         return _render(tokenizer, messages, True)
     return "".join(text for text, _ in segments(messages, template, tokenizer))
+
+
+def record_prompt(record: Record, template: str, tokenizer: Any) -> str:
+    """The prompt that asks for a record's `output`: for a conversation, every turn before its last
+    answer (so the answer is judged in its context); else the record's instruction in the template."""
+    from pacos.data.templates import render_prompt
+
+    messages = conversation_of(record)
+    if messages is None:
+        return render_prompt(record, template, tokenizer)
+    while messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    return conversation_prompt(messages, template, tokenizer)

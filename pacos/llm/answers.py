@@ -40,17 +40,19 @@ def _key(identity: str, template: str | None, record: dict[str, Any], decoding: 
     if settings["quantize"] == "none":
         del settings["quantize"]
     payload = [identity, template, record["instruction"], record.get("input") or "", settings]
+    if record.get("messages"):  # a conversation is asked in its context (plain records' keys unchanged)
+        payload.append(record["messages"])
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
 def prompt_ids(engine: Any, records: list[dict[str, Any]]) -> list[list[int]]:
     """Each record's prompt in the engine's template, tokenized as in training: a chat template writes
     its own BOS, a plain template gets the tokenizer's."""
-    from pacos.data.templates import render_prompt
+    from pacos.data.turns import record_prompt
 
     return [
         engine.tokenizer(
-            render_prompt(r, engine.template, engine.tokenizer), add_special_tokens=engine.template != "chat"
+            record_prompt(r, engine.template, engine.tokenizer), add_special_tokens=engine.template != "chat"
         ).input_ids
         for r in records
     ]
@@ -82,7 +84,7 @@ def _local_answers(
 def _endpoint_answers(
     url: str, served_model: str | None, records: list[dict[str, Any]], decoding: Decoding, template: str
 ) -> list[dict[str, Any]]:
-    from pacos.data.templates import render_prompt
+    from pacos.data.turns import record_prompt
     from pacos.llm.client import OpenAILLM, Request
     from pacos.llm.config import ClientConfig
 
@@ -98,7 +100,7 @@ def _endpoint_answers(
             requests = [
                 Request(
                     id=f"eval-{i}",
-                    prompt=render_prompt(r, template),
+                    prompt=record_prompt(r, template, None),
                     max_tokens=decoding.max_new_tokens,
                     temperature=decoding.temperature,
                     top_p=decoding.top_p,
