@@ -31,6 +31,9 @@ SLOW_FIRST = [
     "test_infer_engine.py",
     "test_infer_llamacpp.py",
     "test_serve.py",
+    "test_conversations.py",
+    "test_lm_eval.py",
+    "test_export_ollama.py",
 ]
 
 
