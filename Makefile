@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 # pytest workers (pytest-xdist); each test file runs whole on one worker. More cores: make test WORKERS=8.
 WORKERS ?= 2
 
-.PHONY: install quickstart test lint bench
+.PHONY: install quickstart test lint bench readme-examples
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,17 @@ quickstart: $(STAMP)
 	$(BIN)/pacos quickstart
 
 lint: $(STAMP)
-	$(BIN)/ruff check pacos tests benchmarks
-	$(BIN)/ruff format --check pacos tests benchmarks
+	$(BIN)/ruff check pacos tests benchmarks scripts
+	$(BIN)/ruff format --check pacos tests benchmarks scripts
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
+
+# Every command example in README.md, run from an empty temporary directory (about 30 min on 2 cores;
+# not part of `make test`). scripts/readme_examples.py says how examples are skipped.
+readme-examples: $(STAMP)
+	mkdir -p runs
+	$(BIN)/python scripts/readme_examples.py --json runs/readme-examples.json
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_clean.py

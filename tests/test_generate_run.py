@@ -314,3 +314,26 @@ def test_self_instruct_mode_runs_its_four_steps(cli, tmp_path):
     assert "input_is_output" in rejected  # "Input: a / Output: a"
     steps = {r["step"] for r in lines(out / "requests.jsonl")}
     assert steps == {"instructions", "classify", "instances"}
+
+
+def test_a_cpu_teacher_gets_small_requests_unless_the_user_chose_otherwise():
+    from pacos.generate.config import GenerateConfig
+
+    config, changed = GenerateConfig().for_cpu_teacher()
+    assert (config.max_tokens, config.tasks_per_request, config.client.concurrency) == (768, 8, 2)
+    assert changed == [
+        "max_tokens=768",
+        "tasks_per_request=8",
+        "client.concurrency=2",
+    ]  # magpie's: not a word
+    config, changed = GenerateConfig(
+        mode="magpie", max_tokens=100, client={"concurrency": 4}
+    ).for_cpu_teacher()
+    assert (config.max_tokens, config.client.concurrency, config.magpie.instruction_max_tokens) == (
+        100,
+        4,
+        128,
+    )
+    assert changed == ["tasks_per_request=8", "magpie.instruction_max_tokens=128"]
+    config, _ = GenerateConfig(prompt_examples=10, tasks_per_request=20).for_cpu_teacher()
+    assert config.tasks_per_request == 20

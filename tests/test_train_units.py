@@ -379,3 +379,15 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.5, abs=0.01)
     assert all(a >= b for a, b in itertools.pairwise(factors[10:])) and factors[-1] < 0.001
+
+
+def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32_and_says_so(monkeypatch):
+    from pacos.train import distributed
+
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)
+    runtime = distributed.setup("cpu", "bf16-mixed")
+    assert runtime.autocast_dtype is None and runtime.param_dtype == torch.float32
+    assert "no native bf16" in runtime.precision_note and "bf16-mixed -> fp32" in runtime.precision_note
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
+    runtime = distributed.setup("cpu", "bf16-mixed")
+    assert runtime.autocast_dtype == torch.bfloat16 and not runtime.precision_note

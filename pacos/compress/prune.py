@@ -112,25 +112,34 @@ def drop_layers(model: Any, dropped: list[int]) -> Any:
 
 
 @torch.no_grad()
-def compare(reference: Any, model: Any, sequences: list[list[int]]) -> dict[str, float]:
-    """Perplexity of `model` on the sequences, its next-token argmax agreement with `reference` and the
-    mean KL(reference || model) per token."""
+def compare(
+    reference: Any, models: dict[str, Any], sequences: list[list[int]]
+) -> dict[str, dict[str, float]]:
+    """Per model: perplexity on the sequences, next-token argmax agreement with `reference` and the mean
+    KL(reference || model) per token. The reference runs once per sequence (it may be one of the models)."""
     from pacos.train.divergences import divergence_sum
 
-    nll = agree = kl = n = 0.0
+    sums = {name: [0.0, 0.0, 0.0] for name in models}  # nll, agreement, kl
+    n = 0
     for ids in sequences:
         x = torch.tensor([ids])
         want = reference(input_ids=x, use_cache=False).logits[0, :-1].float()
-        logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
-        nll += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
-        agree += float((logits.argmax(-1) == want.argmax(-1)).sum())
-        kl += float(divergence_sum(logits, want, "forward_kl"))
+        for name, model in models.items():
+            logits = want if model is reference else model(input_ids=x, use_cache=False).logits[0, :-1]
+            logits = logits.float()
+            total = sums[name]
+            total[0] += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
+            total[1] += float((logits.argmax(-1) == want.argmax(-1)).sum())
+            total[2] += float(divergence_sum(logits, want, "forward_kl"))
         n += len(ids) - 1
     return {
-        "perplexity": math.exp(nll / n),
-        "next_token_agreement": agree / n,
-        "kl_from_reference": kl / n,
-        "tokens": int(n),
+        name: {
+            "perplexity": math.exp(nll / n),
+            "next_token_agreement": agree / n,
+            "kl_from_reference": kl / n,
+            "tokens": int(n),
+        }
+        for name, (nll, agree, kl) in sums.items()
     }
 
 
@@ -179,10 +188,7 @@ def prune(
         parameters_before=before,
         parameters_after=sum(p.numel() for p in pruned.parameters()),
     )
-    report.evaluation = {
-        "unpruned": compare(reference, reference, held_out),
-        "pruned": compare(reference, pruned, held_out),
-    }
+    report.evaluation = compare(reference, {"unpruned": reference, "pruned": pruned}, held_out)
     _say(f"saving to {out}")
     with atomic_dir(Path(out)) as tmp:
         pruned.save_pretrained(tmp, safe_serialization=True)

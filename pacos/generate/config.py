@@ -157,7 +157,8 @@ class GenerateConfig(BaseModel):
             owner = getattr(config, section) if section else config
             if name not in owner.model_fields_set and getattr(owner, name) != value:
                 setattr(owner, name, value)
-                changed.append(f"{key}={value}")
+                if section in ("", "client", self.mode):  # another mode's section is not worth a word
+                    changed.append(f"{key}={value}")
         if config.prompt_examples >= config.tasks_per_request:  # the user asked for more examples shown
             config.tasks_per_request = self.tasks_per_request
         return config, changed

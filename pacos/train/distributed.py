@@ -12,7 +12,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from pacos.device import pick_device
+from pacos.device import cpu_has_fast_bf16, pick_device
 from pacos.errors import PacosError
 
 CPU = torch.device("cpu")
@@ -29,6 +29,7 @@ class Runtime:
     strategy: str = "single"  # "single", "ddp" or "fsdp"
     autocast_dtype: torch.dtype | None = None  # bf16 autocast on GPU, None for plain fp32
     param_dtype: torch.dtype = torch.float32
+    precision_note: str = ""  # why the precision asked for was not used (a CPU without native bf16)
 
     @property
     def is_main(self) -> bool:
@@ -56,8 +57,12 @@ def setup(device: str = "auto", precision: str = "auto", strategy: str = "auto")
     dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    note = ""
     if precision == "auto":
         precision = "bf16-mixed" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    elif precision.startswith("bf16") and dev.type == "cpu" and not cpu_has_fast_bf16():
+        # Emulated bf16 is several times slower than fp32 (a 2-step LoRA run: minutes, not seconds).
+        note, precision = f"this CPU has no native bf16 (AMX, AVX512-BF16): {precision} -> fp32", "fp32"
     autocast = torch.bfloat16 if precision == "bf16-mixed" else None
     param_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     chosen = "single" if world_size == 1 else ("ddp" if strategy == "auto" else strategy)
@@ -69,6 +74,7 @@ def setup(device: str = "auto", precision: str = "auto", strategy: str = "auto")
         strategy=chosen,
         autocast_dtype=autocast,
         param_dtype=param_dtype,
+        precision_note=note,
     )
 
 

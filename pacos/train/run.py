@@ -299,6 +299,8 @@ def _preference_batches(
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     runtime = dist_utils.setup(config.device, config.precision, config.distributed)
+    if runtime.precision_note:
+        _say(runtime, f"[train] {runtime.precision_note}")
     return_freed_memory()  # a fragmented heap costs more peak memory than activations do on a CPU
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
