@@ -172,3 +172,11 @@ def test_repair_adds_an_edited_chosen_answer_only_where_no_answer_passes(tmp_pat
     assert summary["answers"] == 6  # the model's own answers only
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert samples[0]["answers"][-1]["repaired_from"] == 0
+    # Minimal pairs: the repaired answer against the very answer it was edited from; others unchanged.
+    settings = PairSettings(model="m", k=2, rewards=("checks",), repair=True, minimal=True)
+    build_pairs(prompts, settings, tmp_path / "minimal")
+    pairs = {p["id"]: p for p in read_pairs(tmp_path / "minimal" / "pairs.jsonl")}
+    assert pairs["a"]["chosen"] == "RED IS A COLOUR." and pairs["a"]["rejected"] == "Red is a colour."
+    assert pairs["b"]["rejected"] == "pear"
+    with pytest.raises(PacosError, match="use them with --repair"):
+        PairSettings(model="m", minimal=True)

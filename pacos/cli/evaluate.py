@@ -198,6 +198,14 @@ def pairs(
             "them (upper-cased, regrouped into bullets, ...).",
         ),
     ] = False,
+    minimal: Annotated[
+        bool,
+        typer.Option(
+            "--minimal",
+            help="With --repair: pair a repaired answer with the answer it was edited from (the pair "
+            "differs only by the edit) instead of the worst answer.",
+        ),
+    ] = False,
 ) -> None:
     """Preference pairs from a model's own answers: k samples per prompt, each scored, the best and the
     worst paired when their rewards differ enough. Answers are cached as they come: a rerun resumes.
@@ -228,6 +236,7 @@ def pairs(
         judge=judge,
         judge_model=judge_model,
         repair=repair,
+        minimal=minimal,
     )
     summary = build_pairs(records, settings, out, trl=trl)
     repaired = f", {summary['pairs_with_repaired_chosen']} with a repaired chosen answer" if repair else ""

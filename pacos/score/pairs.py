@@ -15,7 +15,9 @@ The best and the worst answer of a prompt make a pair when their rewards differ 
 and the best one ended by itself (a cut answer would be learned with an EOS it never produced).
 With `repair`, a prompt whose answers all miss some of its checks also gets the best ended answer edited
 to pass them (pacos.text.repair: its own words upper-cased, regrouped into bullets, ...) as a candidate:
-the instructions a small model never follows by chance get positive examples.
+the instructions a small model never follows by chance get positive examples. With `minimal` too, a
+repaired chosen answer is paired with the very answer it was edited from, so that the pair differs only by
+the edit (the instruction, not the rest of the answer, is what the pair teaches; benchmarks/README.md).
 Writes samples.jsonl (every answer with its reward parts), pairs.jsonl (pacos's pair format, which
 `pacos train --method dpo` reads; `--trl` also writes TRL's) and summary.json.
 """
@@ -60,6 +62,7 @@ class PairSettings:
     judge_model: str | None = None
     batch_prompts: int = 48  # prompts per engine batch: what a killed run can lose at most
     repair: bool = False  # add the best answer edited to pass its checks (pacos.text.repair)
+    minimal: bool = False  # a repaired chosen answer's rejected one is the answer it was edited from
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.rewards) - set(REWARDS))
@@ -69,6 +72,8 @@ class PairSettings:
             raise PacosError("give at least one reward")
         if "judge" in self.rewards and not self.judge:
             raise PacosError("the judge reward needs --judge (an endpoint or local:NAME)")
+        if self.minimal and not self.repair:
+            raise PacosError("minimal pairs are made of repaired answers: use them with --repair")
         if self.k < 2:
             raise PacosError(f"k={self.k}: a pair needs at least 2 answers per prompt")
 
@@ -170,11 +175,14 @@ def repaired_answer(prompt: dict[str, Any], scored: list[dict[str, Any]]) -> dic
 
 
 def choose_pair(
-    prompt: dict[str, Any], group: list[dict[str, Any]], min_margin: float
+    prompt: dict[str, Any], group: list[dict[str, Any]], min_margin: float, minimal: bool = False
 ) -> dict[str, Any] | None:
-    """The best and the worst of scored answers as a pair, or None (too close, or the best did not end)."""
+    """The best and the worst of scored answers as a pair, or None (too close, or the best did not end).
+    `minimal`: a repaired best answer is paired with its source instead of the worst."""
     ranked = sorted(group, key=lambda a: -a["reward"])  # stable: the earlier sample wins a tie
     best, worst = ranked[0], ranked[-1]
+    if minimal and "repaired_from" in best:
+        worst = group[best["repaired_from"]]
     if best["reward"] - worst["reward"] < min_margin or best.get("finish_reason") == "length":
         return None
     pair = {
@@ -226,7 +234,7 @@ def build_pairs(
             reward = sum(settings.weights.get(name, 1.0) * value for name, value in parts.items())
             scored.append({**fixed, "sample": len(scored), "rewards": parts, "reward": reward})
         samples.append({"id": prompt.get("id"), "instruction": prompt["instruction"], "answers": scored})
-        pair = choose_pair(prompt, scored, settings.min_margin)
+        pair = choose_pair(prompt, scored, settings.min_margin, settings.minimal)
         if pair is not None:
             pairs.append(pair)
     write_records(samples, out / "samples.jsonl")
