@@ -35,7 +35,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 
-# Every command example in README.md, run from an empty temporary directory (about 30 min on 2 cores;
+# Every command example in README.md, run from an empty temporary directory (about 45 min on 2 cores;
 # not part of `make test`). scripts/readme_examples.py says how examples are skipped.
 readme-examples: $(STAMP)
 	mkdir -p runs
