@@ -51,10 +51,12 @@ CONFIGS = [
     "hfcb-fp32",
     "pacos-fp32",
     "pacos-bf16",
+    "pacos-bf16-int8",
     "pacos-fp16",
     "pacos-int8",
     "pacos-int8-compiled",
     "pacos-fp16-json",
+    "serve-bf16",
     "serve-fp16",
     "serve-int8",
     "llamacpp-f16",
@@ -64,6 +66,7 @@ CONFIGS = [
 WEIGHTS = {  # variant: (dtype, quantize)
     "fp32": ("float32", "none"),
     "bf16": ("bfloat16", "none"),
+    "bf16-int8": ("bfloat16", "int8"),  # bf16 layers (native bf16 CPUs) with the int8 head
     "fp16": ("float32", "fp16"),
     "int8": ("float32", "int8"),
     "int8-compiled": ("float32", "int8"),
@@ -296,7 +299,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     skipped = {}
     if not torch.cuda.is_available() and not cpu_has_fast_bf16():
-        for config in [c for c in configs if c.endswith("bf16")]:
+        for config in [c for c in configs if "bf16" in c]:
             skipped[config] = "this CPU emulates bf16 (no AMX or AVX512-BF16): about 100x slower than fp32"
             configs.remove(config)
     try:
