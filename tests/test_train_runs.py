@@ -78,6 +78,16 @@ def test_resume_refuses_changed_settings_and_missing_checkpoints(tiny_llama, tmp
         train(config(tiny_llama, tmp_path / "run", max_steps=4, lr=1.0), resume=True)
 
 
+def test_a_finished_run_extended_with_resume_goes_on_from_its_last_step(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(config(tiny_llama, out, max_steps=6, eval_every=0))
+    first = losses(out)
+    capsys.readouterr()
+    train(config(tiny_llama, out, max_steps=8, eval_every=0), resume=True)
+    assert "at step 6" in capsys.readouterr().err
+    assert losses(out)[:6] == first and [s for s, _ in losses(out)] == list(range(1, 9))  # none redone
+
+
 def test_full_output_loads_with_transformers_and_loss_falls(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -467,7 +467,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         if "reward_margin" in record:
             info += f" margin {record['reward_margin']:.3f} acc {record['accuracy']:.2f}"
         progress.update(step + 1, info, total_steps)
-        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total_steps:
+        # The last step too: a finished run extended with --resume --max-steps N goes on from where it ended.
+        if config.save_every and (step + 1) % config.save_every == 0:
             ckpt.save_checkpoint(
                 checkpoints,
                 step + 1,
