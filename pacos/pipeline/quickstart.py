@@ -136,7 +136,7 @@ def train_stage(config: QuickstartConfig, out: Path, train_path: Path, held_out:
 
     settings = config.train.model_copy(
         update={
-            "precision": _cpu_precision(config.train.precision),
+            "precision": config.train.precision,  # fp32 on CPUs without native bf16 (train says so)
             "data": str(train_path),
             "val_data": str(held_out),
             "val_fraction": 0.0,
@@ -231,7 +231,7 @@ def prefer_stage(config: QuickstartConfig, out: Path, model_dir: Path, pairs: Pa
             "eos_weight": 1.0,
             "eval_every": 0,
             "save_every": 10,
-            "precision": _cpu_precision(config.train.precision),
+            "precision": config.train.precision,  # fp32 on CPUs without native bf16 (train says so)
             "output_dir": str(out),
         }
     )
@@ -249,18 +249,6 @@ def prefer_stage(config: QuickstartConfig, out: Path, model_dir: Path, pairs: Pa
     )
     return {"steps": result.steps, "final_loss": result.final_loss, "seconds": result.seconds,
             "reward_margin": last.get("reward_margin"), "accuracy": last.get("accuracy")}  # fmt: skip
-
-
-def _cpu_precision(precision: str) -> str:
-    """bf16 only where it runs natively: a CPU without AMX or AVX512-BF16 emulates it, slower than fp32."""
-    import torch
-
-    from pacos.device import cpu_has_fast_bf16
-
-    if precision.startswith("bf16") and not torch.cuda.is_available() and not cpu_has_fast_bf16():
-        _say("train", f"this CPU has no native bf16 (AMX, AVX512-BF16): {precision} -> fp32")
-        return "fp32"
-    return precision
 
 
 def eval_stage(
