@@ -248,7 +248,8 @@ def fake_run(root: Path, model: str, data: Path, method: str = "lora") -> Path:
         "train_examples": 3,
         "real_tokens": 999,
     }
-    (run / "train_summary.json").write_text(json.dumps({**summary, "tokenization": {"conversations": 0}}))
+    tokenization = {"conversations": 0, "kept": 2}  # train_examples also counts a synthetic loop example
+    (run / "train_summary.json").write_text(json.dumps({**summary, "tokenization": tokenization}))
     return run
 
 
@@ -297,6 +298,7 @@ def test_card_front_matter_loads_with_huggingface_hub_and_tells_the_lineage(tmp_
     assert "3 records (67% en, 33% zh" in body and "self-instruct 2, zh 1" in body
     assert "teacher http://127.0.0.1:8000/v1 (gpt-teacher): 3 examples kept, 7 dropped" in body
     assert "too_similar 5" in body and "| answers ending with EOS | 90.0% |" in body
+    assert "by LoRA on 2 examples" in body and "| training examples | 2 (+ 1 synthetic loops) |" in body
     assert (
         "| ROUGE-L vs reference | 0.312 |" in body
         and "| verifiable instructions: prompts, strict | 50.0% |" in body

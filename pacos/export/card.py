@@ -280,6 +280,11 @@ def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _records(summary: dict[str, Any]) -> int:
+    """The records trained on: train_examples also counts the synthetic loop examples train adds."""
+    return (summary.get("tokenization") or {}).get("kept", summary.get("train_examples", 0))
+
+
 def _method(recipe: dict[str, Any]) -> str:
     method = recipe.get("method", "full")
     if method == "full":
@@ -322,8 +327,10 @@ def _training_rows(recipe: dict[str, Any], summary: dict[str, Any]) -> list[str]
     rows.append(("seed", str(recipe.get("seed", "?"))))
     if summary:
         rows.append(("optimizer steps", f"{summary.get('steps', '?')}"))
-        rows.append(("training examples", f"{summary.get('train_examples', 0):,}"))
         tokenization = summary.get("tokenization") or {}
+        records, loops = _records(summary), summary.get("train_examples", 0) - _records(summary)
+        extra = f" (+ {loops:,} synthetic loops)" if loops > 0 else ""
+        rows.append(("training examples", f"{records:,}{extra}"))
         dropped, cut = tokenization.get("dropped_too_long", 0), tokenization.get("cut", 0)
         if dropped or cut:
             rows.append(("too long", f"{dropped:,} dropped, {cut:,} cut"))
@@ -468,7 +475,7 @@ def model_card(
         intro = (
             f"**{title}** is {base_text} fine-tuned with [pacos](https://pypi.org/project/pacos/) "
             f"(Stanford Alpaca's recipe, end to end) by {_method(recipe).split(':')[0]}"
-            + (f" on {summary['train_examples']:,} examples" if summary.get("train_examples") else "")
+            + (f" on {_records(summary):,} examples" if summary.get("train_examples") else "")
             + f". This folder holds {what}."
         )
     else:
