@@ -105,6 +105,20 @@ def test_fix_rules_flag_without_fix_and_repair_with_it():
     assert actions["control_chars"] == "fix" and flagged.report["rules"][0]["action"] == "flag"
 
 
+def test_fix_rules_repair_every_turn_of_a_conversation():
+    messages = [
+        {"role": "user", "content": "Name a colour.\u200b "},
+        {"role": "assistant", "content": " Blue.\r\n"},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Red. "},
+    ]
+    record = rec("Name a colour.\u200b ", "Red. ") | {"messages": messages}
+    fixed = clean_records([record], CleanConfig(fix=True)).kept[0]
+    assert [m["content"] for m in fixed["messages"]] == ["Name a colour.", "Blue.", "Another?", "Red."]
+    assert fixed["instruction"] == "Name a colour." and fixed["output"] == "Red."
+    assert record["messages"][1]["content"] == " Blue.\r\n"  # the input record is not changed in place
+
+
 def test_lone_surrogates_are_removed_so_output_can_be_written(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text('{"instruction": "Say hi \\ud800.", "output": "Hi."}\n', encoding="utf-8")

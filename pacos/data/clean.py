@@ -140,7 +140,7 @@ def _marker_key(text: str) -> str:
     return text.strip().strip(".。").strip().casefold()
 
 
-def _replace(record: Record, changes: dict[str, str]) -> Record | None:
+def _replace(record: Record, changes: dict[str, Any]) -> Record | None:
     changed = {k: v for k, v in changes.items() if record.get(k) != v}
     return {**record, **changed} if changed else None
 
@@ -152,17 +152,27 @@ def _replace(record: Record, changes: dict[str, str]) -> Record | None:
 _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff\ud800-\udfff]")
 
 
+def _fixed_text(record: Record, fix: Callable[[str], str]) -> dict[str, Any]:
+    """`fix` applied to the text fields and, in a conversation, to every turn (what training reads)."""
+    changes: dict[str, Any] = {k: fix(record[k]) for k in TEXT_FIELDS if isinstance(record.get(k), str)}
+    if isinstance(record.get("messages"), list):
+        changes["messages"] = [
+            {**m, "content": fix(m["content"])} if isinstance(m.get("content"), str) else m
+            for m in record["messages"]
+        ]
+    return changes
+
+
+def _without_control_chars(value: str) -> str:
+    return _BAD_CHARS.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
+
+
 def _fix_control_chars(record: Record, c: _Compiled) -> Record | None:
-    changes = {}
-    for key in TEXT_FIELDS:
-        value = record.get(key)
-        if isinstance(value, str) and (_BAD_CHARS.search(value) or "\r" in value):
-            changes[key] = _BAD_CHARS.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
-    return _replace(record, changes)
+    return _replace(record, _fixed_text(record, _without_control_chars))
 
 
 def _fix_whitespace(record: Record, c: _Compiled) -> Record | None:
-    return _replace(record, {k: record[k].strip() for k in TEXT_FIELDS if isinstance(record.get(k), str)})
+    return _replace(record, _fixed_text(record, str.strip))
 
 
 def _fix_no_input_marker(record: Record, c: _Compiled) -> Record | None:
@@ -347,7 +357,10 @@ RULES: list[CleanRule] = [
         _fix_control_chars,
     ),
     CleanRule(
-        "whitespace", "fix", "leading or trailing whitespace in instruction, input or output", _fix_whitespace
+        "whitespace",
+        "fix",
+        "leading or trailing whitespace in instruction, input, output or a conversation's turns",
+        _fix_whitespace,
     ),
     CleanRule(
         "no_input_marker",
