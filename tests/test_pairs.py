@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -126,6 +127,16 @@ def test_killed_run_resumes_without_asking_again(tiny_llama, tmp_path, monkeypat
     if summary["pairs"]:
         assert len(read_pairs(tmp_path / "out" / "pairs.jsonl")) == summary["pairs"]
         assert len(read_pairs(tmp_path / "out" / "pairs-trl.jsonl")) == summary["pairs"]
+    # Another pairing into another folder from the same answers: nothing is sampled again.
+    wider = dataclasses.replace(settings, min_margin=0.5)
+    other = build_pairs(prompts, wider, tmp_path / "other", answers=tmp_path / "out" / "answers.jsonl")
+    assert (
+        calls["generated"] == 0
+        and other["answers"] == 12
+        and not (tmp_path / "other" / "answers.jsonl").exists()
+    )
+    with pytest.raises(PacosError, match="no such folder"):
+        build_pairs(prompts, settings, tmp_path / "third", answers=tmp_path / "missing" / "answers.jsonl")
 
 
 def test_cli_pool_and_pairs(cli, tiny_llama, tmp_path):

@@ -206,6 +206,13 @@ def pairs(
             "differs only by the edit) instead of the worst answer.",
         ),
     ] = False,
+    answers: Annotated[
+        Path | None,
+        typer.Option(
+            help="Answer cache to read and extend [default: OUT/answers.jsonl]: point runs that pair "
+            "differently (--repair, rewards, margins) at one run's cache to sample only once.",
+        ),
+    ] = None,
 ) -> None:
     """Preference pairs from a model's own answers: k samples per prompt, each scored, the best and the
     worst paired when their rewards differ enough. Answers are cached as they come: a rerun resumes.
@@ -238,7 +245,7 @@ def pairs(
         repair=repair,
         minimal=minimal,
     )
-    summary = build_pairs(records, settings, out, trl=trl)
+    summary = build_pairs(records, settings, out, trl=trl, answers=answers)
     repaired = f", {summary['pairs_with_repaired_chosen']} with a repaired chosen answer" if repair else ""
     print(
         f"{summary['pairs']} pairs{repaired} from {summary['prompts']} prompts x {k} answers "

@@ -202,15 +202,23 @@ def choose_pair(
 
 
 def build_pairs(
-    prompts: list[dict[str, Any]], settings: PairSettings, out_dir: str | Path, trl: bool = False
+    prompts: list[dict[str, Any]],
+    settings: PairSettings,
+    out_dir: str | Path,
+    trl: bool = False,
+    answers: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Sample, score and pair; returns the summary (also in summary.json)."""
+    """Sample, score and pair; returns the summary (also in summary.json). `answers`: the answer cache to
+    read and extend (default OUT/answers.jsonl): runs that pair differently can share one sampling."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not prompts:
         raise PacosError("no prompts to answer")
     started = time.monotonic()
-    cache = KeyedCache(out / "answers.jsonl")
+    cache_path = Path(answers) if answers else out / "answers.jsonl"
+    if not cache_path.parent.is_dir():
+        raise PacosError(f"--answers {cache_path}: no such folder {cache_path.parent}")
+    cache = KeyedCache(cache_path)
     try:
         answers = sample_answers(prompts, settings, cache)
     finally:
