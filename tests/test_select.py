@@ -108,7 +108,11 @@ def test_missing_score_names_file_and_line_or_is_dropped(cli, tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
     dropped = cli("data", "select", src, "--by", "judge", "--top", "0.5", "--out", tmp_path / "o.jsonl",
                   "--drop-unscored")  # fmt: skip
-    assert dropped.code == 0 and "1 without the score dropped" in dropped.out
+    assert (
+        dropped.code == 0
+        and "1 without the score dropped" in dropped.out
+        and "kept 1 of 3 records" in dropped.out
+    )
     assert [json.loads(line)["instruction"] for line in (tmp_path / "o.jsonl").read_text().splitlines()] == [
         "c"
     ]

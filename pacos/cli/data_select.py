@@ -62,7 +62,7 @@ def data_select(
     low_high = r["kept_score_range"]
     shown = f"{by} {low_high[0]:g}..{low_high[1]:g}" if low_high else "nothing kept"
     print(
-        f"kept {r['records_kept']} of {r['records_in']} records ({shown}) -> {out}; "
+        f"kept {r['records_kept']} of {r['records_in'] + scored.unscored} records ({shown}) -> {out}; "
         f"{r['skipped_for_diversity']} skipped for diversity, {r['outside_bounds']} outside --min/--max"
         + (f", {scored.unscored} without the score dropped" if scored.unscored else "")
     )
