@@ -328,7 +328,8 @@ def _training_rows(recipe: dict[str, Any], summary: dict[str, Any]) -> list[str]
     if summary:
         rows.append(("optimizer steps", f"{summary.get('steps', '?')}"))
         tokenization = summary.get("tokenization") or {}
-        records, loops = _records(summary), summary.get("train_examples", 0) - _records(summary)
+        records = _records(summary)
+        loops = summary.get("train_examples", 0) - records
         extra = f" (+ {loops:,} synthetic loops)" if loops > 0 else ""
         rows.append(("training examples", f"{records:,}{extra}"))
         dropped, cut = tokenization.get("dropped_too_long", 0), tokenization.get("cut", 0)

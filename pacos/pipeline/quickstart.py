@@ -136,7 +136,6 @@ def train_stage(config: QuickstartConfig, out: Path, train_path: Path, held_out:
 
     settings = config.train.model_copy(
         update={
-            "precision": config.train.precision,  # fp32 on CPUs without native bf16 (train says so)
             "data": str(train_path),
             "val_data": str(held_out),
             "val_fraction": 0.0,
@@ -231,7 +230,6 @@ def prefer_stage(config: QuickstartConfig, out: Path, model_dir: Path, pairs: Pa
             "eos_weight": 1.0,
             "eval_every": 0,
             "save_every": 10,
-            "precision": config.train.precision,  # fp32 on CPUs without native bf16 (train says so)
             "output_dir": str(out),
         }
     )
