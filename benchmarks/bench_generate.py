@@ -161,6 +161,7 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str,
     # Batch 1: four prompts, one after another; batch 8 or 32: that many prompts in one call.
     groups = [[p] for p in _prompts(SEQUENTIAL)] if batch == 1 else [_prompts(batch)]
     kind, variant = config.split("-", 1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # pacos and serve pick the same by themselves
     compile_seconds = None
     server = None
     if kind == "hf":
@@ -169,8 +170,8 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str,
         tokenizer = load_tokenizer(model_name)
         tokenizer.padding_side = "left"
         dtype = torch.float32 if variant == "fp32" else torch.bfloat16
-        model = load_model(model_name, dtype=dtype).eval()
-        encoded = [tokenizer(group, return_tensors="pt", padding=True) for group in groups]
+        model = load_model(model_name, dtype=dtype).to(device).eval()
+        encoded = [tokenizer(group, return_tensors="pt", padding=True).to(device) for group in groups]
 
         def call():
             rows = []
@@ -193,7 +194,7 @@ def child(config: str, batch: int, new_tokens: int, repeats: int, gguf_dir: str,
         from pacos.models import load_model, load_tokenizer
 
         tokenizer = load_tokenizer(model_name)
-        model = load_model(model_name, dtype=torch.float32).eval()
+        model = load_model(model_name, dtype=torch.float32).to(device).eval()
         model.set_attn_implementation("sdpa")
         encoded = [[tokenizer(p).input_ids for p in group] for group in groups]
         longest = max(len(ids) for group in encoded for ids in group) + new_tokens
@@ -360,7 +361,11 @@ def main() -> None:
                 speedups[name] = round(rate[key] / rate[best], 2)
     report = {
         "model": args.model,
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()},
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "skipped": skipped,

@@ -36,6 +36,11 @@ def pick_device(kind: str = "auto", local_rank: int = 0) -> torch.device:
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise PacosError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
+        if local_rank >= (count := torch.cuda.device_count()):  # torchrun started more processes than GPUs
+            raise PacosError(
+                f"process LOCAL_RANK={local_rank} needs a GPU of its own, but PyTorch sees {count} here: "
+                f"start at most {count} per machine (torchrun --nproc_per_node {count})"
+            )
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device(kind)

@@ -23,6 +23,11 @@ import yaml
 
 from pacos.errors import PacosError, first_line
 
+# transformers >= 5 swaps layers for "hub kernels" on GPUs when the `kernels` package is present: code
+# downloaded from the Hub at load time (remote code, and a network that many machines lack), replacing
+# the attention that pacos patches. Off, like trust_remote_code; USE_HUB_KERNELS=YES turns them on.
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
+
 
 def _gemma_gguf() -> Path:
     try:

@@ -10,6 +10,9 @@ os.environ.setdefault("PACOS_COMPILE_LOSS", "0")
 # with a thread per core each would fight over the cores. Subprocesses of tests inherit it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The tests' own model saves show no bars: a test that reads stderr must not depend on whether pacos (which
+# turns them off when it loads a model) ran earlier in the same worker.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import json
 from dataclasses import dataclass

@@ -35,3 +35,15 @@ def test_freed_large_blocks_go_back_to_the_system():
     off, applied, on = out.stdout.split()
     assert applied == "True"
     assert int(on) < 60 < 300 < int(off), out.stdout  # ~8 MiB of small blocks vs most of 600 MB kept
+
+
+def test_more_processes_than_gpus_is_a_one_line_error(monkeypatch):
+    import torch
+
+    from pacos.device import pick_device
+    from pacos.errors import PacosError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(PacosError, match=r"LOCAL_RANK=1 needs a GPU of its own, but PyTorch sees 1 here"):
+        pick_device("cuda", local_rank=1)

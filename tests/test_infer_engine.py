@@ -214,10 +214,10 @@ def test_reduced_precision_weights_keep_the_model(tiny_llama):
             assert (error <= 0.02 * x.abs().amax(1)).all(), error  # relative to each row's size
             # Each row is quantized on its own: alone or batched, the same logits, bit for bit.
             assert all(torch.equal(int8(x[i : i + 1])[0], int8(x)[i]) for i in range(3))
-    exact = TorchEngine.load(str(tiny_llama), dtype="float32")
+    exact = TorchEngine.load(str(tiny_llama), dtype="float32", device="cpu")  # CPU schemes (fbgemm)
     ids = torch.tensor([exact.encode(PROMPTS[0])])
     for scheme in ("fp16", "int8") if fbgemm_available() else ("int8",):
-        quantized = TorchEngine.load(str(tiny_llama), dtype="float32", quantize=scheme)
+        quantized = TorchEngine.load(str(tiny_llama), dtype="float32", quantize=scheme, device="cpu")
         assert not any(isinstance(m, torch.nn.Linear) for m in quantized.model.modules())
         with torch.no_grad():
             a, b = exact.model(ids).logits, quantized.model(ids).logits

@@ -37,3 +37,19 @@ def test_an_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PacosError, match="HF_HUB_OFFLINE is set"):
         resolve_model("someone/some-model")
+
+
+@pytest.mark.parametrize(("setting", "kernelized"), [(None, False), ("YES", True)])
+def test_hub_kernels_are_off_unless_asked_for(tiny_llama, setting, kernelized):
+    """transformers kernelizes by default (code fetched from the Hub on GPUs); pacos loads without."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
+    if setting:
+        env["USE_HUB_KERNELS"] = setting
+    code = f"from pacos.models import load_model; print(load_model({str(tiny_llama)!r}).use_kernels)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.strip().splitlines()[-1] == str(kernelized)

@@ -103,6 +103,9 @@ def test_full_output_loads_with_transformers_and_loss_falls(tiny_llama, tmp_path
     assert tok.pad_token_id != tok.eos_token_id
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 12 and summary["tokenization"]["kept"] > 0
+    gpu = torch.cuda.is_available()  # precision auto: bf16-mixed on a GPU, fp32 on a CPU
+    assert summary["runtime"] == {"device": "cuda" if gpu else "cpu", "processes": 1, "strategy": "single",
+                                  "precision": "bf16-mixed" if gpu else "fp32"}  # fmt: skip
     saved = json.loads((out / "config.json").read_text())
     assert saved["vocab_size"] == model.config.vocab_size  # no silent resize
     ids = tok("### Instruction:", return_tensors="pt").input_ids

@@ -172,22 +172,24 @@ def cache_teacher(
             todo.append(e)
             seen.add(key)
     teacher.eval()
+    device = next(teacher.parameters()).device  # the batches are built on the CPU
     cache.shared_vocab = shared_vocab
     cache.write_meta()
     pending: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
         batch = collate(chunk, pad_id, packing=True)
-        hidden = _hidden(teacher, batch.input_ids, batch.position_ids, None)[0]
+        input_ids, position_ids = batch.input_ids.to(device), batch.position_ids.to(device)
+        hidden = _hidden(teacher, input_ids, position_ids, None)[0]
         for e, (_, start, end) in zip(chunk, _spans(batch.input_ids, batch.position_ids, None)):
-            labelled = torch.tensor(e.targets) != IGNORE
+            labelled = torch.tensor(e.targets, device=device) != IGNORE
             logits = _head_logits(teacher, hidden[start:end][labelled]).float()
             if shared_vocab is not None:
                 logits = logits[:, :shared_vocab]
             best = top_k(logits, cache.k)
             pending[example_key(e.input_ids)] = (
-                best.ids.numpy().astype(np.int32),
-                best.logits.numpy().astype(np.float16),
+                best.ids.cpu().numpy().astype(np.int32),
+                best.logits.cpu().numpy().astype(np.float16),
             )
         if len(pending) >= _SHARD_EXAMPLES or i + batch_size >= len(todo):
             cache.write_shard(pending)

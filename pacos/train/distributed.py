@@ -36,6 +36,13 @@ class Runtime:
         return self.rank == 0
 
     @property
+    def precision(self) -> str:
+        """What the run computes in, named as the `precision` setting names it."""
+        if self.autocast_dtype is not None:
+            return "bf16-mixed"
+        return "bf16" if self.param_dtype == torch.bfloat16 else "fp32"
+
+    @property
     def distributed(self) -> bool:
         return self.world_size > 1
 

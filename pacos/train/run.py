@@ -500,7 +500,19 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     )
     if runtime.is_main:
         (output_dir / "train_summary.json").write_text(
-            json.dumps({**asdict(result), "tokenization": asdict(report)}, indent=2)
+            json.dumps(
+                {
+                    **asdict(result),
+                    "tokenization": asdict(report),
+                    "runtime": {
+                        "device": runtime.device.type,
+                        "processes": runtime.world_size,
+                        "strategy": runtime.strategy,
+                        "precision": runtime.precision,
+                    },
+                },
+                indent=2,
+            )
         )
         plot_loss(output_dir / "metrics.jsonl", output_dir / "loss.png")
     return result
