@@ -60,13 +60,12 @@ def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
         model,
         "--port",
         str(port),
-        "--api-key",
-        API_KEY,
         "--log-level",
         "warning",
         *extra,
     ]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "PACOS_API_KEY": API_KEY}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if server.poll() is not None:

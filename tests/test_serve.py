@@ -627,7 +627,8 @@ def test_a_client_that_disconnects_frees_its_row(server, monkeypatch, stream):
 
 def test_serve_command(cli, tiny_llama):
     result = cli("serve", "--help")
-    assert result.code == 0 and "--api-key" in result.out and "--max-batch-size" in result.out
+    assert result.code == 0 and "PACOS_API_KEY" in result.out and "--max-batch-size" in result.out
+    assert "--api-key" not in result.out  # a key never goes on the command line
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

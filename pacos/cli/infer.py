@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -67,10 +68,6 @@ def serve(
     model: ModelOption,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    api_key: Annotated[
-        str | None,
-        typer.Option(envvar="PACOS_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 requests."),
-    ] = None,
     backend: BackendOption = "torch",
     dtype: DtypeOption = "auto",
     device: DeviceOption = "auto",
@@ -96,7 +93,10 @@ def serve(
         str, typer.Option(help="uvicorn's: warning, info (one line per request), debug.")
     ] = "info",
 ) -> None:
-    """OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions) with continuous batching."""
+    """OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions) with continuous batching.
+
+    Set PACOS_API_KEY to require 'Authorization: Bearer KEY' on /v1 requests (an environment variable, not
+    a flag: a command line shows in `ps` and shell history)."""
     import ipaddress
     import signal
     import threading
@@ -114,10 +114,11 @@ def serve(
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name
         loopback = False
+    api_key = os.environ.get("PACOS_API_KEY") or None
     if not loopback and not api_key:
         print(
             f"pacos: warning: listening on {host} without an API key: anyone who can reach this port can "
-            "use the model (set --api-key or PACOS_API_KEY)",
+            "use the model (set PACOS_API_KEY)",
             file=sys.stderr,
         )
     engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template)

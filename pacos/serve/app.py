@@ -39,7 +39,7 @@ from pacos.serve.protocol import ChatCompletionRequest, CompletionRequest
 from pacos.serve.runs import Choice, CountArrivals, JsonBodies, Run, collect, start
 
 # Module level: FastAPI resolves the (postponed) annotations of endpoints in the module's namespace.
-_bearer = HTTPBearer(auto_error=False, description="The server's API key (`pacos serve --api-key`).")
+_bearer = HTTPBearer(auto_error=False, description="The server's API key (PACOS_API_KEY of `pacos serve`).")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
