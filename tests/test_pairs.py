@@ -191,3 +191,28 @@ def test_repair_adds_an_edited_chosen_answer_only_where_no_answer_passes(tmp_pat
     assert pairs["b"]["rejected"] == "pear"
     with pytest.raises(PacosError, match="use them with --repair"):
         PairSettings(model="m", minimal=True)
+
+
+def test_reference_chosen_pairs_the_reference_with_the_worst_answer(tmp_path, monkeypatch):
+    prompts = [
+        {"instruction": "Say hi.", "id": "plain", "output": "Hi there."},
+        {"instruction": "Say hi loudly.", "id": "checked", "output": "HI.",
+         "checks": [{"type": "all_uppercase"}]},
+        {"instruction": "Say bye.", "id": "no-reference"},
+    ]  # fmt: skip
+    texts = {"plain": ["Hi there!", "hi hi hi hi hi hi hi hi"], "checked": ["HELLO", "hello"],
+             "no-reference": ["Bye.", "Bye bye."]}  # fmt: skip
+
+    def answers(model, records, decoding, **kwargs):
+        return [{"text": texts[r["id"]][decoding.seed % 2], "finish_reason": "stop"} for r in records], 0
+
+    monkeypatch.setattr(pairs_module, "answer_records", answers)
+    settings = PairSettings(
+        model="m", k=2, rewards=("checks", "reference", "repetition"), reference_chosen=True
+    )
+    summary = build_pairs(prompts, settings, tmp_path / "out")
+    pairs = {p["id"]: p for p in read_pairs(tmp_path / "out" / "pairs.jsonl")}
+    # The reference beats the model's worst (looping) answer; a prompt with checks pairs as before.
+    assert (pairs["plain"]["chosen"], pairs["plain"]["rejected"]) == ("Hi there.", "hi hi hi hi hi hi hi hi")
+    assert (pairs["checked"]["chosen"], pairs["checked"]["rejected"]) == ("HELLO", "hello")
+    assert "no-reference" not in pairs and summary["pairs_with_reference_chosen"] == 1

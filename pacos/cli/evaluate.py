@@ -206,6 +206,14 @@ def pairs(
             "differs only by the edit) instead of the worst answer.",
         ),
     ] = False,
+    reference_chosen: Annotated[
+        bool,
+        typer.Option(
+            "--reference-chosen",
+            help="Prompts with a reference output and no checks: pair the reference (chosen) with the "
+            "model's worst answer (SPIN), to keep the answers the model was tuned on.",
+        ),
+    ] = False,
     answers: Annotated[
         Path | None,
         typer.Option(
@@ -244,9 +252,12 @@ def pairs(
         judge_model=judge_model,
         repair=repair,
         minimal=minimal,
+        reference_chosen=reference_chosen,
     )
     summary = build_pairs(records, settings, out, trl=trl, answers=answers)
     repaired = f", {summary['pairs_with_repaired_chosen']} with a repaired chosen answer" if repair else ""
+    if reference_chosen:
+        repaired += f", {summary['pairs_with_reference_chosen']} with the reference as the chosen answer"
     print(
         f"{summary['pairs']} pairs{repaired} from {summary['prompts']} prompts x {k} answers "
         f"(mean reward {summary['mean_reward']:g}, {summary['ended']:.0%} ended) -> {out / 'pairs.jsonl'}"

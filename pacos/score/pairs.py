@@ -18,6 +18,9 @@ to pass them (pacos.text.repair: its own words upper-cased, regrouped into bulle
 the instructions a small model never follows by chance get positive examples. With `minimal` too, a
 repaired chosen answer is paired with the very answer it was edited from, so that the pair differs only by
 the edit (the instruction, not the rest of the answer, is what the pair teaches; benchmarks/README.md).
+With `reference_chosen`, a prompt with a reference `output` and no checks pairs that reference (chosen)
+with the model's worst answer (SPIN, Chen et al. 2024: the demonstration preferred to the model's own
+answer), which holds the model to the answers it was tuned on while other pairs teach instructions.
 Writes samples.jsonl (every answer with its reward parts), pairs.jsonl (pacos's pair format, which
 `pacos train --method dpo` reads; `--trl` also writes TRL's) and summary.json.
 """
@@ -63,6 +66,7 @@ class PairSettings:
     batch_prompts: int = 48  # prompts per engine batch: what a killed run can lose at most
     repair: bool = False  # add the best answer edited to pass its checks (pacos.text.repair)
     minimal: bool = False  # a repaired chosen answer's rejected one is the answer it was edited from
+    reference_chosen: bool = False  # prompts with an `output` and no checks: it is the chosen answer (SPIN)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.rewards) - set(REWARDS))
@@ -201,6 +205,23 @@ def choose_pair(
     return pair
 
 
+def reference_pair(prompt: dict[str, Any], group: list[dict[str, Any]]) -> dict[str, Any]:
+    """The prompt's reference answer as chosen, the lowest-rewarded of the model's answers as rejected."""
+    worst = min(group, key=lambda a: a["reward"])  # min keeps the earlier sample on a tie
+    pair = {
+        "instruction": prompt["instruction"],
+        "input": prompt.get("input", ""),
+        "chosen": prompt["output"],
+        "rejected": worst["text"],
+        "rejected_reward": round(worst["reward"], 4),
+        "chosen_reference": True,
+    }
+    for key in ("id", "language"):
+        if key in prompt:
+            pair[key] = prompt[key]
+    return pair
+
+
 def build_pairs(
     prompts: list[dict[str, Any]],
     settings: PairSettings,
@@ -242,7 +263,10 @@ def build_pairs(
             reward = sum(settings.weights.get(name, 1.0) * value for name, value in parts.items())
             scored.append({**fixed, "sample": len(scored), "rewards": parts, "reward": reward})
         samples.append({"id": prompt.get("id"), "instruction": prompt["instruction"], "answers": scored})
-        pair = choose_pair(prompt, scored, settings.min_margin, settings.minimal)
+        if settings.reference_chosen and prompt.get("output") and not prompt.get("checks"):
+            pair = reference_pair(prompt, scored)
+        else:
+            pair = choose_pair(prompt, scored, settings.min_margin, settings.minimal)
         if pair is not None:
             pairs.append(pair)
     write_records(samples, out / "samples.jsonl")
@@ -258,6 +282,7 @@ def build_pairs(
         "pairs": len(pairs),
         "repaired": len(every) - len(flat),
         "pairs_with_repaired_chosen": sum(p.get("chosen_repaired", False) for p in pairs),
+        "pairs_with_reference_chosen": sum(p.get("chosen_reference", False) for p in pairs),
         "mean_reward": round(sum(a["reward"] for a in flat) / len(flat), 4),
         "ended": round(sum(a.get("finish_reason") != "length" for a in flat) / len(flat), 4),
         "settings": {k: v for k, v in asdict(settings).items()},
