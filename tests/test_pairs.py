@@ -216,3 +216,34 @@ def test_reference_chosen_pairs_the_reference_with_the_worst_answer(tmp_path, mo
     assert (pairs["plain"]["chosen"], pairs["plain"]["rejected"]) == ("Hi there.", "hi hi hi hi hi hi hi hi")
     assert (pairs["checked"]["chosen"], pairs["checked"]["rejected"]) == ("HELLO", "hello")
     assert "no-reference" not in pairs and summary["pairs_with_reference_chosen"] == 1
+
+
+def test_stop_pairs_prefer_an_answer_cut_before_its_loop(tmp_path, monkeypatch):
+    loop = "Pack water.\nBring a map.\nBring a map.\nBring a"
+    prompts = [
+        {"instruction": "What to pack?", "id": "loops", "output": "Water and a map."},
+        {"instruction": "What to pack? Use capitals.", "id": "capitals",
+         "checks": [{"type": "all_uppercase"}]},
+        {"instruction": "Say hi.", "id": "ends", "output": "Hi."},
+    ]  # fmt: skip
+    texts = {"loops": ["Water.", loop], "capitals": ["PACK WATER.\nBRING A MAP.\nBRING A MAP.\nBRI", "water"],
+             "ends": ["Hi.", "Hello."]}  # fmt: skip
+
+    def answers(model, records, decoding, **kwargs):
+        got = []
+        for r in records:
+            text = texts[r["id"]][decoding.seed % 2]
+            got.append(
+                {"text": text, "finish_reason": "length" if text in (loop, texts["capitals"][0]) else "stop"}
+            )
+        return got, 0
+
+    monkeypatch.setattr(pairs_module, "answer_records", answers)
+    settings = PairSettings(model="m", k=2, rewards=("reference", "eos", "checks"), stop_pairs=True)
+    summary = build_pairs(prompts, settings, tmp_path / "out")
+    stops = [p for p in read_pairs(tmp_path / "out" / "pairs.jsonl") if p.get("chosen_cut")]
+    assert [(p["id"], p["chosen"], p["rejected"]) for p in stops] == [
+        ("loops", "Pack water.\nBring a map.", loop),  # cut before the repeated line, preferred to the loop
+        ("capitals", "PACK WATER.\nBRING A MAP.", texts["capitals"][0]),  # the cut keeps its passed check
+    ]
+    assert summary["stop_pairs"] == 2 and summary["pairs"] == 2 + 2  # the ordinary pairs are kept

@@ -104,3 +104,18 @@ def test_most_pool_prompts_are_repairable_from_a_plain_answer():
         fixed = [repair(answer[language], p["checks"]) for p in prompts]
         assert all(check_prompt(f, p["checks"])["strict"] for f, p in zip(fixed, prompts) if f is not None)
         assert sum(f is not None for f in fixed) >= 0.5 * len(prompts)
+
+
+def test_cut_loop_keeps_what_came_before_the_loop():
+    from pacos.text.repair import cut_loop
+
+    looping = "Pack water. Bring a map.\n- Day 1: 10 km\n- Day 2: 10 km\n- Day 1: 10 km\n- Day 1: 10 km\n- D"
+    assert cut_loop(looping) == "Pack water. Bring a map.\n- Day 1: 10 km\n- Day 2: 10 km"
+    # Chinese: a repeated line ends it too; the piece the token limit cut is never kept.
+    named = "给奶茶店起的名字如下：\n书香奶茶铺\n月光茶舍小馆"
+    assert cut_loop(f"{named}\n书香奶茶铺\n书香") == named
+    # Repetition inside sentences (no repeated sentence): cut where repeated 4-grams pass 10%.
+    words = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen."
+    assert cut_loop(f"{words} a b c d a b c d a b c d a b c d a b c d. unfinished") == words
+    assert cut_loop("[[[[[[[[[[[[[[[[[[[[[[[[[[[[") is None  # loops from its start: nothing to keep
+    assert cut_loop("Short. Short. Short. Sho") is None  # under 20 characters left

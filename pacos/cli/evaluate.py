@@ -214,6 +214,14 @@ def pairs(
             "model's worst answer (SPIN), to keep the answers the model was tuned on.",
         ),
     ] = False,
+    stop_pairs: Annotated[
+        bool,
+        typer.Option(
+            "--stop-pairs",
+            help="Also pair an answer that ran out of tokens, cut before its loop (chosen), with the whole "
+            "of it: keeps preference training from drifting to answers that never end.",
+        ),
+    ] = False,
     answers: Annotated[
         Path | None,
         typer.Option(
@@ -253,11 +261,14 @@ def pairs(
         repair=repair,
         minimal=minimal,
         reference_chosen=reference_chosen,
+        stop_pairs=stop_pairs,
     )
     summary = build_pairs(records, settings, out, trl=trl, answers=answers)
     repaired = f", {summary['pairs_with_repaired_chosen']} with a repaired chosen answer" if repair else ""
     if reference_chosen:
         repaired += f", {summary['pairs_with_reference_chosen']} with the reference as the chosen answer"
+    if stop_pairs:
+        repaired += f", {summary['stop_pairs']} stop pairs"
     print(
         f"{summary['pairs']} pairs{repaired} from {summary['prompts']} prompts x {k} answers "
         f"(mean reward {summary['mean_reward']:g}, {summary['ended']:.0%} ended) -> {out / 'pairs.jsonl'}"

@@ -21,6 +21,9 @@ the edit (the instruction, not the rest of the answer, is what the pair teaches;
 With `reference_chosen`, a prompt with a reference `output` and no checks pairs that reference (chosen)
 with the model's worst answer (SPIN, Chen et al. 2024: the demonstration preferred to the model's own
 answer), which holds the model to the answers it was tuned on while other pairs teach instructions.
+With `stop_pairs`, a prompt whose answers include one that ran out of tokens also gets the pair (that
+answer cut before its loop, ended; the whole answer): preference training otherwise drifts towards answers
+that never end (benchmarks/README.md, "Reference answers as chosen").
 Writes samples.jsonl (every answer with its reward parts), pairs.jsonl (pacos's pair format, which
 `pacos train --method dpo` reads; `--trl` also writes TRL's) and summary.json.
 """
@@ -40,7 +43,7 @@ from pacos.fileio import KeyedCache, write_json
 from pacos.llm.answers import Decoding, answer_records
 from pacos.text.checks import check_prompt
 from pacos.text.ngrams import repeated_ngram_share, rouge_l
-from pacos.text.repair import repair
+from pacos.text.repair import cut_loop, repair
 
 REWARDS = ("checks", "reference", "judge", "eos", "repetition")
 DEFAULT_WEIGHTS = {"checks": 1.0, "reference": 1.0, "judge": 1.0, "eos": 1.0, "repetition": 1.0}
@@ -67,6 +70,7 @@ class PairSettings:
     repair: bool = False  # add the best answer edited to pass its checks (pacos.text.repair)
     minimal: bool = False  # a repaired chosen answer's rejected one is the answer it was edited from
     reference_chosen: bool = False  # prompts with an `output` and no checks: it is the chosen answer (SPIN)
+    stop_pairs: bool = False  # also (an answer that ran out of tokens cut before its loop, the whole answer)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.rewards) - set(REWARDS))
@@ -222,6 +226,26 @@ def reference_pair(prompt: dict[str, Any], group: list[dict[str, Any]]) -> dict[
     return pair
 
 
+def stop_pair(prompt: dict[str, Any], group: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first of the model's answers that ran out of tokens, cut before its loop (chosen, it ends) vs
+    the whole of it; None when no answer ran out, or no cut keeps enough text or as many passed checks."""
+    checks = prompt.get("checks")
+
+    def passed(text: str) -> int:
+        return sum(p["strict"] for p in check_prompt(text, checks)["instructions"]) if checks else 0
+
+    for answer in group:
+        if answer.get("finish_reason") != "length" or "repaired_from" in answer:
+            continue
+        cut = cut_loop(answer["text"])
+        if cut is not None and passed(cut) >= passed(answer["text"]):
+            pair = {"instruction": prompt["instruction"], "input": prompt.get("input", ""), "chosen": cut,
+                    "rejected": answer["text"], "chosen_cut": True}  # fmt: skip
+            pair.update({key: prompt[key] for key in ("id", "language", "checks") if key in prompt})
+            return pair
+    return None
+
+
 def build_pairs(
     prompts: list[dict[str, Any]],
     settings: PairSettings,
@@ -269,6 +293,8 @@ def build_pairs(
             pair = choose_pair(prompt, scored, settings.min_margin, settings.minimal)
         if pair is not None:
             pairs.append(pair)
+        if settings.stop_pairs and (stopped := stop_pair(prompt, scored)) is not None:
+            pairs.append(stopped)
     write_records(samples, out / "samples.jsonl")
     if pairs:
         write_records(pairs, out / "pairs.jsonl")
@@ -283,6 +309,7 @@ def build_pairs(
         "repaired": len(every) - len(flat),
         "pairs_with_repaired_chosen": sum(p.get("chosen_repaired", False) for p in pairs),
         "pairs_with_reference_chosen": sum(p.get("chosen_reference", False) for p in pairs),
+        "stop_pairs": sum(p.get("chosen_cut", False) for p in pairs),
         "mean_reward": round(sum(a["reward"] for a in flat) / len(flat), 4),
         "ended": round(sum(a.get("finish_reason") != "length" for a in flat) / len(flat), 4),
         "settings": {k: v for k, v in asdict(settings).items()},

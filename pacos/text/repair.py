@@ -20,6 +20,7 @@ from typing import Any
 
 from pacos.text.checks import CHECKERS, SENTENCE_END, check_prompt, count_sentences, keyword_pattern
 from pacos.text.cjk import count_words, has_cjk, language_of
+from pacos.text.ngrams import repeated_ngram_share
 
 _LIST_MARK = re.compile(r"^[ \t]*(?:[*\-•]|\d+[.)、])[ \t]+", re.MULTILINE)
 _PLACEHOLDERS = {
@@ -148,3 +149,24 @@ def repair(response: str, checks: list[dict[str, Any]]) -> str | None:
                 return None
             text = fixed
     return text if text != response and check_prompt(text, checks)["strict"] else None
+
+
+_SEGMENT_END = re.compile(r"(?<=[.!?。！？\n])")
+
+
+def cut_loop(response: str, max_repeated: float = 0.1, min_chars: int = 20) -> str | None:
+    """An answer that ran out of tokens, cut where it starts to loop: kept up to the last whole sentence
+    or line before the first repeated one, or before repeated 4-grams pass `max_repeated` of it. None when
+    less than `min_chars` would be left (the answer loops from its start). The last piece, cut by the token
+    limit, is never kept. For preference pairs: the cut answer, ended, is preferred to the whole loop."""
+    pieces = [p for p in _SEGMENT_END.split(response) if p]
+    seen: set[str] = set()
+    kept = ""
+    for piece in pieces[:-1]:
+        key = re.sub(r"\W+", "", piece.lower())
+        if (key and key in seen) or repeated_ngram_share(kept + piece) > max_repeated:
+            break
+        seen.add(key)
+        kept += piece
+    kept = kept.strip()
+    return kept if len(kept) >= min_chars else None
