@@ -276,6 +276,56 @@ def _hf_best(rate: dict, batch: int) -> str | None:
     return max(candidates, key=lambda k: rate[k]) if candidates else None
 
 
+def _report(
+    args: argparse.Namespace, results: dict, configs: list[str], batches: list[int], skipped: dict
+) -> dict:
+    """The JSON report of the configurations measured so far (their token lists become agreement rates)."""
+    import torch
+
+    results = {k: dict(v) for k, v in results.items()}
+    reference = _reference_tokens(results, batches)
+    tokenizer = None
+    table = {}
+    for key, value in results.items():
+        batch = int(key.split("/")[1])
+        if "tokens" in value:
+            rows = value.pop("tokens")
+            if key.startswith("serve") and reference[batch] is not None:  # token strings: compare texts
+                from pacos.models import load_tokenizer
+
+                tokenizer = tokenizer or load_tokenizer(args.model)
+                want = [tokenizer.decode(row) for row in reference[batch]]
+                value["same_text"] = round(sum("".join(r) == w for r, w in zip(rows, want)) / len(want), 3)
+            elif not key.startswith("serve"):
+                value["agree"] = _agreement(rows, reference[batch])
+        table[key] = value
+    rate = {k: v.get("tokens_per_s") for k, v in table.items()}
+    speedups = {}
+    for batch in batches:
+        best = _hf_best(rate, batch)
+        if best is None:
+            continue
+        for config in configs:
+            key = f"{config}/{batch}"
+            if not config.startswith("hf") and rate.get(key):
+                name = f"batch {batch}, {config} vs {best.split('/')[0]}"
+                speedups[name] = round(rate[key] / rate[best], 2)
+    report = {
+        "model": args.model,
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "skipped": skipped,
+        "results": table,
+        "speedups_vs_transformers_best": speedups,
+    }
+    return report
+
+
 def main() -> None:
     import torch
 
@@ -287,6 +337,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--out", help="Also write the report here, rewritten after each configuration.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--gguf-dir", help=argparse.SUPPRESS)
@@ -332,46 +383,11 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    reference = _reference_tokens(results, batches)
-    tokenizer = None
-    table = {}
-    for key, value in results.items():
-        batch = int(key.split("/")[1])
-        if "tokens" in value:
-            rows = value.pop("tokens")
-            if key.startswith("serve") and reference[batch] is not None:  # token strings: compare texts
-                from pacos.models import load_tokenizer
-
-                tokenizer = tokenizer or load_tokenizer(args.model)
-                want = [tokenizer.decode(row) for row in reference[batch]]
-                value["same_text"] = round(sum("".join(r) == w for r, w in zip(rows, want)) / len(want), 3)
-            elif not key.startswith("serve"):
-                value["agree"] = _agreement(rows, reference[batch])
-        table[key] = value
-    rate = {k: v.get("tokens_per_s") for k, v in table.items()}
-    speedups = {}
-    for batch in batches:
-        best = _hf_best(rate, batch)
-        if best is None:
-            continue
-        for config in configs:
-            key = f"{config}/{batch}"
-            if not config.startswith("hf") and rate.get(key):
-                name = f"batch {batch}, {config} vs {best.split('/')[0]}"
-                speedups[name] = round(rate[key] / rate[best], 2)
-    report = {
-        "model": args.model,
-        "machine": {
-            "cpus": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        },
-        "new_tokens": args.new_tokens,
-        "repeats": args.repeats,
-        "skipped": skipped,
-        "results": table,
-        "speedups_vs_transformers_best": speedups,
-    }
+                if args.out:  # rewritten after each configuration: a run cut short keeps what it measured
+                    Path(args.out).write_text(json.dumps(_report(args, results, configs, batches, skipped)))
+    report = _report(args, results, configs, batches, skipped)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 

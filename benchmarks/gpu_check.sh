@@ -24,7 +24,8 @@ timeout ${PYTEST_SECONDS:-180} python3 -m pytest -v -n 8 --dist loadfile -p no:c
     --deselect "tests/test_preference.py::test_dpo_under_torchrun_fsdp_matches_one_process" \
     2>&1 | tee "$OUT/pytest.log" | grep -E "FAILED|ERROR|passed|failed" | tail -40
 timeout ${BENCH_SECONDS:-130} python3 benchmarks/bench_generate.py --model /tmp/models/gemma3 \
-    --configs hf-bf16,pacos-bf16,serve-bf16 --batches ${BENCH_BATCHES:-8,32} --repeats 2 > "$OUT/bench-generate-gemma3.json"
+    --configs hf-bf16,pacos-bf16,serve-bf16 --batches ${BENCH_BATCHES:-8,32} --repeats 2 \
+    --out "$OUT/bench-generate-gemma3.json" > /dev/null  # --out: rewritten per configuration
 tail -c 1500 "$OUT/bench-generate-gemma3.json"
 for method in lora full; do
     timeout 50 python3 -m pacos train --model /tmp/models/gemma3 --data seed-tasks --$method --max-steps 8 \
