@@ -182,6 +182,15 @@ def repaired_answer(prompt: dict[str, Any], scored: list[dict[str, Any]]) -> dic
     return None
 
 
+def _pair(prompt: dict[str, Any], chosen: str, rejected: str, **extra: Any) -> dict[str, Any]:
+    """A pair record: the prompt, the two answers, `extra` (rewards, how the chosen one was made), and the
+    prompt's id, language and checks."""
+    pair = {"instruction": prompt["instruction"], "input": prompt.get("input", ""), "chosen": chosen,
+            "rejected": rejected, **extra}  # fmt: skip
+    pair.update({key: prompt[key] for key in ("id", "language", "checks") if key in prompt})
+    return pair
+
+
 def choose_pair(
     prompt: dict[str, Any], group: list[dict[str, Any]], min_margin: float, minimal: bool = False
 ) -> dict[str, Any] | None:
@@ -193,37 +202,16 @@ def choose_pair(
         worst = group[best["repaired_from"]]
     if best["reward"] - worst["reward"] < min_margin or best.get("finish_reason") == "length":
         return None
-    pair = {
-        "instruction": prompt["instruction"],
-        "input": prompt.get("input", ""),
-        "chosen": best["text"],
-        "rejected": worst["text"],
-        "chosen_reward": round(best["reward"], 4),
-        "rejected_reward": round(worst["reward"], 4),
-    }
-    if "repaired_from" in best:
-        pair["chosen_repaired"] = True
-    for key in ("id", "language", "checks"):
-        if key in prompt:
-            pair[key] = prompt[key]
-    return pair
+    repaired = {"chosen_repaired": True} if "repaired_from" in best else {}
+    return _pair(prompt, best["text"], worst["text"], chosen_reward=round(best["reward"], 4),
+                 rejected_reward=round(worst["reward"], 4), **repaired)  # fmt: skip
 
 
 def reference_pair(prompt: dict[str, Any], group: list[dict[str, Any]]) -> dict[str, Any]:
     """The prompt's reference answer as chosen, the lowest-rewarded of the model's answers as rejected."""
     worst = min(group, key=lambda a: a["reward"])  # min keeps the earlier sample on a tie
-    pair = {
-        "instruction": prompt["instruction"],
-        "input": prompt.get("input", ""),
-        "chosen": prompt["output"],
-        "rejected": worst["text"],
-        "rejected_reward": round(worst["reward"], 4),
-        "chosen_reference": True,
-    }
-    for key in ("id", "language"):
-        if key in prompt:
-            pair[key] = prompt[key]
-    return pair
+    return _pair(prompt, prompt["output"], worst["text"], rejected_reward=round(worst["reward"], 4),
+                 chosen_reference=True)  # fmt: skip
 
 
 def stop_pair(prompt: dict[str, Any], group: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -239,10 +227,7 @@ def stop_pair(prompt: dict[str, Any], group: list[dict[str, Any]]) -> dict[str, 
             continue
         cut = cut_loop(answer["text"])
         if cut is not None and passed(cut) >= passed(answer["text"]):
-            pair = {"instruction": prompt["instruction"], "input": prompt.get("input", ""), "chosen": cut,
-                    "rejected": answer["text"], "chosen_cut": True}  # fmt: skip
-            pair.update({key: prompt[key] for key in ("id", "language", "checks") if key in prompt})
-            return pair
+            return _pair(prompt, cut, answer["text"], chosen_cut=True)
     return None
 
 
