@@ -4,6 +4,11 @@
 # with the real architectures (the real weights cannot travel: no hub there, 64 MiB of files).
 # Needs, in .gpu/ (git-ignored, carried): whl/ (pacos's dependencies missing from the machine's image)
 # and models/NAME/ (config.json + tokenizer files, tokenizer.json xz-compressed). Writes to $OUT.
+# The wheels of the 2026-12-04 run (cp312 manylinux, `pip download --no-deps` of the versions in .venv):
+# pacos's own dependencies the image lacks (pydantic, pydantic_core, annotated-types, typing-inspection,
+# fastapi, starlette, opentelemetry-api, uvicorn, llguidance, gguf, datasets, dill, multiprocess, httpx2,
+# httpcore2, truststore, openai, jiter, sniffio) and, to match .venv, transformers, tokenizers,
+# huggingface_hub, safetensors, peft, accelerate, anyio, typing_extensions: 26 MB.
 set -o pipefail
 OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
