@@ -330,6 +330,7 @@ def main() -> None:
     import torch
 
     from pacos.device import cpu_has_fast_bf16
+    from pacos.fileio import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="gemma-3-270m")
@@ -383,11 +384,11 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-                if args.out:  # rewritten after each configuration: a run cut short keeps what it measured
-                    Path(args.out).write_text(json.dumps(_report(args, results, configs, batches, skipped)))
+                if args.out:  # rewritten (atomically) after each configuration: a cut run keeps its results
+                    write_json(args.out, _report(args, results, configs, batches, skipped))
     report = _report(args, results, configs, batches, skipped)
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        write_json(args.out, report)
     print(json.dumps(report, indent=2))
 
 
