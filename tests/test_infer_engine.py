@@ -11,6 +11,7 @@ from pacos.errors import PacosError
 from pacos.infer import SamplingParams, TorchEngine
 from pacos.infer.detokenize import TextStream
 from pacos.infer.engine import Decoder
+from pacos.infer.quantize import fbgemm_available
 from pacos.infer.sampling import apply_repetition_penalty, sample_row
 from pacos.infer.scheduler import QueueFull, Scheduler
 from tests.conftest import TINY_CONFIG
@@ -224,6 +225,31 @@ def test_reduced_precision_weights_keep_the_model(tiny_llama):
         assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= (1.0 if scheme == "fp16" else 0.9)
     with pytest.raises(PacosError, match="quantize 'int4'"):
         TorchEngine.load(str(tiny_llama), quantize="int4")
+
+
+@pytest.mark.skipif(not fbgemm_available(), reason="fbgemm: x86 CPUs")
+def test_fp16_weights_multiply_many_rows_in_bf16_where_the_cpu_has_it(tiny_llama, monkeypatch):
+    import pacos.device
+    from pacos.infer.quantize import Fp16Linear, decoding_weights
+
+    linear = torch.nn.Linear(64, 32)
+    dual = Fp16Linear(linear, bf16_rows=4)
+    x = torch.randn(6, 64)
+    with torch.inference_mode():
+        few, many = dual(x[:3]), dual(x)
+        assert torch.equal(few, Fp16Linear(linear)(x[:3]))  # decode-sized inputs: fbgemm, fp32 math
+        bf16 = torch.nn.functional.linear(x.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16())
+        assert torch.equal(many, bf16.float())  # prefill-sized inputs: the bf16 copy
+        assert torch.allclose(many, linear(x), atol=0.05)
+    # The copy exists only where bf16 is native; "auto" is fp16 weights with fp32 math on x86 CPUs.
+    for native in (False, True):
+        monkeypatch.setattr(pacos.device, "cpu_has_fast_bf16", lambda native=native: native)
+        engine = TorchEngine.load(str(tiny_llama), quantize="auto", device="cpu")
+        layers = [m for m in engine.model.modules() if isinstance(m, Fp16Linear)]
+        assert engine.dtype == torch.float32 and layers
+        assert all((m.bf16_weight is not None) == native for m in layers)
+        assert decoding_weights("auto", "auto", "cpu") == ("float32", "fp16")
+        assert decoding_weights("auto", "none", "cpu") == ("bfloat16" if native else "float32", "none")
 
 
 def test_scheduler_batches_concurrent_requests_and_survives_failures(tiny_llama):

@@ -24,30 +24,48 @@ import warnings
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pacos.errors import PacosError
 
 QUANTIZATIONS = ("none", "fp16", "int8")
+# On CPUs with native bf16, inputs of this many rows or more use a bf16 copy of fp16-scheme weights:
+# where bf16 matmuls overtake fbgemm's fp16 GEMM on AVX512-BF16 (640x2048 and 2048x640 matrices).
+BF16_ROWS = 16
+BF16_COPY_MAX_WEIGHTS = 2_000_000_000  # the copy doubles the weights' memory: small models only
 _TINY = torch.finfo(torch.float32).tiny
 
 
 class Fp16Linear(nn.Module):
-    """fp16 weights, fp32 products (fbgemm, x86 CPUs)."""
+    """fp16 weights, fp32 products (fbgemm, x86 CPUs).
 
-    def __init__(self, linear: nn.Linear) -> None:
+    With `bf16_rows` set (CPUs with native bf16), a bf16 copy of the weights serves inputs of that many
+    rows or more: fbgemm's fp16 GEMM wins at a few rows (decode), the CPU's bf16 matmul at many (prefill,
+    large batches): 2x faster at 64+ rows on AVX512-BF16 (benchmarks/README.md). It costs a second copy.
+    """
+
+    def __init__(self, linear: nn.Linear, bf16_rows: int | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         bias = None if linear.bias is None else linear.bias.detach().float()
         self.packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), bias)
+        self.bf16_rows = bf16_rows
+        self.bf16_weight = None if bf16_rows is None else linear.weight.detach().to(torch.bfloat16)
+        self.bf16_bias = None if bf16_rows is None or bias is None else bias.to(torch.bfloat16)
 
     @torch.compiler.disable  # an opaque fbgemm call: torch.compile runs it as it is, around its graph
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, self.in_features).float(), self.packed)
+        flat = x.reshape(-1, self.in_features)
+        if self.bf16_rows is not None and flat.shape[0] >= self.bf16_rows:
+            y = F.linear(flat.to(torch.bfloat16), self.bf16_weight, self.bf16_bias)
+        else:
+            y = torch.ops.quantized.linear_dynamic_fp16(flat.float(), self.packed)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 weights"
+        bf16 = "" if self.bf16_rows is None else f", bf16 from {self.bf16_rows} rows"
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 weights{bf16}"
 
 
 class Int8RowLinear(nn.Module):
@@ -132,18 +150,20 @@ def fbgemm_available() -> bool:
 
 
 def decoding_weights(dtype: str = "auto", quantize: str = "auto", device: str = "auto") -> tuple[str, str]:
-    """Concrete (dtype, quantize) for "auto": bf16 where it is native (GPUs, CPUs with AMX or
-    AVX512-BF16); on other x86 CPUs fp32 math on fp16 weights, which gives fp32's greedy answers but for
-    exact ties, about 3x faster at batch 8 (benchmarks/README.md). Stages resolve "auto" before keying
-    caches, so a cached answer names the weights that wrote it."""
+    """Concrete (dtype, quantize) for "auto". On x86 CPUs (fbgemm): fp32 math on fp16 weights, which gives
+    fp32's greedy answers but for exact ties, about 3x faster than fp32 at batch 8; where the CPU computes
+    bf16 natively (AMX, AVX512-BF16), many-row inputs (prefill) take a bf16 copy of the weights, 1.5x
+    bf16's speed at batch 8 (benchmarks/README.md). Elsewhere bf16 where native (GPUs), else fp32.
+    Stages resolve "auto" before keying caches, so a cached answer names the weights that wrote it."""
     from pacos.device import auto_device, auto_dtype
 
     target = auto_device() if device == "auto" else torch.device(device)
+    fbgemm_cpu = target.type == "cpu" and fbgemm_available()
     if dtype == "auto":
-        dtype = "bfloat16" if auto_dtype(target) == torch.bfloat16 else "float32"
+        fbgemm_math = quantize != "none" and fbgemm_cpu  # fbgemm's kernels compute in fp32 anyway
+        dtype = "float32" if fbgemm_math or auto_dtype(target) != torch.bfloat16 else "bfloat16"
     if quantize == "auto":
-        fp32_cpu = target.type == "cpu" and dtype in ("float32", "fp32")
-        quantize = "fp16" if fp32_cpu and fbgemm_available() else "none"
+        quantize = "fp16" if fbgemm_cpu and dtype in ("float32", "fp32") else "none"
     return dtype, quantize
 
 
@@ -161,10 +181,18 @@ def quantize_model(model: nn.Module, scheme: str, compute_dtype: torch.dtype = t
             "quantize 'fp16' needs an x86 CPU (fbgemm); on a GPU use --dtype float16, elsewhere int8"
         )
 
+    from pacos.device import cpu_has_fast_bf16
+
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    bf16_copy = fbgemm and cpu_has_fast_bf16() and weights <= BF16_COPY_MAX_WEIGHTS
+    bf16_rows = BF16_ROWS if bf16_copy else None
+
     def replacement(linear: nn.Linear) -> nn.Module:
         if not fbgemm:
             return Int8Linear(linear, compute_dtype).to(linear.weight.device)
-        return Int8RowLinear(linear) if scheme == "int8" and linear is head else Fp16Linear(linear)
+        if scheme == "int8" and linear is head:
+            return Int8RowLinear(linear)
+        return Fp16Linear(linear, bf16_rows)
 
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

@@ -113,15 +113,14 @@ class TorchEngine(Engine):
         """Anything `pacos train` accepts or writes: embedded name, .gguf, directory, hub id, adapter.
 
         quantize="fp16" or "int8": reduced-precision Linear weights (pacos.infer.quantize), several times
-        faster decoding on a CPU at batch 8 and more; "auto": fp16 on x86 CPUs computing in fp32.
+        faster decoding on a CPU at batch 8 and more; "auto": fp16 on x86 CPUs (with dtype "auto": fp32 math).
         """
         target = auto_device() if device == "auto" else torch.device(device)
         if dtype != "auto" and dtype not in DTYPES:
             raise PacosError(f"dtype '{dtype}': choose auto, {', '.join(DTYPES)}")
         if quantize != "auto" and quantize not in QUANTIZATIONS:
             raise PacosError(f"quantize '{quantize}': choose auto, {', '.join(QUANTIZATIONS)}")
-        if quantize == "auto":
-            quantize = decoding_weights(dtype, quantize, str(target))[1]
+        dtype, quantize = decoding_weights(dtype, quantize, str(target))
         torch_dtype = auto_dtype(target) if dtype == "auto" else DTYPES[dtype]
         model, tokenizer, chosen = load_for_inference(spec, torch_dtype, target, template, trust_remote_code)
         quantize_model(model, quantize, torch.float16 if torch_dtype == torch.float16 else torch.bfloat16)

@@ -26,8 +26,8 @@ class Decoding:
     temperature: float = 0.0  # greedy: comparable across runs and endpoints
     top_p: float = 1.0
     seed: int = 0
-    # Local models only: "bfloat16" decodes about twice as fast on CPUs with native bf16 (AMX) and GPUs,
-    # quantize "fp16" about 3x on other x86 CPUs (pacos.infer.decoding_weights resolves "auto"); greedy
+    # Local models only: quantize "fp16" decodes about 3x as fast on x86 CPUs, "bfloat16" about twice on
+    # GPUs (pacos.infer.decoding_weights resolves "auto"); greedy
     # answers can differ from float32's after a near-tie, so both are part of the cache key.
     dtype: str = "float32"
     quantize: str = "none"
