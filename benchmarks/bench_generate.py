@@ -52,11 +52,13 @@ CONFIGS = [
     "pacos-fp32",
     "pacos-bf16",
     "pacos-bf16-int8",
+    "pacos-bf16-fp16",
     "pacos-fp16",
     "pacos-int8",
     "pacos-int8-compiled",
     "pacos-fp16-json",
     "serve-bf16",
+    "serve-bf16-fp16",
     "serve-fp16",
     "serve-int8",
     "llamacpp-f16",
@@ -66,7 +68,8 @@ CONFIGS = [
 WEIGHTS = {  # variant: (dtype, quantize)
     "fp32": ("float32", "none"),
     "bf16": ("bfloat16", "none"),
-    "bf16-int8": ("bfloat16", "int8"),  # bf16 layers (native bf16 CPUs) with the int8 head
+    "bf16-int8": ("bfloat16", "int8"),  # bf16 activations (native bf16 CPUs) with the int8 head
+    "bf16-fp16": ("bfloat16", "fp16"),  # bf16 activations, fbgemm fp16 below 16 rows, bf16 weights above
     "fp16": ("float32", "fp16"),
     "int8": ("float32", "int8"),
     "int8-compiled": ("float32", "int8"),
