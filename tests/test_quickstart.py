@@ -25,7 +25,8 @@ def _quickstart(out, teacher_url, model, *extra):
         "--set", f"eval.judge=local:{model}", "--set", "eval.max_new_tokens=8",
         "--set", "eval.ifeval_per_language=2", "--set", "eval.embeddings=false",
         "--set", "prefer.prompts=8", "--set", "prefer.k=4", "--set", "prefer.max_new_tokens=48",
-        "--set", "prefer.min_margin=0", "--set", "prefer.epochs=1", *extra,
+        "--set", "prefer.min_margin=0", "--set", "prefer.epochs=1", "--set", "prefer.reference_records=3",
+        "--set", "prefer.reference_max_new_tokens=16", *extra,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
@@ -52,7 +53,10 @@ def test_quickstart_runs_every_stage_then_skips_what_did_not_change(tmp_path, ti
         for name in ("adapter_model.safetensors", "loss.png", "train_summary.json"):
             assert (tmp_path / "model" / name).exists(), name
         pairs = json.loads((tmp_path / "pairs" / "stage.json").read_text())["result"]
-        assert pairs["prompts"] == 8 and pairs["answers"] == 32 and pairs["pairs"] >= 1
+        assert pairs["prompts"] == 8 + 3 and pairs["answers"] == 4 * (8 + 3)
+        assert pairs["pairs_with_reference_chosen"] == 3 and pairs["pairs"] >= 3 + 1
+        chosen = [json.loads(line)["chosen"] for line in (tmp_path / "pairs" / "pairs.jsonl").open()]
+        assert len(chosen) == pairs["pairs"] and sum(c in {r["output"] for r in train} for c in chosen) >= 3
         prefer = json.loads((tmp_path / "prefer" / "stage.json").read_text())["result"]
         assert prefer["steps"] >= 1 and (tmp_path / "prefer" / "adapter_model.safetensors").exists()
         for run in ("base", "tuned", "preferred"):

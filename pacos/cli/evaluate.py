@@ -68,7 +68,7 @@ def evaluate(
     ] = False,
     dtype: Annotated[
         str,
-        typer.Option(help="Local models' weights: auto (bf16 where native, else float32), float32, bf16."),
+        typer.Option(help="Local models' weights: auto (float32 on x86 CPUs, bf16 on GPUs), float32, bf16."),
     ] = "auto",
     quantize: Annotated[
         str,
@@ -234,21 +234,14 @@ def pairs(
     worst paired when their rewards differ enough. Answers are cached as they come: a rerun resumes.
     Train on the result with `pacos train --method dpo --data OUT/pairs.jsonl`."""
     from pacos.data.io import read_records
-    from pacos.score.pairs import DEFAULT_WEIGHTS, PairSettings, build_pairs
+    from pacos.score.pairs import PairSettings, build_pairs, parse_rewards
 
-    names, weights = [], dict(DEFAULT_WEIGHTS)
-    for part in (p.strip() for p in reward.split(",") if p.strip()):
-        name, _, weight = part.partition("=")
-        try:
-            weights[name] = float(weight) if weight else weights.get(name, 1.0)
-        except ValueError:
-            raise PacosError(f"--reward {part}: the weight must be a number") from None
-        names.append(name)
+    names, weights = parse_rewards(reward.split(","))
     records = [r for source in prompts for r in read_records(source, require_output=False)]
     settings = PairSettings(
         model=model,
         k=k,
-        rewards=tuple(names),
+        rewards=names,
         weights=weights,
         min_margin=min_margin,
         max_new_tokens=max_new_tokens,

@@ -38,7 +38,7 @@ from pacos.data.seeds import builtin_paths
 from pacos.data.split import split_records
 from pacos.data.stats import compute_stats, plot_stats
 from pacos.errors import PacosError
-from pacos.fileio import write_json
+from pacos.fileio import atomic_open, write_json
 from pacos.pipeline.quickstart_config import QuickstartConfig
 from pacos.pipeline.stages import file_digest, run_stage
 
@@ -164,11 +164,24 @@ def train_stage(config: QuickstartConfig, out: Path, train_path: Path, held_out:
     }
 
 
-def pairs_stage(config: QuickstartConfig, out: Path, seeds: Path, model_dir: Path) -> dict[str, Any]:
+def pairs_stage(
+    config: QuickstartConfig, out: Path, seeds: Path, model_dir: Path, train_data: Path
+) -> dict[str, Any]:
     from pacos.data.verifiable import prompt_pool
-    from pacos.score.pairs import PairSettings, build_pairs
+    from pacos.score.pairs import PairSettings, build_pairs, parse_rewards
 
     settings = config.prefer
+    common = {
+        "model": str(model_dir),
+        "k": settings.k,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "seed": config.train.seed,
+        "template": config.train.template,
+        "dtype": config.eval.dtype,
+        "quantize": config.eval.quantize,
+        "stop_pairs": settings.stop_pairs,
+    }
     pool = prompt_pool(read_records(seeds), settings.prompts, seed=config.train.seed)
     write_records(pool, out / "prompts.jsonl")
     _say(
@@ -176,33 +189,66 @@ def pairs_stage(config: QuickstartConfig, out: Path, seeds: Path, model_dir: Pat
         f"{len(pool)} verifiable prompts from the training seed tasks, {settings.k} answers each by the "
         f"tuned model, rewards: {', '.join(settings.rewards)}",
     )
-    summary = build_pairs(
+    names, weights = parse_rewards(settings.rewards)
+    checked = build_pairs(
         pool,
         PairSettings(
-            model=str(model_dir),
-            k=settings.k,
-            rewards=tuple(settings.rewards),
+            **common,
+            rewards=names,
+            weights=weights,
             min_margin=settings.min_margin,
             max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=config.train.seed,
-            template=config.train.template,
-            dtype=config.eval.dtype,
-            quantize=config.eval.quantize,
             repair=settings.repair,
+            minimal=settings.minimal and settings.repair,
         ),
-        out,
+        out / "checks",
     )
     _say(
         "pairs",
-        f"{summary['pairs']} pairs ({summary['pairs_with_repaired_chosen']} with a repaired chosen answer); "
-        f"{summary.get('checks_all_passed', 0):.0%} of answers pass all their checks, {summary['ended']:.0%} "
-        f"end by themselves -> {out / 'pairs.jsonl'}",
+        f"{checked['pairs']} pairs ({checked['pairs_with_repaired_chosen']} with a repaired chosen answer, "
+        f"{checked.get('stop_pairs', 0)} stop pairs); {checked.get('checks_all_passed', 0):.0%} of answers "
+        f"pass all their checks, {checked['ended']:.0%} end by themselves",
     )
-    keys = ("prompts", "answers", "pairs", "pairs_with_repaired_chosen", "mean_reward", "ended",
-            "checks_all_passed", "seconds")  # fmt: skip
-    return {k: summary.get(k) for k in keys}
+    parts, summary = [checked], {"pairs_with_reference_chosen": 0}
+    if settings.reference_records:
+        rows = [r for r in read_records(train_data) if r.get("output")]
+        random.Random(config.train.seed).shuffle(rows)
+        names, weights = parse_rewards(settings.reference_rewards)
+        _say(
+            "pairs",
+            f"{min(len(rows), settings.reference_records)} training records: their reference answer "
+            f"against the tuned model's worst of {settings.k}",
+        )
+        referenced = build_pairs(
+            rows[: settings.reference_records],
+            PairSettings(
+                **common,
+                rewards=names,
+                weights=weights,
+                max_new_tokens=settings.reference_max_new_tokens,
+                reference_chosen=True,
+            ),
+            out / "reference",
+        )
+        parts.append(referenced)
+        summary["pairs_with_reference_chosen"] = referenced.get("pairs_with_reference_chosen", 0)
+    files = [out / d / "pairs.jsonl" for d in ("checks", "reference") if (out / d / "pairs.jsonl").exists()]
+    pairs = [line for f in files for line in f.read_text(encoding="utf-8").splitlines(keepends=True)]
+    if pairs:
+        with atomic_open(out / "pairs.jsonl") as f:
+            f.writelines(pairs)
+    summary.update(
+        prompts=sum(x["prompts"] for x in parts),
+        answers=sum(x["answers"] for x in parts),
+        pairs=len(pairs),
+        pairs_with_repaired_chosen=checked["pairs_with_repaired_chosen"],
+        stop_pairs=sum(x.get("stop_pairs", 0) for x in parts),
+        checks_all_passed=checked.get("checks_all_passed"),
+        ended=sum(x["ended"] * x["answers"] for x in parts) / max(1, sum(x["answers"] for x in parts)),
+        seconds=sum(x["seconds"] for x in parts),
+    )
+    _say("pairs", f"{len(pairs)} pairs in all -> {out / 'pairs.jsonl'}")
+    return summary
 
 
 def prefer_stage(config: QuickstartConfig, out: Path, model_dir: Path, pairs: Path) -> dict[str, Any]:
@@ -397,22 +443,15 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
         },
         lambda d: train_stage(config, d, mix_dir / "train.jsonl", data_dir / "held_out.jsonl"),
     )
+    from pacos.infer.quantize import decoding_weights
+
     model_digest = file_digest(*_adapter_files(model_dir))
     prefer_dir = None
     if config.prefer.enabled:
         pairs_dir, prefer_dir = out_dir / "pairs", out_dir / "prefer"
-        sampling = config.prefer.model_dump(
+        sampling = config.prefer.model_dump(  # the settings that change the pairs
             mode="json",
-            include={
-                "prompts",
-                "k",
-                "max_new_tokens",
-                "temperature",
-                "top_p",
-                "min_margin",
-                "rewards",
-                "repair",
-            },
+            exclude={"enabled", "objective", "preference", "lr", "epochs", "batch_size", "micro_batch_size"},
         )
         results["pairs"] = run_stage(
             out_dir,
@@ -424,9 +463,10 @@ def run_quickstart(config: QuickstartConfig, out_dir: Path) -> dict[str, Any]:
                 "model": model_digest,
                 "template": config.train.template,
                 "seeds": file_digest(data_dir / "seeds.jsonl"),
-                "weights": [config.eval.dtype, config.eval.quantize],
+                "train_data": file_digest(mix_dir / "train.jsonl"),
+                "weights": list(decoding_weights(config.eval.dtype, config.eval.quantize)),
             },
-            lambda d: pairs_stage(config, d, data_dir / "seeds.jsonl", model_dir),
+            lambda d: pairs_stage(config, d, data_dir / "seeds.jsonl", model_dir, mix_dir / "train.jsonl"),
         )
     if prefer_dir is not None and not (out_dir / "pairs" / "pairs.jsonl").exists():
         _say(

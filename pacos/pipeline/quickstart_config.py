@@ -52,15 +52,21 @@ QUICKSTART: dict[str, Any] = {
     },
     "train": {k: v for k, v in TRAIN.items() if k not in ("data", "clean", "val_fraction", "output_dir")},
     "prefer": {
-        "prompts": 128,
+        "prompts": 240,
         "k": 4,
-        "max_new_tokens": 128,
+        "max_new_tokens": 200,
         "temperature": 0.8,
         "top_p": 0.95,
         "min_margin": 0.25,
         "rewards": ["checks", "eos", "repetition"],
+        "repair": True,
+        "minimal": True,
+        "stop_pairs": True,
+        "reference_records": 72,
+        "reference_rewards": ["reference", "eos=2", "repetition"],
+        "reference_max_new_tokens": 256,
         "objective": "dpo",
-        "preference": {"beta": 0.1, "sft_weight": 1.0},
+        "preference": {"beta": 0.1, "sft_weight": 2.0},
         "lr": 2.0e-4,
         "epochs": 1,
         "batch_size": 8,
@@ -96,29 +102,39 @@ class EvalStageConfig(BaseModel):
     judge_max_chars: int | None = Field(600, gt=0)  # answers cut for the judge (None: whole)
     ifeval_per_language: int = Field(6, ge=0)  # verifiable prompts per language from the bundled set
     embeddings: bool = True
-    # Local models' weights while answering and judging: bf16 where native, else fp32 math on fp16
-    # weights (x86 CPUs), both several times float32's speed (pacos.infer.quantize.decoding_weights).
+    # Local models' weights while answering and judging: fp32 math on fp16 weights on x86 CPUs (bf16
+    # prefill where native), bf16 on GPUs: several times float32's speed (pacos.infer.decoding_weights).
     dtype: str = "auto"
     quantize: str = "auto"
 
 
 class PreferStageConfig(BaseModel):
-    """After SFT: verifiable prompts from the training seed tasks, k answers each from the tuned model,
-    scored by their checks (no judge), best vs worst as pairs, and a preference loss on a new LoRA."""
+    """After SFT, pairs of the tuned model's own answers and a preference loss on a new LoRA
+    (benchmarks/README.md, "Reference answers as chosen (SPIN), and stopping pairs"):
+    - verifiable prompts from the training seed tasks, k answers each, scored by their checks (no judge);
+      the best answer edited to pass its checks is paired with the answer it was edited from (`minimal`);
+    - `reference_records` training records, k answers each: the record's reference answer is preferred to
+      the model's worst (SPIN), which keeps the answers close to what SFT taught;
+    - `stop_pairs`: an answer that ran out of tokens, cut before its loop, preferred to the whole of it."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    prompts: int = Field(128, gt=0)
+    prompts: int = Field(240, gt=0)
     k: int = Field(4, ge=2)
-    max_new_tokens: int = Field(128, gt=0)
+    max_new_tokens: int = Field(200, gt=0)
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     min_margin: float = Field(0.25, ge=0)
     rewards: list[str] = ["checks", "eos", "repetition"]
     repair: bool = True  # the best answer edited to pass its checks competes (pacos pairs --repair)
+    minimal: bool = True  # ... against the answer it was edited from (pacos pairs --minimal)
+    stop_pairs: bool = True  # pacos pairs --stop-pairs, for both kinds of prompts
+    reference_records: int = Field(72, ge=0)  # training records for reference-chosen pairs (0: none)
+    reference_rewards: list[str] = ["reference", "eos=2", "repetition"]  # picks the worst answer
+    reference_max_new_tokens: int = Field(256, gt=0)
     objective: Literal["dpo", "simpo", "orpo", "kto"] = "dpo"
-    preference: PreferenceConfig = PreferenceConfig(sft_weight=1.0)
+    preference: PreferenceConfig = PreferenceConfig(sft_weight=2.0)
     lr: float = Field(2e-4, gt=0)
     epochs: float = Field(1, gt=0)
     batch_size: int = Field(8, gt=0)

@@ -49,6 +49,19 @@ REWARDS = ("checks", "reference", "judge", "eos", "repetition")
 DEFAULT_WEIGHTS = {"checks": 1.0, "reference": 1.0, "judge": 1.0, "eos": 1.0, "repetition": 1.0}
 
 
+def parse_rewards(parts: list[str] | tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, float]]:
+    """Reward names, optionally weighted ("eos=2"), as names and a weight for each."""
+    names, weights = [], dict(DEFAULT_WEIGHTS)
+    for part in (p.strip() for p in parts if p.strip()):
+        name, _, weight = part.partition("=")
+        try:
+            weights[name] = float(weight) if weight else weights.get(name, 1.0)
+        except ValueError:
+            raise PacosError(f"reward {part}: the weight must be a number") from None
+        names.append(name)
+    return tuple(names), weights
+
+
 @dataclass
 class PairSettings:
     model: str  # local model (name, directory, adapter) or an http(s)://HOST:PORT/v1 endpoint
