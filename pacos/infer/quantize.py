@@ -152,7 +152,7 @@ def fbgemm_available() -> bool:
 def decoding_weights(dtype: str = "auto", quantize: str = "auto", device: str = "auto") -> tuple[str, str]:
     """Concrete (dtype, quantize) for "auto". On x86 CPUs (fbgemm): fp32 math on fp16 weights, which gives
     fp32's greedy answers but for exact ties, about 3x faster than fp32 at batch 8; where the CPU computes
-    bf16 natively (AMX, AVX512-BF16), many-row inputs (prefill) take a bf16 copy of the weights, 1.5x
+    bf16 natively (AMX, AVX512-BF16), many-row inputs (prefill) take a bf16 copy of the weights, 1.4x
     bf16's speed at batch 8 (benchmarks/README.md). Elsewhere bf16 where native (GPUs), else fp32.
     Stages resolve "auto" before keying caches, so a cached answer names the weights that wrote it."""
     from pacos.device import auto_device, auto_dtype
