@@ -27,8 +27,8 @@ class Decoding:
     top_p: float = 1.0
     seed: int = 0
     # Local models only: quantize "fp16" decodes about 3x as fast on x86 CPUs, "bfloat16" about twice on
-    # GPUs (pacos.infer.decoding_weights resolves "auto"); greedy
-    # answers can differ from float32's after a near-tie, so both are part of the cache key.
+    # GPUs (pacos.infer.decoding_weights resolves "auto"); greedy answers can differ from float32's after
+    # a near-tie, so both are part of the cache key.
     dtype: str = "float32"
     quantize: str = "none"
 
