@@ -119,3 +119,16 @@ def test_cut_loop_keeps_what_came_before_the_loop():
     assert cut_loop(f"{words} a b c d a b c d a b c d a b c d a b c d. unfinished") == words
     assert cut_loop("[[[[[[[[[[[[[[[[[[[[[[[[[[[[") is None  # loops from its start: nothing to keep
     assert cut_loop("Short. Short. Short. Sho") is None  # under 20 characters left
+    # A list that goes on with near-copies of one item (distinct words, so no exact repeat): cut before
+    # the first near-copy; a list marker ("3.") never dangles at the end of what is kept.
+    jars = (
+        "1. Use jars as vases.\n2. Use empty containers that are too big for your kitchen.\n"
+        "3. Use empty containers that are too small for your bedroom.\n4. Use empty containers that"
+    )
+    kept = "1. Use jars as vases.\n2. Use empty containers that are too big for your kitchen."
+    assert cut_loop(jars) == kept
+    first = "行程安排如下：\n1. 早上7点出发，沿途会遇到很多堵车，建议提前准备好手机。"
+    assert cut_loop(f"{first}\n2. 早上8点左右到达杭州，会遇到很多堵车，建议提前准备好手机。\n3.") == first
+    assert cut_loop("It weighs 2.5 kg and costs 3.5 dollars.\n2. It is big.\n3. It") == (
+        "It weighs 2.5 kg and costs 3.5 dollars.\n2. It is big."
+    )

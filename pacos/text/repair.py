@@ -21,6 +21,7 @@ from typing import Any
 from pacos.text.checks import CHECKERS, SENTENCE_END, check_prompt, count_sentences, keyword_pattern
 from pacos.text.cjk import count_words, has_cjk, language_of
 from pacos.text.ngrams import repeated_ngram_share
+from pacos.text.rouge import rouge_l_f1, tokenize
 
 _LIST_MARK = re.compile(r"^[ \t]*(?:[*\-•]|\d+[.)、])[ \t]+", re.MULTILINE)
 _PLACEHOLDERS = {
@@ -151,22 +152,44 @@ def repair(response: str, checks: list[dict[str, Any]]) -> str | None:
     return text if text != response and check_prompt(text, checks)["strict"] else None
 
 
-_SEGMENT_END = re.compile(r"(?<=[.!?。！？\n])")
+# A segment ends after end punctuation (a period only before a space or the end: not "2.5") or a line.
+_SEGMENT_END = re.compile(r"(?<=[.!?])(?=\s)|(?<=[。！？\n])")
+_MARK = re.compile(r"[ \t]*(?:[*\-•]|\d+[.)、])[ \t]+")
 
 
-def cut_loop(response: str, max_repeated: float = 0.1, min_chars: int = 20) -> str | None:
+def _segments(text: str) -> list[str]:
+    """Sentences and lines, each with its trailing line break; a list marker ("2. ") stays with the
+    sentence it starts instead of ending a segment of its own."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        mark = m.group(0) if (m := _MARK.match(line)) else ""
+        parts = [p for p in _SEGMENT_END.split(line[len(mark) :]) if p]
+        out += [mark + parts[0], *parts[1:]] if parts else [mark] if mark else []
+    return out
+
+
+def cut_loop(
+    response: str, max_repeated: float = 0.1, min_chars: int = 20, similar: float = 0.8, min_tokens: int = 6
+) -> str | None:
     """An answer that ran out of tokens, cut where it starts to loop: kept up to the last whole sentence
-    or line before the first repeated one, or before repeated 4-grams pass `max_repeated` of it. None when
-    less than `min_chars` would be left (the answer loops from its start). The last piece, cut by the token
-    limit, is never kept. For preference pairs: the cut answer, ended, is preferred to the whole loop."""
-    pieces = [p for p in _SEGMENT_END.split(response) if p]
+    or line before the first one that repeats an earlier one, nearly repeats it (ROUGE-L >= `similar`,
+    for segments of `min_tokens` or more: "Use empty containers that are too small for X" again and again
+    with another X), or makes repeated 4-grams pass `max_repeated` of the text. None when less than
+    `min_chars` would be left (the answer loops from its start). The last piece, cut by the token limit,
+    is never kept. For preference pairs: the cut answer, ended, is preferred to the whole loop."""
+    pieces = _segments(response)
     seen: set[str] = set()
+    earlier: list[list[str]] = []
     kept = ""
     for piece in pieces[:-1]:
         key = re.sub(r"\W+", "", piece.lower())
-        if (key and key in seen) or repeated_ngram_share(kept + piece) > max_repeated:
+        tokens = tokenize(piece, "cjk")
+        near = len(tokens) >= min_tokens and any(rouge_l_f1(e, tokens) >= similar for e in earlier)
+        if (key and key in seen) or near or repeated_ngram_share(kept + piece) > max_repeated:
             break
         seen.add(key)
+        if len(tokens) >= min_tokens:
+            earlier.append(tokens)
         kept += piece
     kept = kept.strip()
     return kept if len(kept) >= min_chars else None
