@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from pacos.data.io import read_records
 from pacos.data.templates import render_prompt
 from pacos.infer import SamplingParams, TorchEngine
-from pacos.infer.engine import Decoder
+from pacos.infer.decoder import Decoder
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--model-dir", default=".gpu/gemma", help="config.json and tokenizer of the model")

@@ -68,7 +68,7 @@ def child(config: str, batch: int, steps: int) -> dict:
     from pacos.data.io import read_records
     from pacos.data.templates import render_prompt
     from pacos.infer import SamplingParams, TorchEngine
-    from pacos.infer.engine import Decoder
+    from pacos.infer.decoder import Decoder
 
     dtype, quantize = CONFIGS[config]
     engine = TorchEngine.load(MODEL, dtype=dtype, quantize=quantize, template="alpaca")

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from pacos.errors import PacosError
 from pacos.infer import SamplingParams, TorchEngine
+from pacos.infer.decoder import Decoder
 from pacos.infer.detokenize import TextStream
-from pacos.infer.engine import Decoder
 from pacos.infer.quantize import fbgemm_available
 from pacos.infer.sampling import apply_repetition_penalty, sample_row
 from pacos.infer.scheduler import QueueFull, Scheduler
@@ -227,6 +227,34 @@ def test_reduced_precision_weights_keep_the_model(tiny_llama):
         TorchEngine.load(str(tiny_llama), quantize="int4")
 
 
+def test_sibling_projections_run_as_one_matrix_with_the_same_logits(tiny_llama, monkeypatch):
+    import pacos.infer.quantize as quantize
+
+    scheme = "fp16" if fbgemm_available() else "int8"
+    fused = TorchEngine.load(str(tiny_llama), dtype="float32", quantize=scheme, device="cpu")
+    monkeypatch.setattr(quantize, "SIBLINGS", ())
+    apart = TorchEngine.load(str(tiny_llama), dtype="float32", quantize=scheme, device="cpu")
+    parts = [m for m in fused.model.modules() if isinstance(m, quantize.FusedPart)]
+    layers = fused.model.config.num_hidden_layers
+    assert len(parts) == 5 * layers
+    assert not any(isinstance(m, quantize.FusedPart) for m in apart.model.modules())
+    ids = torch.tensor([fused.encode(p) for p in PROMPTS[:1]] * 3)
+    with torch.inference_mode():
+        assert torch.equal(fused.model(ids).logits, apart.model(ids).logits)  # bit for bit
+        # A part asked for on its own, or twice, still gets its own slice of the product.
+        attention = fused.model.model.layers[0].self_attn
+        x = torch.randn(2, fused.model.config.hidden_size)
+        v, k, k_again = attention.v_proj(x), attention.k_proj(x), attention.k_proj(x)
+        reference = apart.model.model.layers[0].self_attn
+        assert torch.equal(v, reference.v_proj(x)) and torch.equal(k, k_again)
+        assert torch.equal(k, reference.k_proj(x))
+        assert attention.q_proj.fused._input is x  # the second product waits for its q and v
+        assert torch.equal(attention.q_proj(x), reference.q_proj(x)) and torch.equal(attention.v_proj(x), v)
+        assert attention.q_proj.fused._input is None  # nothing held once every part has been served
+    for a, b in zip(fused.generate(PROMPTS, GREEDY), apart.generate(PROMPTS, GREEDY), strict=True):
+        assert a.token_ids == b.token_ids
+
+
 @pytest.mark.skipif(not fbgemm_available(), reason="fbgemm: x86 CPUs")
 def test_fp16_weights_multiply_many_rows_in_bf16_where_the_cpu_has_it(tiny_llama, monkeypatch):
     import pacos.device
@@ -415,6 +443,53 @@ def test_ragged_rows_move_between_slots_and_grow_the_cache(tiny):
     assert got == expected
     assert cancelled.finished
     engine.max_batch_size = 8
+
+
+def test_prompt_lookup_gives_the_greedy_answer_in_fewer_steps(tiny):
+    # Prompt-lookup drafts: every kept token is the model's own greedy choice, so answers equal
+    # transformers' (batched, rows joining and leaving, logprobs too), and where an answer repeats what
+    # came before (tiny random models loop), one step gives a row several tokens.
+    from pacos.infer.lookup import NgramIndex
+
+    index = NgramIndex()
+    index.extend([5, 6, 7, 8, 5, 6, 9, 5, 6])
+    assert index.draft(3) == [9, 5, 6]  # the latest earlier "5 6" (the longest suffix found), then on
+    index.extend([1])
+    assert index.draft(3) == [] and NgramIndex().draft(3) == []
+
+    engine, model = tiny
+    prompts = [*PROMPTS, " ".join(["one two three four"] * 6)]
+    expected = [hf_greedy(model, engine.encode(p), 24) for p in prompts]
+    params = [GREEDY] * len(prompts)
+    params[1] = SamplingParams(max_new_tokens=24, ignore_eos=True, logprobs=2)
+    params[2] = SamplingParams(max_new_tokens=24, ignore_eos=True, temperature=0.8, seed=3)  # no drafts
+    steps: list[list[list[int]] | None] = []
+    step = engine.step
+
+    def counted(state, tokens, chunks, drafts=None):
+        steps.append(drafts)
+        return step(state, tokens, chunks, drafts)
+
+    engine.step = counted
+    engine.max_batch_size = 3  # rows join while others run on guesses
+    try:
+        plain = engine.generate(prompts, params)
+        plain_steps, steps[:] = len(steps), []
+        engine.prompt_lookup = 4
+        looked = engine.generate(prompts, params)
+    finally:
+        del engine.step
+        engine.prompt_lookup, engine.max_batch_size = 0, 8
+    for i, (a, b) in enumerate(zip(plain, looked, strict=True)):
+        assert b.token_ids == a.token_ids and (b.finish_reason, b.completion_tokens) == ("length", 24)
+        if i != 2:
+            assert b.token_ids == expected[i]
+    assert [lp.token_id for lp in looked[1].logprobs] == looked[1].token_ids
+    for x, y in zip(plain[1].logprobs, looked[1].logprobs, strict=True):
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
+        assert [t for t, _ in x.top] == [t for t, _ in y.top]
+    assert any(d for drafts in steps if drafts for d in drafts)
+    assert len(steps) < plain_steps
 
 
 @pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3", "smollm3"])

@@ -13,9 +13,9 @@ import openai
 import pytest
 import torch
 
-import pacos.infer.engine as engine_module
+import pacos.infer.decoder as decoder_module
 from pacos.infer import TorchEngine
-from pacos.infer.engine import Decoder
+from pacos.infer.decoder import Decoder
 from pacos.infer.sampling import SamplingParams
 from pacos.infer.scheduler import Scheduler
 from pacos.serve import create_app
@@ -88,7 +88,7 @@ def test_engine_prompt_logprobs_are_trainings_and_leave_the_answer_unchanged(
         engine = TorchEngine(model, engine.tokenizer, engine.template, ragged=False)
     assert engine.ragged == ragged
     # Prompts scored over several forwards, the second waiting for room in a step.
-    monkeypatch.setattr(engine_module, "SCORED_PER_STEP", 7)
+    monkeypatch.setattr(decoder_module, "SCORED_PER_STEP", 7)
     prompts = [engine.encode(TEXT), engine.encode("a b"), engine.encode("not scored at all")]
     params = [
         SamplingParams(max_new_tokens=0, prompt_logprobs=3),

@@ -55,10 +55,27 @@ CompileOption = Annotated[
     bool, typer.Option("--compile", help="torch.compile decode steps (a minute once, cached on disk).")
 ]
 TemplateOption = Annotated[str | None, typer.Option(help="Prompt format [default: the model's own].")]
+PromptLookupOption = Annotated[
+    int,
+    typer.Option(
+        help="Speculative decoding by prompt lookup: feed up to N tokens that followed the answer's last "
+        "words where they occurred before, and keep those the model would choose (greedy answers only; "
+        "same text, fewer steps where answers copy their input). 0: off.",
+        min=0,
+        max=16,
+    ),
+]
 
 
 def load_cli_engine(
-    model: str, backend: str, dtype: str, device: str, quantize: str, compile: bool, template: str | None
+    model: str,
+    backend: str,
+    dtype: str,
+    device: str,
+    quantize: str,
+    compile: bool,
+    template: str | None,
+    prompt_lookup: int = 0,
 ) -> Any:
     from pacos.infer import load_engine
 
@@ -66,7 +83,7 @@ def load_cli_engine(
         print(
             "pacos: compiling the decode step (about a minute the first time; cached after)", file=sys.stderr
         )
-    return load_engine(
+    engine = load_engine(
         model,
         backend=backend,
         dtype=dtype,
@@ -75,6 +92,13 @@ def load_cli_engine(
         compile=compile,
         template=template,
     )
+    if prompt_lookup and not engine.takes_drafts:
+        raise PacosError(
+            "--prompt-lookup needs the torch backend and an architecture it runs as ragged batches "
+            "(Llama, Mistral, Qwen 2/3, Gemma 3, SmolLM3), without --compile"
+        )
+    engine.prompt_lookup = prompt_lookup
+    return engine
 
 
 def _version(value: bool) -> None:

@@ -15,6 +15,7 @@ from pacos.cli.app import (
     DeviceOption,
     DtypeOption,
     ModelOption,
+    PromptLookupOption,
     QuantizeOption,
     TemplateOption,
     app,
@@ -46,6 +47,7 @@ def chat(
     top_k: Annotated[int, typer.Option(help="0: no limit.")] = 40,
     repetition_penalty: Annotated[float, typer.Option()] = 1.1,
     seed: Annotated[int | None, typer.Option()] = None,
+    prompt_lookup: PromptLookupOption = 0,
 ) -> None:
     """Chat with a model in the terminal; answers stream as they are written."""
     from pacos.infer.chat import ChatSession, run_chat
@@ -59,7 +61,7 @@ def chat(
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
-    engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template)
+    engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template, prompt_lookup)
     run_chat(ChatSession(engine, params, system=system, history=history), sys.stdout)
 
 
@@ -92,6 +94,7 @@ def serve(
     log_level: Annotated[
         str, typer.Option(help="uvicorn's: warning, info (one line per request), debug.")
     ] = "info",
+    prompt_lookup: PromptLookupOption = 0,
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions) with continuous batching.
 
@@ -121,7 +124,7 @@ def serve(
             "use the model (set PACOS_API_KEY)",
             file=sys.stderr,
         )
-    engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template)
+    engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template, prompt_lookup)
     if backend == "torch":  # the engine's own batch size is generate()'s default; here the flag rules
         engine.max_batch_size = max_batch_size
     chunk = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}

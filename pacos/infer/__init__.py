@@ -4,7 +4,8 @@ prompt formats; `load_engine` picks the backend."""
 from __future__ import annotations
 
 from pacos.errors import PacosError
-from pacos.infer.engine import Completion, Engine, Event
+from pacos.infer.decoder import Completion, Event
+from pacos.infer.engine import Engine
 from pacos.infer.sampling import SamplingParams, TokenLogprob
 from pacos.infer.torch_engine import TorchEngine
 

@@ -18,7 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from pacos.errors import PacosError, first_line
-from pacos.infer.engine import Decoder, Engine, Event, Sequence
+from pacos.infer.decoder import Decoder, Event, Sequence
+from pacos.infer.engine import Engine
 from pacos.infer.sampling import SamplingParams
 
 log = logging.getLogger("pacos.scheduler")

@@ -203,9 +203,15 @@ class TorchEngine(Engine):
         return state
 
     # -- ragged batches: one forward per step (pacos.infer.ragged) -------------------------------------
-    def step(self, state: Any, tokens: list[int], chunks: list[Any]) -> tuple[Any, torch.Tensor | None]:
+    @property
+    def takes_drafts(self) -> bool:  # type: ignore[override]
+        return self.ragged
+
+    def step(
+        self, state: Any, tokens: list[int], chunks: list[Any], drafts: list[list[int]] | None = None
+    ) -> tuple[Any, torch.Tensor | None]:
         if not self.ragged:
-            return super().step(state, tokens, chunks)
+            return super().step(state, tokens, chunks, drafts)
         if state is None:
             kv, self._spare_kv = self._spare_kv, None
             state = RaggedBatch(kv or SlotKV(0, 256, self.context_length))
@@ -229,6 +235,17 @@ class TorchEngine(Engine):
             slots += [row.slot] * n
             if job.last:
                 wanted.append(len(ids) - 1)
+        # A row's guessed tokens (prompt lookup) run as a chunk on its slot, after its token: every
+        # position scored, the row's own token seen by the causal mask like any earlier position.
+        guessed = []
+        for row, draft in enumerate(drafts or []):
+            if draft:
+                start = state.lengths[row] + 1
+                plan_chunks.append((row, start, len(draft), len(ids)))
+                guessed += range(len(ids), len(ids) + len(draft))
+                ids += draft
+                positions += range(start, start + len(draft))
+                slots += [row] * len(draft)
         extra = [at + i for job, at in scored for i in range(len(job.chunk))]
         state.kv.ensure(state.kv.slots, max(positions) + 1)
         position_ids = torch.tensor(positions, device=self.device)
@@ -246,16 +263,16 @@ class TorchEngine(Engine):
             position_ids=position_ids[None],
             attention_mask=NO_MASK,
             use_cache=False,
-            logits_to_keep=torch.tensor(wanted + extra, device=self.device),
+            logits_to_keep=torch.tensor(wanted + guessed + extra, device=self.device),
             pacos_step=plan,
         )
         logits = out.logits[0].float()
-        at = len(wanted)
+        at = len(wanted) + len(guessed)
         for job, _ in scored:
             job.logits = logits[at : at + len(job.chunk)]
             at += len(job.chunk)
-        logits = logits[: len(wanted)]
-        state.lengths = [n + 1 for n in state.lengths]
+        logits = logits[: len(wanted) + len(guessed)]
+        state.lengths = [n + 1 + len(d) for n, d in zip(state.lengths, drafts or [[]] * rows, strict=True)]
         for job in chunks:
             job.state.length += len(job.chunk)
         for job in chunks:  # after every length is known: a join may swap two prefilling rows' slots
@@ -266,6 +283,11 @@ class TorchEngine(Engine):
     def drop(self, state: Any, row: Any) -> None:
         if isinstance(state, RaggedBatch):
             state.drop(row)
+
+    def rewind(self, state: Any, row: int, n: int) -> None:
+        """The row's cache keeps its entries past the new length: the next steps overwrite them, and
+        no mask lets a row see positions past its own length."""
+        state.lengths[row] -= n
 
     def release(self, state: Any) -> None:
         """Keep a finished batch's cache buffers for the next one (up to 2 GiB), as servers preallocate."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from pacos.infer.engine import Event, Sequence
+from pacos.infer.decoder import Event, Sequence
 from pacos.infer.sampling import SamplingParams, TokenLogprob
 from pacos.infer.scheduler import QueueFull, Scheduler
 from pacos.serve.errors import APIError, generation_failed
