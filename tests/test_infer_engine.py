@@ -492,6 +492,24 @@ def test_prompt_lookup_gives_the_greedy_answer_in_fewer_steps(tiny):
     assert len(steps) < plain_steps
 
 
+def test_local_llm_clients_and_the_cli_take_prompt_lookup(tiny_llama):
+    import asyncio
+
+    from pacos.cli.app import load_cli_engine
+    from pacos.llm.client import Request, make_llm
+    from pacos.llm.config import ClientConfig
+
+    request = Request(id="1", prompt="a b c a b c a b", max_tokens=16, temperature=0.0, top_p=1.0, stop=[])
+    texts = []
+    for k in (0, 3):
+        llm = make_llm(f"local:{tiny_llama}", None, ClientConfig(prompt_lookup=k), None)
+        assert llm.engine.prompt_lookup == k
+        texts.append(asyncio.run(llm.run([request]))[0].text)
+    assert texts[0] == texts[1]
+    engine = load_cli_engine(str(tiny_llama), "torch", "float32", "cpu", "none", False, None, prompt_lookup=4)
+    assert engine.prompt_lookup == 4 and engine.takes_drafts
+
+
 @pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3", "smollm3"])
 def test_every_ragged_architecture_decodes_as_transformers(model_type, tiny_tokenizer_dir):
     # The other architectures pacos runs as ragged batches (tiny Llama and Gemma 3 are tested above):

@@ -280,6 +280,8 @@ class EngineLLM(LLM):
         self.chat = has_chat if config.api == "auto" else config.api == "chat"
         if backend == "torch":  # more rows per decoding step, more tokens/s (SmolLM2 here: 16 rows 1.2x 8)
             self.engine.max_batch_size = max(self.engine.max_batch_size, config.concurrency)
+        if self.engine.takes_drafts:
+            self.engine.prompt_lookup = config.prompt_lookup
         self.batch_size = self.engine.max_batch_size
 
     def _generate(self, requests: list[Request]) -> list[Reply]:

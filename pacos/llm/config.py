@@ -27,3 +27,6 @@ class ClientConfig(BaseModel):
     # Local teachers (local:NAME, llama.cpp:FILE): the pacos engine's settings.
     dtype: str = "auto"
     quantize: str = "auto"  # fp16 weights on x86 CPUs computing in fp32 (pacos.infer.quantize)
+    # Prompt-lookup drafts per step for greedy requests (pacos.infer.lookup): a judge quoting the answers
+    # it compares, rewrites. Used where the local engine takes drafts; 0: off.
+    prompt_lookup: int = Field(0, ge=0, le=16)
