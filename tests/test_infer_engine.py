@@ -227,34 +227,6 @@ def test_reduced_precision_weights_keep_the_model(tiny_llama):
         TorchEngine.load(str(tiny_llama), quantize="int4")
 
 
-def test_sibling_projections_run_as_one_matrix_with_the_same_logits(tiny_llama, monkeypatch):
-    import pacos.infer.quantize as quantize
-
-    scheme = "fp16" if fbgemm_available() else "int8"
-    fused = TorchEngine.load(str(tiny_llama), dtype="float32", quantize=scheme, device="cpu")
-    monkeypatch.setattr(quantize, "SIBLINGS", ())
-    apart = TorchEngine.load(str(tiny_llama), dtype="float32", quantize=scheme, device="cpu")
-    parts = [m for m in fused.model.modules() if isinstance(m, quantize.FusedPart)]
-    layers = fused.model.config.num_hidden_layers
-    assert len(parts) == 5 * layers
-    assert not any(isinstance(m, quantize.FusedPart) for m in apart.model.modules())
-    ids = torch.tensor([fused.encode(p) for p in PROMPTS[:1]] * 3)
-    with torch.inference_mode():
-        assert torch.equal(fused.model(ids).logits, apart.model(ids).logits)  # bit for bit
-        # A part asked for on its own, or twice, still gets its own slice of the product.
-        attention = fused.model.model.layers[0].self_attn
-        x = torch.randn(2, fused.model.config.hidden_size)
-        v, k, k_again = attention.v_proj(x), attention.k_proj(x), attention.k_proj(x)
-        reference = apart.model.model.layers[0].self_attn
-        assert torch.equal(v, reference.v_proj(x)) and torch.equal(k, k_again)
-        assert torch.equal(k, reference.k_proj(x))
-        assert attention.q_proj.fused._input is x  # the second product waits for its q and v
-        assert torch.equal(attention.q_proj(x), reference.q_proj(x)) and torch.equal(attention.v_proj(x), v)
-        assert attention.q_proj.fused._input is None  # nothing held once every part has been served
-    for a, b in zip(fused.generate(PROMPTS, GREEDY), apart.generate(PROMPTS, GREEDY), strict=True):
-        assert a.token_ids == b.token_ids
-
-
 @pytest.mark.skipif(not fbgemm_available(), reason="fbgemm: x86 CPUs")
 def test_fp16_weights_multiply_many_rows_in_bf16_where_the_cpu_has_it(tiny_llama, monkeypatch):
     import pacos.device

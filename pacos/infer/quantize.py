@@ -21,7 +21,6 @@ stays as it is: a lookup reads one row, not the matrix.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -133,72 +132,6 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-class FusedLinear(nn.Module):
-    """Sibling projections of one input (q/k/v, gate/up) as one matrix: one GEMM call instead of two or
-    three, which at decode time (a few rows) costs about what one of them does (benchmarks/README.md).
-    Each sibling is replaced by a `FusedPart` that asks for its slice: the first part to see an input
-    computes every slice and keeps them until each part has taken its own, so transformers' modules, which
-    call q_proj(x), k_proj(x), v_proj(x) in turn on the same tensor, run unchanged. Outputs are bit for bit
-    the separate projections' (fbgemm computes each output column the same way at any width)."""
-
-    def __init__(self, linears: list[nn.Linear], make: Callable[[nn.Linear], nn.Module]) -> None:
-        super().__init__()
-        first = linears[0]
-        out_features = sum(m.out_features for m in linears)
-        merged = nn.Linear(first.in_features, out_features, bias=first.bias is not None)
-        merged = merged.to(device=first.weight.device, dtype=first.weight.dtype)
-        with torch.no_grad():
-            merged.weight.copy_(torch.cat([m.weight for m in linears]))
-            if first.bias is not None:
-                merged.bias.copy_(torch.cat([m.bias for m in linears]))
-        self.linear = make(merged)
-        self.sizes = [m.out_features for m in linears]
-        self._input: torch.Tensor | None = None
-        self._outputs: list[torch.Tensor | None] = []
-
-    @torch.compiler.disable  # Python-side state: runs as it is under torch.compile
-    def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        if x is not self._input or self._outputs[index] is None:
-            self._input = x
-            self._outputs = list(self.linear(x).split(self.sizes, dim=-1))
-        out, self._outputs[index] = self._outputs[index], None
-        if all(o is None for o in self._outputs):  # every part served: hold no tensors between calls
-            self._input, self._outputs = None, []
-        return out
-
-
-class FusedPart(nn.Module):
-    """One sibling of a `FusedLinear`, in the place of the nn.Linear it was made from."""
-
-    def __init__(self, fused: FusedLinear, index: int) -> None:
-        super().__init__()
-        self.fused, self.index = fused, index
-        self.in_features, self.out_features = fused.linear.in_features, fused.sizes[index]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fused.part(x, self.index)
-
-    def extra_repr(self) -> str:
-        return f"part {self.index} of a fused projection, out_features={self.out_features}"
-
-
-# Siblings that transformers' decoder layers call on one input, in this order.
-SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-
-
-def _fuse_siblings(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> None:
-    for module in list(model.modules()):
-        for names in SIBLINGS:
-            linears = [getattr(module, name, None) for name in names]
-            if not all(type(m) is nn.Linear for m in linears):
-                continue
-            if len({(m.in_features, m.bias is None, m.weight.dtype, m.weight.device) for m in linears}) > 1:
-                continue
-            fused = FusedLinear(linears, make)
-            for index, name in enumerate(names):
-                setattr(module, name, FusedPart(fused, index))
-
-
 @cache
 def fbgemm_available() -> bool:
     """fbgemm's kernels exist and compute correctly here (x86 CPU builds of PyTorch)."""
@@ -235,8 +168,7 @@ def decoding_weights(dtype: str = "auto", quantize: str = "auto", device: str = 
 
 
 def quantize_model(model: nn.Module, scheme: str, compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Replace every nn.Linear in place (the LM head too, even when tied to the embedding); q/k/v and
-    gate/up siblings become one fused matrix each."""
+    """Replace every nn.Linear in place (the LM head too, even when tied to the embedding)."""
     if scheme not in QUANTIZATIONS:
         raise PacosError(f"quantize '{scheme}': choose {', '.join(QUANTIZATIONS)}")
     if scheme == "none":
@@ -262,7 +194,6 @@ def quantize_model(model: nn.Module, scheme: str, compute_dtype: torch.dtype = t
             return Int8RowLinear(linear)
         return Fp16Linear(linear, bf16_rows)
 
-    _fuse_siblings(model, replacement)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
