@@ -69,8 +69,13 @@ def child(config: str, model_name: str, kind: str, batch: int, k: int, new_token
 
         tokenizer = load_tokenizer(model_name)
         model = load_model(model_name, dtype=torch.bfloat16 if "bf16" in config else torch.float32).eval()
+        from pacos.infer.prompting import chat_prompt
+
+        # The token ids pacos's engine runs: the chat template's text, which writes its own BOS.
         ids = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+            tokenizer(
+                chat_prompt([{"role": "user", "content": p}], "chat", tokenizer), add_special_tokens=False
+            ).input_ids
             for p in prompts
         ]
         lookup = {"prompt_lookup_num_tokens": k} if config.endswith("lookup") else {}
@@ -88,7 +93,7 @@ def child(config: str, model_name: str, kind: str, batch: int, k: int, new_token
     else:
         from pacos.infer import SamplingParams, TorchEngine
 
-        engine = TorchEngine.load(model_name)
+        engine = TorchEngine.load(model_name, quantize="auto")  # what chat and serve load by default
         engine.prompt_lookup = k if config.endswith("lookup") else 0
         params = SamplingParams(max_new_tokens=new_tokens)
         encoded = [[engine.encode_chat([{"role": "user", "content": p}]) for p in group] for group in groups]
