@@ -67,6 +67,7 @@ class Sequence:
     finished: bool = False
     prompt_logprobs: list[TokenLogprob | None] | None = None  # filled chunk by chunk during prefill
     lookup: NgramIndex | None = None  # prompt and answer so far, for prompt-lookup drafts
+    guesses: int = 0  # how many to draft next (0: the engine's prompt_lookup), adapted to what was kept
 
     @property
     def scores_prompt(self) -> bool:
@@ -209,7 +210,7 @@ class Decoder:
                 s.lookup.extend(s.prompt_ids)
             s.lookup.extend(s.output_ids[len(s.lookup.tokens) - len(s.prompt_ids) :])
             # Every guess kept gives a token, and the step after them one more: stay within the budget.
-            drafts.append(s.lookup.draft(min(k, self._tokens_left(s) - 1)))
+            drafts.append(s.lookup.draft(min(s.guesses or k, self._tokens_left(s) - 1)))
         return drafts
 
     def _chunks(self) -> list[_Prefill]:
@@ -305,6 +306,10 @@ class Decoder:
                 if s.finished or i == len(guesses) or token != guesses[i]:
                     break
                 kept += 1
+            # transformers' schedule for assistant tokens: 2 more after a full hit, 1 fewer after a miss.
+            if guesses:
+                limit = getattr(self.engine, "prompt_lookup", 0)
+                s.guesses = min(limit, len(guesses) + 2) if kept == len(guesses) else max(1, len(guesses) - 1)
             if not s.finished:
                 if kept < len(guesses):
                     self.engine.rewind(self.state, row, len(guesses) - kept)

@@ -12,7 +12,9 @@ extra positions of one forward. The text is the model's own greedy text: every k
 from __future__ import annotations
 
 LOOKUP_MAX_NGRAM = 3  # the longest suffix looked up (vLLM's prompt_lookup_max); shorter ones after it
-LOOKUP_MIN_NGRAM = 1
+# One repeated token is weak evidence: at batch 8, 1-gram guesses on open-ended answers cost more rows
+# than their hits saved (benchmarks/README.md, "Prompt lookup").
+LOOKUP_MIN_NGRAM = 2
 
 
 class NgramIndex:
