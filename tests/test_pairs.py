@@ -247,3 +247,26 @@ def test_stop_pairs_prefer_an_answer_cut_before_its_loop(tmp_path, monkeypatch):
         ("capitals", "PACK WATER.\nBRING A MAP.", texts["capitals"][0]),  # the cut keeps its passed check
     ]
     assert summary["stop_pairs"] == 2 and summary["pairs"] == 2 + 2  # the ordinary pairs are kept
+
+
+def test_greedy_adds_the_greedy_answer_first(tmp_path, monkeypatch):
+    loop = "Pack water.\nBring a map.\nBring a map.\nBring a"
+    prompts = [{"instruction": "What to pack?", "id": "p", "output": "Water and a map."}]
+    seen = []
+
+    def answers(model, records, decoding, **kwargs):
+        seen.append((decoding.temperature, decoding.seed))
+        greedy = decoding.temperature == 0
+        return [{"text": loop if greedy else "Water.", "finish_reason": "length" if greedy else "stop"}], 0
+
+    monkeypatch.setattr(pairs_module, "answer_records", answers)
+    settings = PairSettings(model="m", k=2, rewards=("reference", "eos"), stop_pairs=True, greedy=True)
+    settings.seed = 5
+    summary = build_pairs(prompts, settings, tmp_path / "out")
+    assert seen == [(0.0, 5), (0.8, 5), (0.8, 6)]  # the greedy answer, then k samples
+    assert summary["answers"] == 3
+    stops = [p for p in read_pairs(tmp_path / "out" / "pairs.jsonl") if p.get("chosen_cut")]
+    assert [(p["chosen"], p["rejected"]) for p in stops] == [("Pack water.\nBring a map.", loop)]
+    assert len(seen) == 3
+    build_pairs(prompts, PairSettings(model="m", k=2, rewards=("reference", "eos")), tmp_path / "plain")
+    assert len(seen) == 5  # without --greedy: the k samples alone

@@ -222,6 +222,14 @@ def pairs(
             "of it: keeps preference training from drifting to answers that never end.",
         ),
     ] = False,
+    greedy: Annotated[
+        bool,
+        typer.Option(
+            "--greedy",
+            help="Also each prompt's greedy answer (temperature 0), first: the decoding evaluation and most "
+            "use run, whose failures (a list that never ends) sampling rarely shows.",
+        ),
+    ] = False,
     answers: Annotated[
         Path | None,
         typer.Option(
@@ -255,6 +263,7 @@ def pairs(
         minimal=minimal,
         reference_chosen=reference_chosen,
         stop_pairs=stop_pairs,
+        greedy=greedy,
     )
     summary = build_pairs(records, settings, out, trl=trl, answers=answers)
     repaired = f", {summary['pairs_with_repaired_chosen']} with a repaired chosen answer" if repair else ""

@@ -181,6 +181,7 @@ def pairs_stage(
         "dtype": config.eval.dtype,
         "quantize": config.eval.quantize,
         "stop_pairs": settings.stop_pairs,
+        "greedy": settings.greedy,
     }
     pool = prompt_pool(read_records(seeds), settings.prompts, seed=config.train.seed)
     write_records(pool, out / "prompts.jsonl")

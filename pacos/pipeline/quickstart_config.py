@@ -115,7 +115,8 @@ class PreferStageConfig(BaseModel):
       the best answer edited to pass its checks is paired with the answer it was edited from (`minimal`);
     - `reference_records` training records, k answers each: the record's reference answer is preferred to
       the model's worst (SPIN), which keeps the answers close to what SFT taught;
-    - `stop_pairs`: an answer that ran out of tokens, cut before its loop, preferred to the whole of it."""
+    - `stop_pairs`: an answer that ran out of tokens, cut before its loop, preferred to the whole of it;
+    - `greedy`: the greedy answer as well as the k samples (the decoding evaluation uses)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -130,6 +131,7 @@ class PreferStageConfig(BaseModel):
     repair: bool = True  # the best answer edited to pass its checks competes (pacos pairs --repair)
     minimal: bool = True  # ... against the answer it was edited from (pacos pairs --minimal)
     stop_pairs: bool = True  # pacos pairs --stop-pairs, for both kinds of prompts
+    greedy: bool = False  # pacos pairs --greedy: each prompt's greedy answer too, first
     reference_records: int = Field(72, ge=0)  # training records for reference-chosen pairs (0: none)
     reference_rewards: list[str] = ["reference", "eos=2", "repetition"]  # picks the worst answer
     reference_max_new_tokens: int = Field(256, gt=0)

@@ -23,7 +23,8 @@ with the model's worst answer (SPIN, Chen et al. 2024: the demonstration preferr
 answer), which holds the model to the answers it was tuned on while other pairs teach instructions.
 With `stop_pairs`, a prompt whose answers include one that ran out of tokens also gets the pair (that
 answer cut before its loop, ended; the whole answer): preference training otherwise drifts towards answers
-that never end (benchmarks/README.md, "Reference answers as chosen").
+that never end (benchmarks/README.md, "Reference answers as chosen"). With `greedy`, each prompt's greedy
+answer comes first among its answers (and is the first a stop pair is cut from).
 Writes samples.jsonl (every answer with its reward parts), pairs.jsonl (pacos's pair format, which
 `pacos train --method dpo` reads; `--trl` also writes TRL's) and summary.json.
 """
@@ -84,6 +85,9 @@ class PairSettings:
     minimal: bool = False  # a repaired chosen answer's rejected one is the answer it was edited from
     reference_chosen: bool = False  # prompts with an `output` and no checks: it is the chosen answer (SPIN)
     stop_pairs: bool = False  # also (an answer that ran out of tokens cut before its loop, the whole answer)
+    # Also the greedy answer (temperature 0), first of each prompt's answers: evaluation and most use decode
+    # greedily, and its failures (a list that never ends) are ones sampling at temperature 0.8 rarely shows.
+    greedy: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.rewards) - set(REWARDS))
@@ -106,18 +110,20 @@ def _say(message: str) -> None:
 def sample_answers(
     prompts: list[dict[str, Any]], settings: PairSettings, cache: KeyedCache
 ) -> list[list[dict[str, Any]]]:
-    """k answers per prompt (answer j with sampling seed seed + j), from the cache where they are."""
+    """k answers per prompt (answer j with sampling seed seed + j), after the greedy one with `greedy`,
+    from the cache where they are."""
     from pacos.infer.quantize import decoding_weights
 
     dtype, quantize = decoding_weights(settings.dtype, settings.quantize)
     answers: list[list[dict[str, Any]]] = [[] for _ in prompts]
-    total, made, started = len(prompts) * settings.k, 0, time.monotonic()
-    for j in range(settings.k):
+    runs = ([None] if settings.greedy else []) + list(range(settings.k))
+    total, made, started = len(prompts) * len(runs), 0, time.monotonic()
+    for j in runs:
         decoding = Decoding(
             max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=settings.seed + j,
+            temperature=0.0 if j is None else settings.temperature,
+            top_p=1.0 if j is None else settings.top_p,
+            seed=settings.seed if j is None else settings.seed + j,
             dtype=dtype,
             quantize=quantize,
         )
@@ -177,7 +183,11 @@ def _judge_ratings(
     finally:
         cache.close()
     ratings = [r.get("scores", {}).get("judge") for r in rows]
-    return [ratings[i * settings.k : (i + 1) * settings.k] for i in range(len(prompts))]
+    groups, at = [], 0
+    for group in answers:
+        groups.append(ratings[at : at + len(group)])
+        at += len(group)
+    return groups
 
 
 def repaired_answer(prompt: dict[str, Any], scored: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -269,7 +279,7 @@ def build_pairs(
     ratings = (
         _judge_ratings(prompts, answers, settings, out)
         if "judge" in settings.rewards
-        else [[None] * settings.k for _ in prompts]
+        else [[None] * len(group) for group in answers]
     )
     samples, pairs = [], []
     for prompt, group, judged in zip(prompts, answers, ratings):
