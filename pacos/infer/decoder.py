@@ -194,7 +194,7 @@ class Decoder:
 
     def _drafts(self, tokens: list[int]) -> list[list[int]]:
         """Prompt-lookup guesses to feed after each running row's token (empty: none)."""
-        k = getattr(self.engine, "prompt_lookup", 0)
+        k = self.engine.prompt_lookup
         if not k or not self.engine.takes_drafts:
             return [[] for _ in tokens]
         drafts = []
@@ -308,7 +308,7 @@ class Decoder:
                 kept += 1
             # transformers' schedule for assistant tokens: 2 more after a full hit, 1 fewer after a miss.
             if guesses:
-                limit = getattr(self.engine, "prompt_lookup", 0)
+                limit = self.engine.prompt_lookup
                 s.guesses = min(limit, len(guesses) + 2) if kept == len(guesses) else max(1, len(guesses) - 1)
             if not s.finished:
                 if kept < len(guesses):
