@@ -60,7 +60,7 @@ PromptLookupOption = Annotated[
     typer.Option(
         help="Speculative decoding by prompt lookup: feed up to N tokens that followed the answer's last "
         "words where they occurred before, and keep those the model would choose (greedy answers only; "
-        "same text, fewer steps where answers copy their input). 0: off.",
+        "the model's greedy text, fewer steps where answers copy their input). 0: off.",
         min=0,
         max=16,
     ),
