@@ -13,13 +13,14 @@ and memory), warms up once, then takes the median of `--repeats` timed calls.
   decode steps of all rows flattened in one forward), fp32, its cache sized for the batch (its default
   sizes it to free memory and took 30+ s per call here).
 - pacos: `pacos.infer.TorchEngine` with fp32 weights, fp16 weights (`--quantize fp16`), the int8 head
-  (`--quantize int8`), that with `--compile`, and bf16 where native.
+  (`--quantize int8`), bf16 where native; `-compiled`: the same with `--compile` (decode-only steps
+  through torch.compile; its compile time is reported apart, before the timed calls).
 - pacos-fp16-json: fp16 with every row constrained to JSON_SCHEMA (llguidance computes each row's
   allowed-token mask every step): the price of constrained output. The schema cannot be completed
   within the budget, so every row generates `--new-tokens` tokens.
-- serve: `pacos serve --max-batch-size B` (fp16 or int8 weights) in its own process, B concurrent
-  `/v1/completions` requests (prompt token ids, temperature 0, `ignore_eos`) sent together; what a
-  client of the server gets, HTTP and streaming included.
+- serve: `pacos serve --max-batch-size B` (fp16 or int8 weights; `-compiled`: `--compile`) in its own
+  process, B concurrent `/v1/completions` requests (prompt token ids, temperature 0, `ignore_eos`)
+  sent together; what a client of the server gets, HTTP and streaming included.
 - llama.cpp (when llama-cpp-python is installed): the GGUF files `pacos export --format gguf` writes
   (F16, Q8_0) and the original Q4_K_M, batch 1 only (its Python API decodes one sequence), its own
   greedy sampler, all cores.
@@ -55,12 +56,16 @@ CONFIGS = [
     "pacos-bf16-fp16",
     "pacos-fp16",
     "pacos-int8",
+    "pacos-bf16-compiled",
+    "pacos-fp16-compiled",
     "pacos-int8-compiled",
     "pacos-fp16-json",
     "serve-bf16",
     "serve-bf16-fp16",
     "serve-fp16",
     "serve-int8",
+    "serve-fp16-compiled",
+    "serve-int8-compiled",
     "llamacpp-f16",
     "llamacpp-q8_0",
     "llamacpp-q4_k_m",
@@ -72,6 +77,8 @@ WEIGHTS = {  # variant: (dtype, quantize)
     "bf16-fp16": ("bfloat16", "fp16"),  # bf16 activations, fbgemm fp16 below 16 rows, bf16 weights above
     "fp16": ("float32", "fp16"),
     "int8": ("float32", "int8"),
+    "bf16-compiled": ("bfloat16", "none"),
+    "fp16-compiled": ("float32", "fp16"),
     "int8-compiled": ("float32", "int8"),
     "fp16-json": ("float32", "fp16"),
 }
@@ -136,6 +143,7 @@ def _serve_call(model: str, variant: str, batch: int, groups: list[list[str]], n
     port = free_port()
     dtype, quantize = WEIGHTS[variant]
     extra = ["--quantize", quantize, "--dtype", dtype, "--max-batch-size", str(batch), "--template", "alpaca"]
+    extra += ["--compile"] if variant.endswith("compiled") else []
     extra += os.environ.get("BENCH_SERVE_ARGS", "").split()  # e.g. "--prefill-chunk 64"
     server = start_server(model, port, extra)
     ids = [[tokenizer(p).input_ids for p in group] for group in groups]

@@ -332,6 +332,27 @@ def test_compiled_decode_gives_the_eager_tokens_and_falls_back_when_it_fails(tin
     assert engine.compiled_step is None and "torch.compile failed (inductor: no C++ compiler)" in caplog.text
 
 
+@pytest.mark.skipif(not fbgemm_available(), reason="fbgemm: x86 CPUs")
+def test_compiled_ragged_steps_trace_fbgemm_weights_and_decode_the_same(tiny_llama):
+    """fbgemm's matmuls run inside the compiled graph (custom ops): the same tokens as eager, with rows
+    leaving and prompt chunks (eager) between compiled decode-only steps."""
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32", quantize="int8", device="cpu")
+    assert engine.ragged
+    params = [SamplingParams(max_new_tokens=n, ignore_eos=True) for n in (9, 4, 6)]
+    expected = [engine.generate([p], q)[0].token_ids for p, q in zip(PROMPTS[:3], params, strict=True)]
+    engine.compile()
+    compiled, calls = engine.compiled_step, []
+    engine.compiled_step = lambda **kw: calls.append(kw["pacos_step"].decode_rows) or compiled(**kw)
+    decoder = Decoder(engine, prefill_chunk=3)
+    prompts = [engine.encode(p) for p in PROMPTS[:3]]
+    seqs = [engine.new_sequence(p, q, lambda e: None) for p, q in zip(prompts, params, strict=True)]
+    decoder.add(seqs)
+    while len(decoder):
+        decoder.step()
+    assert [s.output_ids for s in seqs] == expected
+    assert engine.compiled_step is not None and 3 in calls and 1 in calls
+
+
 def test_chunked_prefill_keeps_answers_and_running_rows_get_a_token_every_step(tiny):
     engine, _ = tiny
     expected = {p: engine.generate([p], GREEDY)[0].token_ids for p in PROMPTS}

@@ -95,7 +95,7 @@ def load_cli_engine(
     if prompt_lookup and not engine.takes_drafts:
         raise PacosError(
             "--prompt-lookup needs the torch backend and an architecture it runs as ragged batches "
-            "(Llama, Mistral, Qwen 2/3, Gemma 3, SmolLM3), without --compile"
+            "(Llama, Mistral, Qwen 2/3, Gemma 3, SmolLM3)"
         )
     engine.prompt_lookup = prompt_lookup
     return engine

@@ -21,6 +21,7 @@ stays as it is: a lookup reads one row, not the matrix.
 from __future__ import annotations
 
 import warnings
+import weakref
 from functools import cache
 
 import torch
@@ -35,6 +36,38 @@ QUANTIZATIONS = ("none", "fp16", "int8")
 BF16_ROWS = 16
 BF16_COPY_MAX_WEIGHTS = 2_000_000_000  # the copy doubles the weights' memory: small models only
 _TINY = torch.finfo(torch.float32).tiny
+
+# torch.compile cannot trace fbgemm's packed weights (opaque C++ objects), so compiled code calls them
+# through these two custom ops, which name the module by a key: inductor then fuses the small ops between
+# the matmuls around opaque calls, instead of breaking its graph at every Linear. Eager code calls fbgemm
+# directly (a custom op costs ~25 us of Python per call).
+_LINEARS: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
+
+
+def _register(module: nn.Module) -> int:
+    key = id(module)
+    _LINEARS[key] = module
+    return key
+
+
+@torch.library.custom_op("pacos::fp16_linear", mutates_args=())
+def _fp16_linear(x: torch.Tensor, key: int) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic_fp16(x, _LINEARS[key].packed)
+
+
+@_fp16_linear.register_fake
+def _(x: torch.Tensor, key: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], _LINEARS[key].out_features)
+
+
+@torch.library.custom_op("pacos::int8_linear", mutates_args=())
+def _int8_linear(x: torch.Tensor, key: int) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic(x, _LINEARS[key].packed, False)
+
+
+@_int8_linear.register_fake
+def _(x: torch.Tensor, key: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], _LINEARS[key].out_features)
 
 
 class Fp16Linear(nn.Module):
@@ -53,12 +86,14 @@ class Fp16Linear(nn.Module):
         self.bf16_rows = bf16_rows
         self.bf16_weight = None if bf16_rows is None else linear.weight.detach().to(torch.bfloat16)
         self.bf16_bias = None if bf16_rows is None or bias is None else bias.to(torch.bfloat16)
+        self.key = _register(self)
 
-    @torch.compiler.disable  # an opaque fbgemm call: torch.compile runs it as it is, around its graph
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if self.bf16_rows is not None and flat.shape[0] >= self.bf16_rows:
             y = F.linear(flat.to(torch.bfloat16), self.bf16_weight, self.bf16_bias)
+        elif torch.compiler.is_compiling():
+            y = _fp16_linear(flat.float(), self.key)
         else:
             y = torch.ops.quantized.linear_dynamic_fp16(flat.float(), self.packed)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -91,13 +126,17 @@ class Int8RowLinear(nn.Module):
             qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
             self.packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.bias = None if linear.bias is None else linear.bias.detach().float()
+        self.key = _register(self)
 
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()
         peak = flat.abs().amax(dim=1, keepdim=True).clamp(min=_TINY)
         ends = torch.tensor([[1.0, -1.0]]).expand(flat.shape[0], 2)
-        y = torch.ops.quantized.linear_dynamic(torch.cat([flat / peak, ends], dim=1), self.packed, False)
+        scaled = torch.cat([flat / peak, ends], dim=1)
+        if torch.compiler.is_compiling():
+            y = _int8_linear(scaled, self.key)
+        else:
+            y = torch.ops.quantized.linear_dynamic(scaled, self.packed, False)
         y = y * peak
         if self.bias is not None:
             y = y + self.bias

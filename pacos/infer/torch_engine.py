@@ -83,20 +83,28 @@ class TorchEngine(Engine):
             c._attn_implementation = name
 
     def compile(self) -> float:
-        """Compile decode steps with torch.compile (inductor): the dozens of small ops around each matmul
-        become a few fused kernels, which on a CPU is what is left once the weights are int8. Compiles
-        now, on short prompts, both the lone-row and the padded-batch graph; returns the seconds spent
-        (about a minute on 2 cores the first time, seconds once inductor's on-disk cache has them).
-        """
+        """Compile decode steps with torch.compile (inductor): the dozens of small ops between the matmuls
+        (norms, rotary, residuals, activations, the KV cache writes) become a few fused kernels, and
+        fbgemm's matmuls run as opaque calls inside the graph (pacos.infer.quantize). Ragged batches
+        compile their steps that only decode (prompt chunks and prompt-lookup guesses run eagerly: their
+        shapes vary every step); other architectures compile the padded path's one-token steps.
+        Compiles now, for one row and for several; returns the seconds spent (about a minute on 2 cores
+        the first time, less once inductor's on-disk cache has the kernels)."""
         start = time.perf_counter()
-        if self.ragged:  # the ragged step's Python-side plan changes every step: compile the padded path
-            self._set_attention(self._padded_attention)
-            self.ragged = False
         self.compiled_step = torch.compile(self.model.forward, dynamic=True)
         warm = SamplingParams(max_new_tokens=3, ignore_eos=True)
-        self.generate([[self.pad_id + 1] * 3], warm)
+        self.generate([[self.pad_id + 1] * 3], warm)  # one row: torch.compile specialises size 1
         self.generate([[self.pad_id + 1] * 3, [self.pad_id + 1] * 5], warm)
         return time.perf_counter() - start
+
+    def _compiled(self, **kwargs: Any) -> Any:
+        """The compiled forward, or None where it failed (then eagerly from now on)."""
+        try:
+            return self.compiled_step(**kwargs)
+        except Exception as e:  # a model or platform torch.compile cannot handle: carry on eagerly
+            log.warning("torch.compile failed (%s); decoding without it", first_line(e))
+            self.compiled_step = None
+            return None
 
     @classmethod
     def load(
@@ -140,11 +148,9 @@ class TorchEngine(Engine):
             kwargs = {"attention_mask": mask.to(self.device), "position_ids": positions.to(self.device)}
         kwargs.update(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True)
         if self.compiled_step is not None and ids.shape[1] == 1:  # prefill stays eager: lengths vary
-            try:
-                return self.compiled_step(**kwargs).logits.float()
-            except Exception as e:  # a model or platform torch.compile cannot handle: carry on eagerly
-                log.warning("torch.compile failed (%s); decoding without it", first_line(e))
-                self.compiled_step = None
+            out = self._compiled(**kwargs)
+            if out is not None:
+                return out.logits.float()
         return self.model(**kwargs, logits_to_keep=logits_to_keep).logits.float()
 
     def prefill(
@@ -258,7 +264,7 @@ class TorchEngine(Engine):
             write_positions=position_ids,
             chunks=plan_chunks,
         )
-        out = self.model(
+        inputs = dict(
             input_ids=torch.tensor([ids], device=self.device),
             position_ids=position_ids[None],
             attention_mask=NO_MASK,
@@ -266,6 +272,11 @@ class TorchEngine(Engine):
             logits_to_keep=torch.tensor(wanted + guessed + extra, device=self.device),
             pacos_step=plan,
         )
+        out = None
+        if self.compiled_step is not None and not plan_chunks:  # decoding rows only
+            out = self._compiled(**inputs)
+        if out is None:
+            out = self.model(**inputs)
         logits = out.logits[0].float()
         at = len(wanted) + len(guessed)
         for job, _ in scored:
