@@ -52,7 +52,12 @@ QuantizeOption = Annotated[
     ),
 ]
 CompileOption = Annotated[
-    bool, typer.Option("--compile", help="torch.compile decode steps (a minute once, cached on disk).")
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the steps that only decode: faster batches (1.2x at 8 rows here), about 90 s "
+        "of compiling at start on 2 cores.",
+    ),
 ]
 TemplateOption = Annotated[str | None, typer.Option(help="Prompt format [default: the model's own].")]
 PromptLookupOption = Annotated[
@@ -80,9 +85,7 @@ def load_cli_engine(
     from pacos.infer import load_engine
 
     if compile:
-        print(
-            "pacos: compiling the decode step (about a minute the first time; cached after)", file=sys.stderr
-        )
+        print("pacos: compiling the decode step (about 90 s on 2 cores)", file=sys.stderr)
     engine = load_engine(
         model,
         backend=backend,
