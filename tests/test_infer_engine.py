@@ -333,11 +333,16 @@ def test_compiled_decode_gives_the_eager_tokens_and_falls_back_when_it_fails(tin
 
 
 @pytest.mark.skipif(not fbgemm_available(), reason="fbgemm: x86 CPUs")
-def test_compiled_ragged_steps_trace_fbgemm_weights_and_decode_the_same(tiny_llama):
-    """fbgemm's matmuls run inside the compiled graph (custom ops): the same tokens as eager, with rows
-    leaving and prompt chunks (eager) between compiled decode-only steps."""
+def test_compiled_ragged_steps_trace_fbgemm_weights_and_decode_the_same(tiny_llama, monkeypatch):
+    """fbgemm's matmuls and the bf16 copy's run inside the compiled graph (custom ops): the same tokens as
+    eager, with rows leaving and prompt chunks (eager) between compiled decode-only steps."""
+    import pacos.device
+    import pacos.infer.quantize
+
+    monkeypatch.setattr(pacos.device, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(pacos.infer.quantize, "BF16_ROWS", 3)  # 3 rows: the bf16 copy; 1-2: fbgemm
     engine = TorchEngine.load(str(tiny_llama), dtype="float32", quantize="int8", device="cpu")
-    assert engine.ragged
+    assert engine.ragged and any(getattr(m, "bf16_rows", None) == 3 for m in engine.model.modules())
     params = [SamplingParams(max_new_tokens=n, ignore_eos=True) for n in (9, 4, 6)]
     expected = [engine.generate([p], q)[0].token_ids for p, q in zip(PROMPTS[:3], params, strict=True)]
     engine.compile()
@@ -351,6 +356,27 @@ def test_compiled_ragged_steps_trace_fbgemm_weights_and_decode_the_same(tiny_lla
         decoder.step()
     assert [s.output_ids for s in seqs] == expected
     assert engine.compiled_step is not None and 3 in calls and 1 in calls
+
+
+@pytest.mark.skipif(not fbgemm_available(), reason="fbgemm: x86 CPUs")
+def test_compile_warms_every_batch_shape_up_to_the_batch_size(tiny_llama, monkeypatch):
+    """One row, several rows, and 16+ rows where a bf16 copy of the weights takes over are three graphs:
+    all compile before the first request (a server must not stall mid-stream for a compile)."""
+    from pacos.infer.quantize import Fp16Linear
+
+    engine = TorchEngine.load(str(tiny_llama), dtype="float32", quantize="fp16", device="cpu")
+    for module in engine.model.modules():
+        if isinstance(module, Fp16Linear):
+            module.bf16_rows = 4
+    warmed: list[int] = []
+    monkeypatch.setattr(engine, "generate", lambda prompts, params: warmed.append(len(prompts)))
+    engine.max_batch_size = 8
+    engine.compile()
+    assert warmed == [1, 2, 4]
+    warmed.clear()
+    engine.max_batch_size = 3
+    engine.compile()
+    assert warmed == [1, 2]
 
 
 def test_chunked_prefill_keeps_answers_and_running_rows_get_a_token_every_step(tiny):

@@ -81,20 +81,18 @@ def load_cli_engine(
     compile: bool,
     template: str | None,
     prompt_lookup: int = 0,
+    max_batch_size: int | None = None,
 ) -> Any:
     from pacos.infer import load_engine
 
-    if compile:
-        print("pacos: compiling the decode step (about 90 s on 2 cores)", file=sys.stderr)
     engine = load_engine(
-        model,
-        backend=backend,
-        dtype=dtype,
-        device=device,
-        quantize=quantize,
-        compile=compile,
-        template=template,
+        model, backend=backend, dtype=dtype, device=device, quantize=quantize, template=template
     )
+    if max_batch_size is not None and backend == "torch":  # generate()'s default; a server's flag rules
+        engine.max_batch_size = max_batch_size
+    if compile and hasattr(engine, "compile"):
+        print("pacos: compiling the decode step (about 90 s on 2 cores)", file=sys.stderr)
+        engine.compile()  # after the batch size is known: every batch shape compiles before requests
     if prompt_lookup and not engine.takes_drafts:
         raise PacosError(
             "--prompt-lookup needs the torch backend and an architecture it runs as ragged batches "

@@ -124,9 +124,9 @@ def serve(
             "use the model (set PACOS_API_KEY)",
             file=sys.stderr,
         )
-    engine = load_cli_engine(model, backend, dtype, device, quantize, compile, template, prompt_lookup)
-    if backend == "torch":  # the engine's own batch size is generate()'s default; here the flag rules
-        engine.max_batch_size = max_batch_size
+    engine = load_cli_engine(
+        model, backend, dtype, device, quantize, compile, template, prompt_lookup, max_batch_size
+    )
     chunk = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}
     scheduler = Scheduler(engine, max_batch_size=max_batch_size, max_waiting=max_queue, **chunk)
     scheduler.looping = True  # requests may arrive before the loop below starts

@@ -38,7 +38,7 @@ BF16_COPY_MAX_WEIGHTS = 2_000_000_000  # the copy doubles the weights' memory: s
 _TINY = torch.finfo(torch.float32).tiny
 
 # torch.compile cannot trace fbgemm's packed weights (opaque C++ objects), so compiled code calls them
-# through these two custom ops, which name the module by a key: inductor then fuses the small ops between
+# through these custom ops, which name the module by a key: inductor then fuses the small ops between
 # the matmuls around opaque calls, instead of breaking its graph at every Linear. Eager code calls fbgemm
 # directly (a custom op costs ~25 us of Python per call).
 _LINEARS: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
@@ -56,6 +56,17 @@ def _fp16_linear(x: torch.Tensor, key: int) -> torch.Tensor:
 
 
 @_fp16_linear.register_fake
+def _(x: torch.Tensor, key: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], _LINEARS[key].out_features)
+
+
+@torch.library.custom_op("pacos::bf16_linear", mutates_args=())
+def _bf16_linear(x: torch.Tensor, key: int) -> torch.Tensor:
+    module = _LINEARS[key]
+    return F.linear(x, module.bf16_weight, module.bf16_bias)
+
+
+@_bf16_linear.register_fake
 def _(x: torch.Tensor, key: int) -> torch.Tensor:
     return x.new_empty(x.shape[0], _LINEARS[key].out_features)
 
@@ -91,7 +102,13 @@ class Fp16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if self.bf16_rows is not None and flat.shape[0] >= self.bf16_rows:
-            y = F.linear(flat.to(torch.bfloat16), self.bf16_weight, self.bf16_bias)
+            x16 = flat.to(torch.bfloat16)
+            if (
+                torch.compiler.is_compiling()
+            ):  # the eager kernel: inductor's own was slower, rounded otherwise
+                y = _bf16_linear(x16, self.key)
+            else:
+                y = F.linear(x16, self.bf16_weight, self.bf16_bias)
         elif torch.compiler.is_compiling():
             y = _fp16_linear(flat.float(), self.key)
         else:

@@ -88,14 +88,18 @@ class TorchEngine(Engine):
         fbgemm's matmuls run as opaque calls inside the graph (pacos.infer.quantize). Ragged batches
         compile their steps that only decode (prompt chunks and prompt-lookup guesses run eagerly: their
         shapes vary every step); other architectures compile the padded path's one-token steps.
-        Compiles now, for one row and for several (16+ rows compile on first use); returns the seconds
-        spent: ~90 s for Gemma 3 270M on 2 cores, in every process (inductor's disk cache did not
-        shorten it here)."""
+        Compiles now every shape class that batches up to `max_batch_size` rows meet (one row, several,
+        and 16+ where a bf16 copy of the weights takes over), so that no request waits for a compile;
+        returns the seconds spent: ~90 s for Gemma 3 270M on 2 cores per class beyond the first few, in
+        every process (inductor's disk cache did not shorten it here)."""
         start = time.perf_counter()
         self.compiled_step = torch.compile(self.model.forward, dynamic=True)
         warm = SamplingParams(max_new_tokens=3, ignore_eos=True)
-        self.generate([[self.pad_id + 1] * 3], warm)  # one row: torch.compile specialises size 1
-        self.generate([[self.pad_id + 1] * 3, [self.pad_id + 1] * 5], warm)
+        sizes = [1, 2]  # torch.compile specialises size 1
+        bf16_rows = {getattr(m, "bf16_rows", None) for m in self.model.modules()} - {None}
+        sizes += sorted(n for n in bf16_rows if n <= self.max_batch_size)
+        for rows in sizes:
+            self.generate([[self.pad_id + 1] * (3 + i) for i in range(rows)], warm)
         return time.perf_counter() - start
 
     def _compiled(self, **kwargs: Any) -> Any:
