@@ -55,8 +55,8 @@ CompileOption = Annotated[
     bool,
     typer.Option(
         "--compile",
-        help="torch.compile the steps that only decode: faster batches (1.2x at 8 rows here), about 90 s "
-        "of compiling at start on 2 cores.",
+        help="torch.compile the steps that only decode: faster batches (1.1-1.2x at 8 rows here), about "
+        "90 s of compiling at start on 2 cores.",
     ),
 ]
 TemplateOption = Annotated[str | None, typer.Option(help="Prompt format [default: the model's own].")]

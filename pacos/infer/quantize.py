@@ -39,8 +39,8 @@ _TINY = torch.finfo(torch.float32).tiny
 
 # torch.compile cannot trace fbgemm's packed weights (opaque C++ objects), so compiled code calls them
 # through these custom ops, which name the module by a key: inductor then fuses the small ops between
-# the matmuls around opaque calls, instead of breaking its graph at every Linear. Eager code calls fbgemm
-# directly (a custom op costs ~25 us of Python per call).
+# the matmuls around opaque calls, instead of breaking its graph at every Linear. Eager code calls the
+# kernels directly (a custom op costs ~10 us of Python per call).
 _LINEARS: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
 
 
@@ -55,20 +55,10 @@ def _fp16_linear(x: torch.Tensor, key: int) -> torch.Tensor:
     return torch.ops.quantized.linear_dynamic_fp16(x, _LINEARS[key].packed)
 
 
-@_fp16_linear.register_fake
-def _(x: torch.Tensor, key: int) -> torch.Tensor:
-    return x.new_empty(x.shape[0], _LINEARS[key].out_features)
-
-
 @torch.library.custom_op("pacos::bf16_linear", mutates_args=())
 def _bf16_linear(x: torch.Tensor, key: int) -> torch.Tensor:
     module = _LINEARS[key]
     return F.linear(x, module.bf16_weight, module.bf16_bias)
-
-
-@_bf16_linear.register_fake
-def _(x: torch.Tensor, key: int) -> torch.Tensor:
-    return x.new_empty(x.shape[0], _LINEARS[key].out_features)
 
 
 @torch.library.custom_op("pacos::int8_linear", mutates_args=())
@@ -76,9 +66,13 @@ def _int8_linear(x: torch.Tensor, key: int) -> torch.Tensor:
     return torch.ops.quantized.linear_dynamic(x, _LINEARS[key].packed, False)
 
 
-@_int8_linear.register_fake
-def _(x: torch.Tensor, key: int) -> torch.Tensor:
+def _linear_shape(x: torch.Tensor, key: int) -> torch.Tensor:
+    """What tracing sees of each op: [rows, out_features] (fp32, or bf16 for the bf16 copy)."""
     return x.new_empty(x.shape[0], _LINEARS[key].out_features)
+
+
+for _op in (_fp16_linear, _bf16_linear, _int8_linear):
+    _op.register_fake(_linear_shape)
 
 
 class Fp16Linear(nn.Module):
@@ -103,9 +97,8 @@ class Fp16Linear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         if self.bf16_rows is not None and flat.shape[0] >= self.bf16_rows:
             x16 = flat.to(torch.bfloat16)
-            if (
-                torch.compiler.is_compiling()
-            ):  # the eager kernel: inductor's own was slower, rounded otherwise
+            # Compiled, the eager kernel too: inductor's own bf16 matmuls were slower here.
+            if torch.compiler.is_compiling():
                 y = _bf16_linear(x16, self.key)
             else:
                 y = F.linear(x16, self.bf16_weight, self.bf16_bias)

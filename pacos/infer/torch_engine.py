@@ -90,8 +90,8 @@ class TorchEngine(Engine):
         shapes vary every step); other architectures compile the padded path's one-token steps.
         Compiles now every shape class that batches up to `max_batch_size` rows meet (one row, several,
         and 16+ where a bf16 copy of the weights takes over), so that no request waits for a compile;
-        returns the seconds spent: ~90 s for Gemma 3 270M on 2 cores per class beyond the first few, in
-        every process (inductor's disk cache did not shorten it here)."""
+        returns the seconds spent: ~90 s for Gemma 3 270M on 2 cores without the 16+-row graph, more
+        with it, in every process (inductor's disk cache did not shorten it here)."""
         start = time.perf_counter()
         self.compiled_step = torch.compile(self.model.forward, dynamic=True)
         warm = SamplingParams(max_new_tokens=3, ignore_eos=True)
