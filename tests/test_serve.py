@@ -140,6 +140,27 @@ def test_completion_is_the_engines_greedy_and_seeded_text(client, engine):
         assert got.choices[1].text == reference(engine, "12345", max_new_tokens=4).text
 
 
+def test_return_token_ids_gives_each_choices_prompt_and_answer_tokens(server, engine):
+    """vLLM's `return_token_ids`: the tokens themselves, without asking for logprobs to read them."""
+    prompts = [engine.encode("abc"), engine.encode("12345")]
+    body = {"prompt": prompts, "max_tokens": 5, "temperature": 0, "return_token_ids": True}
+    status, _, got = call(server.port, "POST", TEXT_URL, body)
+    assert status == 200
+    for choice, prompt in zip(got["choices"], prompts, strict=True):
+        want = reference(engine, prompt, max_new_tokens=5)
+        assert choice["prompt_token_ids"] == prompt and choice["token_ids"] == want.token_ids
+        assert choice["logprobs"] is None and len(want.token_ids) == 5
+    chat = {"messages": CHAT, "max_tokens": 6, "temperature": 0, "return_token_ids": True}
+    status, _, got = call(server.port, "POST", CHAT_URL, chat)
+    want = reference(engine, engine.encode_chat(CHAT), max_new_tokens=6, stop=engine.chat_stops())
+    assert status == 200 and got["choices"][0]["prompt_token_ids"] == engine.encode_chat(CHAT)
+    assert got["choices"][0]["token_ids"] == want.token_ids
+    status, _, got = call(server.port, "POST", TEXT_URL, {**body, "return_token_ids": False})
+    assert status == 200 and "token_ids" not in got["choices"][0]
+    status, _, got = call(server.port, "POST", CHAT_URL, {**chat, "stream": True})
+    assert_error(status, got, 400, "return_token_ids", None)
+
+
 def test_chat_and_streamed_chat_agree(client, engine):
     kwargs = dict(model=MODEL, messages=CHAT, max_tokens=10, temperature=0)
     answer = client.chat.completions.create(**kwargs)

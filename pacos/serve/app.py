@@ -207,11 +207,15 @@ def create_app(
                     "text": (echo_text(prompt) if prompt is not None else "") + c.text,
                     "logprobs": completion_logprobs(c, prompt) if want_logprobs else None,
                     "finish_reason": c.finish_reason,
+                    **(token_ids(prompts[i // body.n][0], c) if body.return_token_ids else {}),
                 }
                 for i, (c, prompt) in enumerate(zip(choices, echoed))
             ],
             "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices)),
         }
+
+    def token_ids(prompt: list[int], c: Choice) -> dict[str, list[int]]:
+        return {"prompt_token_ids": list(prompt), "token_ids": c.token_ids}
 
     def echo_text(prompt: tuple[list[int], str | None]) -> str:
         """The prompt as sent, or its token ids' text (special tokens too, as the tokens list shows them)."""
@@ -335,6 +339,7 @@ def create_app(
                     "message": {"role": "assistant", "content": c.text},
                     "logprobs": chat_logprobs(tokens, c.logprobs) if body.logprobs else None,
                     "finish_reason": c.finish_reason,
+                    **(token_ids(ids, c) if body.return_token_ids else {}),
                 }
                 for i, c in enumerate(choices)
             ],

@@ -83,6 +83,8 @@ class _Common(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0)
     ignore_eos: StrictBool = False
     response_format: dict[str, Any] | None = None  # text, json_object, or json_schema (vLLM takes it on both)
+    # vLLM's: each choice also carries its prompt's and its answer's token ids (no logprobs needed for them).
+    return_token_ids: StrictBool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -121,6 +123,8 @@ class _Common(BaseModel):
                 raise ValueError(f"{name}: only 0 is supported; use repetition_penalty")
         if self.logit_bias:
             raise ValueError("logit_bias: not supported")
+        if self.return_token_ids and self.stream:
+            raise ValueError("return_token_ids: not supported with stream; send stream: false")
         return self
 
     @field_validator("response_format")

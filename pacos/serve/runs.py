@@ -72,9 +72,11 @@ class Choice:
     completion_tokens: int = 0
     error: str | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None  # asked for with echo and logprobs
+    token_ids: list[int] = field(default_factory=list)
 
     def add(self, event: Event) -> None:
         self.text += event.text
+        self.token_ids += event.token_ids
         self.logprobs += event.logprobs
         if event.prompt_logprobs is not None:
             self.prompt_logprobs = event.prompt_logprobs
