@@ -71,7 +71,6 @@ class TorchEngine(Engine):
         # is known to allow it; the padded DynamicCache path below otherwise.
         self.ragged = False
         self._spare_kv: SlotKV | None = None
-        self._padded_attention = model.config._attn_implementation
         if ragged and supports_ragged(model):
             register()
             self._set_attention(ATTENTION)
