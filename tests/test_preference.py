@@ -173,6 +173,32 @@ def test_each_loss_matches_a_hand_computation(tiny, objective):
     assert float(total) == pytest.approx(sum(per_pair), abs=1e-5)
 
 
+def test_eos_weight_counts_the_chosen_answers_eos_that_many_times_in_the_sft_term(tiny):
+    """DPO with sft_weight: the NLL term's EOS target weighs eos_weight, the DPO rewards stay plain sums."""
+    model, tok = tiny
+    pairs, _ = tokenize_pairs(PAIRS, tok, "alpaca", 512, "drop")
+    for p in pairs:
+        p.reference = [0.0, 0.0]
+    settings = PreferenceConfig(sft_weight=0.5)
+    batch = collate_pairs(pairs, tok.pad_token_id, True, "pairs")
+    args = (batch.input_ids, batch.position_ids, batch.attention_mask, batch.targets)
+    with torch.no_grad():
+        plain, _ = PreferenceLoss(model, "dpo", settings, eos_id=tok.eos_token_id)(*args, **batch.extra)
+        weighted, _ = PreferenceLoss(model, "dpo", settings, eos_id=tok.eos_token_id, eos_weight=4.0)(
+            *args, **batch.extra
+        )
+        extra = 0.0
+        for p in pairs:
+            chosen = p.sequences[0]
+            logits = model(torch.tensor([chosen.input_ids])).logits[0].double()
+            rows = [t for t, y in enumerate(chosen.targets) if y != IGNORE]
+            assert chosen.targets[rows[-1]] == tok.eos_token_id  # every answer ends with EOS
+            eos_logp = float(torch.log_softmax(logits[rows[-1]], -1)[tok.eos_token_id])
+            extra += -0.5 * 3.0 * eos_logp / len(rows)  # 3 more counts of the EOS NLL, averaged per token
+    assert extra > 0
+    assert float(weighted) == pytest.approx(float(plain) + extra, abs=1e-5)
+
+
 def test_dpo_gradient_flows_only_through_the_policy(tiny):
     model, tok = tiny
     pairs, _ = tokenize_pairs(PAIRS[:2], tok, "alpaca", 512, "drop")
@@ -354,6 +380,10 @@ def test_preference_settings_errors(cli, tiny_llama, tmp_path):
         "train", "--model", tiny_llama, "--data", sft_data, "--method", "dpo", "--set", "unlikelihood=1"
     )
     assert result.code != 0 and "does not combine" in result.err
+    result = cli(
+        "train", "--model", tiny_llama, "--data", sft_data, "--method", "dpo", "--set", "eos_weight=3"
+    )
+    assert result.code != 0 and "preference.sft_weight above 0" in result.err
     kto = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "a", "completion": "b", "label": True}])
     result = cli(
         "train", "--model", tiny_llama, "--data", kto, "--method", "dpo", "--output-dir", tmp_path / "k"

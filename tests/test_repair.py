@@ -129,6 +129,9 @@ def test_cut_loop_keeps_what_came_before_the_loop():
     assert cut_loop(jars) == kept
     first = "行程安排如下：\n1. 早上7点出发，沿途会遇到很多堵车，建议提前准备好手机。"
     assert cut_loop(f"{first}\n2. 早上8点左右到达杭州，会遇到很多堵车，建议提前准备好手机。\n3.") == first
+    nested = "行程安排如下：\n* 1. 早上7点出发，先吃早餐，准备好行李箱。\n* 2. 早上8点到达杭州，先去西湖。"
+    again = "\n* 3. 早上9点到达杭州，先去西湖。\n* 4. 早上10点到达杭州，先去西湖。\n* 5."
+    assert cut_loop(nested + again) == nested  # "* 3." (a bullet and a number) never dangles either
     assert cut_loop("It weighs 2.5 kg and costs 3.5 dollars.\n2. It is big.\n3. It") == (
         "It weighs 2.5 kg and costs 3.5 dollars.\n2. It is big."
     )

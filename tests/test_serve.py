@@ -157,8 +157,21 @@ def test_return_token_ids_gives_each_choices_prompt_and_answer_tokens(server, en
     assert got["choices"][0]["token_ids"] == want.token_ids
     status, _, got = call(server.port, "POST", TEXT_URL, {**body, "return_token_ids": False})
     assert status == 200 and "token_ids" not in got["choices"][0]
-    status, _, got = call(server.port, "POST", CHAT_URL, {**chat, "stream": True})
-    assert_error(status, got, 400, "return_token_ids", None)
+    # Streamed, as vLLM: each chunk carries its own tokens' ids, a choice's first chunk its prompt's.
+    for url, request, prompt_of, stops, n in (
+        (TEXT_URL, body, lambda i: prompts[i], {}, 2),
+        (CHAT_URL, chat, lambda i: engine.encode_chat(CHAT), {"stop": engine.chat_stops()}, 1),
+    ):
+        events = [json.loads(e) for e in sse(server.port, url, request)[:-1]]
+        pieces = [c for e in events for c in e["choices"]]
+        assert {c["index"] for c in pieces} == set(range(n))
+        for index in range(n):
+            mine = [c for c in pieces if c["index"] == index]
+            assert mine[0]["prompt_token_ids"] == prompt_of(index)
+            assert all("prompt_token_ids" not in c for c in mine[1:])
+            whole = [t for c in mine for t in c["token_ids"]]
+            want = reference(engine, prompt_of(index), max_new_tokens=request["max_tokens"], **stops)
+            assert whole == want.token_ids
 
 
 def test_chat_and_streamed_chat_agree(client, engine):

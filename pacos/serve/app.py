@@ -195,7 +195,8 @@ def create_app(
         want_logprobs = body.logprobs is not None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return streaming(stream_completion(run, head, prompt_tokens, want_logprobs, include_usage))
+            ids = [prompts[i // body.n][0] for i in range(len(jobs))] if body.return_token_ids else None
+            return streaming(stream_completion(run, head, prompt_tokens, want_logprobs, include_usage, ids))
         choices = await collect(run, request)
         # Choices run prompt by prompt, n per prompt.
         echoed = [prompts[i // body.n] if body.echo else None for i in range(len(choices))]
@@ -261,28 +262,42 @@ def create_app(
         include_usage: bool,
         choice: Callable[[int, str, list[TokenLogprob], str | None], dict[str, Any]],
         opening: Callable[[int], dict[str, Any]] | None = None,
+        prompt_ids: list[list[int]] | None = None,
     ) -> AsyncIterator[str]:
         """The server-sent events both endpoints share: a chunk per piece of text, then a finish chunk
-        with no text of its own, an optional usage chunk and [DONE]; a failed engine ends with an error."""
+        with no text of its own, an optional usage chunk and [DONE]; a failed engine ends with an error.
+        With `prompt_ids` (vLLM's return_token_ids), each chunk carries the ids of its tokens, and a
+        choice's first chunk its prompt's."""
         extra = {"usage": None} if include_usage else {}
         held: list[list[TokenLogprob]] = [[] for _ in run.seqs]  # logprobs of tokens whose text is held back
+        held_ids: list[list[int]] = [[] for _ in run.seqs]
+        opened = [False] * len(run.seqs)
         completion_tokens = 0
+
+        def chunk(index: int, body: dict[str, Any]) -> str:
+            if prompt_ids is not None:
+                if not opened[index]:
+                    body["prompt_token_ids"] = list(prompt_ids[index])
+                body["token_ids"], held_ids[index] = held_ids[index], []
+            opened[index] = True
+            return sse({**head, "choices": [body], **extra})
+
         try:
             for index in range(len(run.seqs)) if opening else ():
-                yield sse({**head, "choices": [opening(index)], **extra})
+                yield chunk(index, opening(index))
             async for index, event in run.events():
                 if event.finish_reason == "error":
                     yield sse(generation_failed(event.error).body())
                     yield DONE
                     return
                 held[index] += event.logprobs
+                held_ids[index] += event.token_ids
                 if event.text:
-                    yield sse({**head, "choices": [choice(index, event.text, held[index], None)], **extra})
+                    yield chunk(index, choice(index, event.text, held[index], None))
                     held[index] = []
                 if event.finish_reason:
                     completion_tokens += event.completion_tokens
-                    finish = choice(index, "", held[index], event.finish_reason)
-                    yield sse({**head, "choices": [finish], **extra})
+                    yield chunk(index, choice(index, "", held[index], event.finish_reason))
             if include_usage:
                 yield sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
             yield DONE
@@ -290,7 +305,12 @@ def create_app(
             run.cancel()  # a client that went away (Starlette cancels this generator) frees its batch rows
 
     def stream_completion(
-        run: Run, head: dict[str, Any], prompt_tokens: int, want_logprobs: bool, include_usage: bool
+        run: Run,
+        head: dict[str, Any],
+        prompt_tokens: int,
+        want_logprobs: bool,
+        include_usage: bool,
+        prompt_ids: list[list[int]] | None,
     ) -> AsyncIterator[str]:
         offsets = [0] * len(run.seqs)  # characters sent so far per choice, for text_offset
 
@@ -300,7 +320,7 @@ def create_app(
             offsets[index] += len(text)
             return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
-        return stream_choices(run, head, prompt_tokens, include_usage, choice)
+        return stream_choices(run, head, prompt_tokens, include_usage, choice, prompt_ids=prompt_ids)
 
     @v1.post("/chat/completions", summary="Answer a conversation")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -329,7 +349,8 @@ def create_app(
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             head["object"] = "chat.completion.chunk"
-            return streaming(stream_chat(run, head, len(ids), body.logprobs, include_usage))
+            prompt_ids = [ids] * body.n if body.return_token_ids else None
+            return streaming(stream_chat(run, head, len(ids), body.logprobs, include_usage, prompt_ids))
         choices = await collect(run, request)
         return {
             **head,
@@ -347,7 +368,12 @@ def create_app(
         }
 
     def stream_chat(
-        run: Run, head: dict[str, Any], prompt_tokens: int, want_logprobs: bool, include_usage: bool
+        run: Run,
+        head: dict[str, Any],
+        prompt_tokens: int,
+        want_logprobs: bool,
+        include_usage: bool,
+        prompt_ids: list[list[int]] | None,
     ) -> AsyncIterator[str]:
         def choice(index: int, text: str, held: list[TokenLogprob], finish: str | None) -> dict[str, Any]:
             # Content and the finish reason never share a chunk: the finish chunk's delta is empty.
@@ -363,7 +389,7 @@ def create_app(
                 "finish_reason": None,
             }
 
-        return stream_choices(run, head, prompt_tokens, include_usage, choice, opening)
+        return stream_choices(run, head, prompt_tokens, include_usage, choice, opening, prompt_ids)
 
     app.include_router(v1)
 

@@ -123,8 +123,6 @@ class _Common(BaseModel):
                 raise ValueError(f"{name}: only 0 is supported; use repetition_penalty")
         if self.logit_bias:
             raise ValueError("logit_bias: not supported")
-        if self.return_token_ids and self.stream:
-            raise ValueError("return_token_ids: not supported with stream; send stream: false")
         return self
 
     @field_validator("response_format")

@@ -154,11 +154,11 @@ def repair(response: str, checks: list[dict[str, Any]]) -> str | None:
 
 # A segment ends after end punctuation (a period only before a space or the end: not "2.5") or a line.
 _SEGMENT_END = re.compile(r"(?<=[.!?])(?=\s)|(?<=[。！？\n])")
-_MARK = re.compile(r"[ \t]*(?:[*\-•]|\d+[.)、])[ \t]+")
+_MARK = re.compile(r"(?:[ \t]*(?:[*\-•]|\d+[.)、])[ \t]+)+")  # nested too: "* 3. "
 
 
 def _segments(text: str) -> list[str]:
-    """Sentences and lines, each with its trailing line break; a list marker ("2. ") stays with the
+    """Sentences and lines, each with its trailing line break; a list marker ("2. ", "* 2. ") stays with the
     sentence it starts instead of ending a segment of its own."""
     out = []
     for line in text.splitlines(keepends=True):

@@ -127,7 +127,8 @@ class TrainConfig(BaseModel):
     # loop_example). Greedy decoding of a small tuned model otherwise loops on a quarter of its answers.
     loop_examples: float = Field(0.0, ge=0)
     loop_weight: float = Field(1.0, gt=0)
-    # The EOS target's cross-entropy counts this many times: the one token that decides where an answer ends.
+    # The EOS target's cross-entropy counts this many times: the one token that decides where an answer ends
+    # (preference objectives: in the chosen answer's NLL term, preference.sft_weight).
     eos_weight: float = Field(1.0, gt=0)
     loss_chunk_size: int = Field(512, gt=0)  # labelled tokens per LM-head chunk ([chunk, vocab] logits)
     # NEFTune (Jain et al. 2023): uniform noise of size alpha / sqrt(length x width) on the input
@@ -156,12 +157,19 @@ class TrainConfig(BaseModel):
             raise ValueError("give val_data or val_fraction, not both")
         if self.distill and (self.unlikelihood or self.loop_examples or self.eos_weight != 1.0):
             raise ValueError("distill does not combine with unlikelihood, loop_examples or eos_weight")
-        if self.objective != "sft" and (
-            self.distill or self.unlikelihood or self.loop_examples or self.eos_weight != 1.0
+        if self.objective != "sft" and (self.distill or self.unlikelihood or self.loop_examples):
+            raise ValueError(
+                f"objective {self.objective} does not combine with distill, unlikelihood or loop_examples "
+                "(they shape an SFT loss)"
+            )
+        if (
+            self.objective != "sft"
+            and self.eos_weight != 1.0
+            and (self.objective == "kto" or not self.preference.sft_weight)
         ):
             raise ValueError(
-                f"objective {self.objective} does not combine with distill, unlikelihood, loop_examples "
-                "or eos_weight (they shape an SFT loss)"
+                f"eos_weight with objective {self.objective} weighs EOS in the chosen answer's NLL term: "
+                "use dpo, simpo or orpo with preference.sft_weight above 0"
             )
         if self.neftune_alpha and (self.objective != "sft" or self.distill):
             raise ValueError("neftune_alpha: NEFTune noises supervised fine-tuning only (objective sft)")

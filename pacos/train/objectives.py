@@ -48,7 +48,14 @@ def build_objective(
     if config.objective != "sft":
         from pacos.train.preference import PreferenceLoss
 
-        return PreferenceLoss(model, config.objective, config.preference, config.loss_chunk_size)
+        return PreferenceLoss(
+            model,
+            config.objective,
+            config.preference,
+            config.loss_chunk_size,
+            eos_id=tokenizer.eos_token_id,
+            eos_weight=config.eos_weight,
+        )
     return CausalLMLoss(
         model=model,
         chunk_size=config.loss_chunk_size,

@@ -14,7 +14,8 @@ Each loss reads every answer's log-probability under the policy, summed over its
   (the paper estimates z0 from mismatched answers; the batch's own rewards save one forward pass).
 
 `sft_weight` adds the chosen answer's mean token NLL to each pair's loss (RPO, LLaMA-Factory's pref_ftx),
-which keeps both answers' probabilities from falling together. The module returns (summed loss, units),
+which keeps both answers' probabilities from falling together; in it the EOS target can count `eos_weight`
+times, as in SFT (the token that decides where an answer ends). The module returns (summed loss, units),
 as every objective does, and keeps the numbers people watch (reward margins, preference accuracy, chosen
 and rejected log-probs) for the training log.
 """
@@ -168,8 +169,17 @@ def kto_losses(
 class PreferenceLoss(nn.Module):
     """The policy's forward on a batch of answers, and the objective's loss summed over its units."""
 
-    def __init__(self, model: nn.Module, objective: str, settings: PreferenceConfig, chunk_size: int = 512):
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: str,
+        settings: PreferenceConfig,
+        chunk_size: int = 512,
+        eos_id: int | None = None,
+        eos_weight: float = 1.0,
+    ):
         super().__init__()
+        self.eos_id, self.eos_weight = eos_id, eos_weight
         self.model = model
         self.objective = objective
         self.settings = settings
@@ -192,21 +202,27 @@ class PreferenceLoss(nn.Module):
         targets: torch.Tensor,
         sequence: torch.Tensor,
         n: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(each answer's summed log-prob, its response tokens, the sum with EOS counted eos_weight times)."""
         hidden = decoder_hidden(self.model, input_ids, position_ids, attention_mask)
         labelled = targets != IGNORE
         head = self.model.get_output_embeddings()
+        y = targets[labelled]
         per_token = token_log_probs(
-            hidden[labelled], head.weight, head.bias, targets[labelled], self.chunk_size, self.softcap
+            hidden[labelled], head.weight, head.bias, y, self.chunk_size, self.softcap
         )
         sums = per_token.new_zeros(n, dtype=torch.float64).index_add(0, sequence, per_token.double())
         counts = torch.bincount(sequence, minlength=n).to(sums.dtype)
-        return sums, counts
+        weighted = sums
+        if self.eos_weight != 1.0 and self.eos_id is not None:
+            w = torch.where(y == self.eos_id, self.eos_weight, 1.0).double()
+            weighted = torch.zeros_like(sums).index_add(0, sequence, per_token.double() * w)
+        return sums, counts, weighted
 
     def sequence_logps(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Each answer's summed log-prob and its number of response tokens (EOS included)."""
         n = len(batch.extra["chosen"])
-        return self._logps(
+        sums, counts, _ = self._logps(
             batch.input_ids,
             batch.position_ids,
             batch.attention_mask,
@@ -214,6 +230,7 @@ class PreferenceLoss(nn.Module):
             batch.extra["sequence"],
             n,
         )
+        return sums, counts
 
     def forward(
         self,
@@ -227,7 +244,9 @@ class PreferenceLoss(nn.Module):
         chosen: torch.Tensor,
         reference: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logps, counts = self._logps(input_ids, position_ids, attention_mask, targets, sequence, len(chosen))
+        logps, counts, weighted = self._logps(
+            input_ids, position_ids, attention_mask, targets, sequence, len(chosen)
+        )
         if self.objective in NEEDS_REFERENCE and reference is None:
             raise RuntimeError(f"{self.objective} needs reference log-probs (train/pairs.py fill_reference)")
         s, beta = self.settings, self.beta
@@ -247,7 +266,7 @@ class PreferenceLoss(nn.Module):
             losses = orpo_losses(avg[c], avg[r], beta)
             rewards = (beta * avg[c], beta * avg[r])
         if s.sft_weight:
-            losses = losses - s.sft_weight * avg[c]
+            losses = losses - s.sft_weight * weighted[c] / counts[c].clamp(min=1)
         self._track_pairs(losses, rewards, logps[c], logps[r])
         return losses.sum(), torch.tensor(len(losses))
 
