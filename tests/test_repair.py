@@ -109,8 +109,15 @@ def test_most_pool_prompts_are_repairable_from_a_plain_answer():
 def test_cut_loop_keeps_what_came_before_the_loop():
     from pacos.text.repair import cut_loop
 
-    looping = "Pack water. Bring a map.\n- Day 1: 10 km\n- Day 2: 10 km\n- Day 1: 10 km\n- Day 1: 10 km\n- D"
-    assert cut_loop(looping) == "Pack water. Bring a map.\n- Day 1: 10 km\n- Day 2: 10 km"
+    days = "Pack water. Bring a map.\n- Day 1: the lake, 10 km\n- Day 2: the ridge, 12 km"
+    assert cut_loop(f"{days}\n- Day 1: the lake, 10 km\n- Day 1: the lake, 10 km\n- D") == days
+    # Counting on: lines, or runs inside a line, that differ only in their numbers.
+    start = "Opposites of numbers:\nThe opposite of 1 is -1."
+    assert cut_loop(f"{start}\nThe opposite of 2 is -2.\nThe opposite of 3 is -3.\nThe opp") == start
+    years = "下面按顺序列出二十世纪初期每一年的变化情况。\n" + "，".join(
+        f"从{y}年到{y + 1}年" for y in range(1900, 1930)
+    )
+    assert cut_loop(years + "，从19") == "下面按顺序列出二十世纪初期每一年的变化情况。"
     # Chinese: a repeated line ends it too; the piece the token limit cut is never kept.
     named = "给奶茶店起的名字如下：\n书香奶茶铺\n月光茶舍小馆"
     assert cut_loop(f"{named}\n书香奶茶铺\n书香") == named

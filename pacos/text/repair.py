@@ -153,6 +153,7 @@ def repair(response: str, checks: list[dict[str, Any]]) -> str | None:
 
 
 # A segment ends after end punctuation (a period only before a space or the end: not "2.5") or a line.
+_DIGITS = re.compile(r"\d+")
 _SEGMENT_END = re.compile(r"(?<=[.!?])(?=\s)|(?<=[。！？\n])")
 _MARK = re.compile(r"(?:[ \t]*(?:[*\-•]|\d+[.)、])[ \t]+)+")  # nested too: "* 3. "
 
@@ -182,10 +183,14 @@ def cut_loop(
     earlier: list[list[str]] = []
     kept = ""
     for piece in pieces[:-1]:
-        key = re.sub(r"\W+", "", piece.lower())
+        # Numbers masked: a line that differs from an earlier one only in its numbers counts on, not
+        # forward ("The opposite of 22 is -22." after "... 21 is -21."; "从1918年到1919年，从1919年到...").
+        key = re.sub(r"\W+", "", _DIGITS.sub("0", piece.lower()))
         tokens = tokenize(piece, "cjk")
         near = len(tokens) >= min_tokens and any(rouge_l_f1(e, tokens) >= similar for e in earlier)
-        if (key and key in seen) or near or repeated_ngram_share(kept + piece) > max_repeated:
+        text = kept + piece
+        counting = repeated_ngram_share(_DIGITS.sub("0", text)) > 3 * max_repeated  # lists share markers
+        if (key and key in seen) or near or counting or repeated_ngram_share(text) > max_repeated:
             break
         seen.add(key)
         if len(tokens) >= min_tokens:
