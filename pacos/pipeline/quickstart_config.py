@@ -62,11 +62,12 @@ QUICKSTART: dict[str, Any] = {
         "repair": True,
         "minimal": True,
         "stop_pairs": True,
+        "greedy": True,
         "reference_records": 72,
         "reference_rewards": ["reference", "eos=2", "repetition"],
         "reference_max_new_tokens": 256,
         "objective": "dpo",
-        "preference": {"beta": 0.1, "sft_weight": 2.0},
+        "preference": {"beta": 0.1, "sft_weight": 4.0},
         "lr": 2.0e-4,
         "epochs": 1,
         "batch_size": 8,
@@ -110,7 +111,8 @@ class EvalStageConfig(BaseModel):
 
 class PreferStageConfig(BaseModel):
     """After SFT, pairs of the tuned model's own answers and a preference loss on a new LoRA
-    (benchmarks/README.md, "Reference answers as chosen (SPIN), and stopping pairs"):
+    (benchmarks/README.md, "Reference answers as chosen (SPIN), and stopping pairs" and "Soups, EOS weight,
+    a heavier chosen-answer NLL, and counting loops"):
     - verifiable prompts from the training seed tasks, k answers each, scored by their checks (no judge);
       the best answer edited to pass its checks is paired with the answer it was edited from (`minimal`);
     - `reference_records` training records, k answers each: the record's reference answer is preferred to
@@ -131,12 +133,12 @@ class PreferStageConfig(BaseModel):
     repair: bool = True  # the best answer edited to pass its checks competes (pacos pairs --repair)
     minimal: bool = True  # ... against the answer it was edited from (pacos pairs --minimal)
     stop_pairs: bool = True  # pacos pairs --stop-pairs, for both kinds of prompts
-    greedy: bool = False  # pacos pairs --greedy: each prompt's greedy answer too, first
+    greedy: bool = True  # pacos pairs --greedy: each prompt's greedy answer too, first
     reference_records: int = Field(72, ge=0)  # training records for reference-chosen pairs (0: none)
     reference_rewards: list[str] = ["reference", "eos=2", "repetition"]  # picks the worst answer
     reference_max_new_tokens: int = Field(256, gt=0)
     objective: Literal["dpo", "simpo", "orpo", "kto"] = "dpo"
-    preference: PreferenceConfig = PreferenceConfig(sft_weight=2.0)
+    preference: PreferenceConfig = PreferenceConfig(sft_weight=4.0)
     lr: float = Field(2e-4, gt=0)
     epochs: float = Field(1, gt=0)
     batch_size: int = Field(8, gt=0)
