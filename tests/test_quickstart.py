@@ -53,7 +53,8 @@ def test_quickstart_runs_every_stage_then_skips_what_did_not_change(tmp_path, ti
         for name in ("adapter_model.safetensors", "loss.png", "train_summary.json"):
             assert (tmp_path / "model" / name).exists(), name
         pairs = json.loads((tmp_path / "pairs" / "stage.json").read_text())["result"]
-        assert pairs["prompts"] == 8 + 3 and pairs["answers"] == 4 * (8 + 3)
+        # k = 4 samples and the greedy answer (prefer.greedy) for each pool prompt and reference record.
+        assert pairs["prompts"] == 8 + 3 and pairs["answers"] == (4 + 1) * (8 + 3)
         assert pairs["pairs_with_reference_chosen"] == 3 and pairs["pairs"] >= 3 + 1
         chosen = [json.loads(line)["chosen"] for line in (tmp_path / "pairs" / "pairs.jsonl").open()]
         assert len(chosen) == pairs["pairs"] and sum(c in {r["output"] for r in train} for c in chosen) >= 3
